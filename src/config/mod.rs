@@ -1,0 +1,411 @@
+//! Configuration: a TOML file plus `BINLOGD__SECTION__KEY` environment overrides.
+//!
+//! Every struct denies unknown keys so a typo is an error that names the key, never a silently
+//! ignored setting. Durations and sizes carry units (see [`units`]). Passwords are [`Secret`]s.
+
+pub mod units;
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub use units::{ByteSize, HumanDuration, Secret};
+
+use crate::filter::TableFilter;
+use crate::source::position::StartPosition;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub sinks: SinksConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `mysql://user[:password]@host[:port]`
+    pub url: Secret,
+    /// Overrides the URL's password (also settable as `BINLOGD__SOURCE__PASSWORD`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Read the password from this file (trailing newline stripped).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Replica id presented to the server; unique among its replicas.
+    pub server_id: u32,
+    /// Logical server name: `source.name` in events.
+    pub name: String,
+    /// Where to start when no position is stored.
+    #[serde(default)]
+    pub start: StartPosition,
+    #[serde(default)]
+    pub include: Option<Vec<String>>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Interval of server heartbeats on an idle stream.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: HumanDuration,
+    /// No event (not even a heartbeat) for this long means the stream is dead: reconnect.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: HumanDuration,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// First reconnect delay; doubles on every failure up to `reconnect_backoff_max`.
+    #[serde(default = "default_backoff_initial")]
+    pub reconnect_backoff_initial: HumanDuration,
+    #[serde(default = "default_backoff_max")]
+    pub reconnect_backoff_max: HumanDuration,
+    /// Give up after this many consecutive failed reconnects (0 = never give up).
+    #[serde(default)]
+    pub reconnect_max_attempts: u32,
+    /// Verify the CRC32 of every event the server checksums.
+    #[serde(default = "default_true")]
+    pub verify_checksums: bool,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Plain TCP (caching_sha2_password then uses the server's RSA key).
+    #[default]
+    Disabled,
+    /// TLS, certificate not verified.
+    Required,
+    /// TLS, certificate chain verified against `ca_file`, host name not checked.
+    VerifyCa,
+    /// TLS, certificate chain and host name verified.
+    VerifyIdentity,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub mode: TlsMode,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    #[serde(default)]
+    pub file: Vec<crate::sinks::file::FileSinkConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Pipeline name: identifies the stored position and the HA lock.
+    #[serde(default = "default_pipeline_name")]
+    pub name: String,
+    /// Maximum decoded-but-unacknowledged bytes between source and sinks (backpressure).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: ByteSize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            name: default_pipeline_name(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5))
+}
+fn default_read_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(20))
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+fn default_backoff_initial() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(200))
+}
+fn default_backoff_max() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_pipeline_name() -> String {
+    "default".into()
+}
+fn default_max_in_flight() -> ByteSize {
+    ByteSize(32 << 20)
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    /// Loads `path`, applies `BINLOGD__…` environment overrides, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path, std::env::vars())
+    }
+
+    /// Parses TOML text (with `path` used in messages) plus overrides from `env`.
+    pub fn from_toml_str(
+        text: &str,
+        path: &Path,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let perr = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        // Syntax first with the toml crate: its errors carry line and column.
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(perr(format!("TOML syntax error: {e}")));
+        }
+        let env_map: std::collections::HashMap<String, String> =
+            env.filter(|(k, _)| k.starts_with("BINLOGD__")).collect();
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("BINLOGD")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env_map.into_iter().collect())),
+            )
+            .build()
+            .map_err(|e| perr(e.to_string()))?;
+        let cfg: Config = built
+            .try_deserialize()
+            .map_err(|e| perr(explain_serde(&e.to_string())))?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.source;
+        if s.server_id == 0 {
+            return Err("source.server_id must not be 0; pick an id unique among the server's replicas, e.g. 4242".into());
+        }
+        if s.name.trim().is_empty() {
+            return Err("source.name must not be empty; it names the server in events".into());
+        }
+        crate::source::conn::parse_url(s.url.expose()).map_err(|e| format!("source.url: {e}"))?;
+        if s.password.is_some() && s.password_file.is_some() {
+            return Err("source.password and source.password_file are both set; keep one".into());
+        }
+        if let Some(inc) = &s.include {
+            if inc.is_empty() {
+                return Err("source.include is an empty list, which would match no table; remove it to stream every table, or list db.table globs".into());
+            }
+        }
+        TableFilter::new(s.include.as_deref(), &s.exclude)?;
+        if s.read_timeout.0 <= s.heartbeat.0 {
+            return Err(format!(
+                "source.read_timeout ({:?}) must be longer than source.heartbeat ({:?}), or idle streams would be dropped",
+                s.read_timeout, s.heartbeat
+            ));
+        }
+        if s.tls.mode != TlsMode::Disabled
+            && s.tls.mode != TlsMode::Required
+            && s.tls.ca_file.is_none()
+        {
+            return Err(
+                "source.tls.mode verifies the server certificate: set source.tls.ca_file".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for f in &self.sinks.file {
+            if !names.insert(f.name.as_str()) {
+                return Err(format!(
+                    "two sinks are named {:?}; sink names must be unique",
+                    f.name
+                ));
+            }
+        }
+        if names.is_empty() {
+            return Err(
+                "no sink configured; add e.g. [[sinks.file]] name = \"debug\" path = \"-\"".into(),
+            );
+        }
+        if !self
+            .pipeline
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return Err(format!(
+                "pipeline.name {:?} may only contain letters, digits, '_', '-' and '.'",
+                self.pipeline.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// The source password, from `password_file`, `password`, or the URL, in that order.
+    pub fn source_password(&self) -> Result<Option<Secret>, String> {
+        if let Some(p) = &self.source.password_file {
+            let s = std::fs::read_to_string(p)
+                .map_err(|e| format!("source.password_file {}: {e}", p.display()))?;
+            return Ok(Some(Secret::new(s.trim_end_matches(['\n', '\r']))));
+        }
+        Ok(self.source.password.clone())
+    }
+}
+
+/// Adds the fix to serde's wording where it helps.
+fn explain_serde(msg: &str) -> String {
+    if msg.contains("unknown field") {
+        format!("{msg}; remove or correct the key (see config/binlogd.example.toml for every key)")
+    } else if msg.contains("missing field") {
+        format!("{msg}; this key is required")
+    } else {
+        msg.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[source]
+url = "mysql://cdc:topsecret@127.0.0.1:3306"
+server_id = 4242
+name = "shop"
+include = ["shop.*"]
+
+[[sinks.file]]
+name = "debug"
+path = "-"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_str(
+            text,
+            Path::new("test.toml"),
+            env.iter().map(|(a, b)| (a.to_string(), b.to_string())),
+        )
+    }
+
+    #[test]
+    fn loads_base_and_defaults() {
+        let c = load(BASE, &[]).unwrap();
+        assert_eq!(c.source.server_id, 4242);
+        assert_eq!(c.source.heartbeat.0, std::time::Duration::from_secs(5));
+        assert!(matches!(c.source.start, StartPosition::Latest));
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load(&format!("{BASE}\n[log]\nlevl = \"debug\"\n"), &[]).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("levl") && m.contains("test.toml"), "{m}");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = load("[source\nurl=1", &[]).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let c = load(BASE, &[("BINLOGD__SOURCE__SERVER_ID", "7")]).unwrap();
+        assert_eq!(c.source.server_id, 7);
+    }
+
+    #[test]
+    fn bad_duration_and_url() {
+        let e = load(
+            &BASE.replace("name = \"shop\"", "name = \"shop\"\nheartbeat = \"5\""),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("invalid duration"), "{e}");
+        let e = load(&BASE.replace("mysql://", "postgres://"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source.url"), "{e}");
+        assert!(!e.contains("topsecret"), "{e}");
+    }
+
+    #[test]
+    fn start_positions() {
+        for (s, ok) in [
+            ("start = \"earliest\"", true),
+            ("start = { file = \"binlog.000003\", pos = 4 }", true),
+            ("start = { gtid = \"0-1-5\" }", true),
+            ("start = \"yesterday\"", false),
+        ] {
+            let r = load(
+                &BASE.replace("name = \"shop\"", &format!("name = \"shop\"\n{s}")),
+                &[],
+            );
+            assert_eq!(r.is_ok(), ok, "{s}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn empty_include_and_duplicate_sinks() {
+        assert!(load(&BASE.replace("[\"shop.*\"]", "[]"), &[]).is_err());
+        let dup = format!("{BASE}\n[[sinks.file]]\nname = \"debug\"\npath = \"/tmp/x\"\n");
+        assert!(load(&dup, &[]).unwrap_err().to_string().contains("unique"));
+    }
+}

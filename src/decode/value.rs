@@ -1,0 +1,511 @@
+//! Renders one cell as JSON, by the event-format rules in the README:
+//! lossless numbers, DECIMAL as exact string, FLOAT as the f32 it is, text transcoded to UTF-8,
+//! binary as base64, temporal types as ISO-8601 strings (TIMESTAMP in UTC), ENUM/SET labels,
+//! BIT and YEAR as numbers, JSON nested.
+
+use base64::Engine;
+
+use super::charset::{transcode_into, TextEncoding};
+use super::rows::{decimal_bin_size, le_uint};
+use super::table::{ColKind, ColumnSchema};
+
+/// Why a value could not be rendered (names the column where the caller adds context).
+pub type ValueError = String;
+
+/// Appends `s` as a JSON string literal.
+#[inline]
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(format!("\\u{:04x}", b).as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[inline]
+fn push_int<I: itoa::Integer>(out: &mut Vec<u8>, v: I) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+fn push_2(out: &mut Vec<u8>, v: u32) {
+    out.push(b'0' + (v / 10 % 10) as u8);
+    out.push(b'0' + (v % 10) as u8);
+}
+
+fn push_padded(out: &mut Vec<u8>, v: u64, width: usize) {
+    let mut b = itoa::Buffer::new();
+    let s = b.format(v);
+    for _ in s.len()..width {
+        out.push(b'0');
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// `.ffffff` cut to `fsp` digits (none for fsp 0).
+fn push_frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
+    if fsp == 0 {
+        return;
+    }
+    out.push(b'.');
+    let mut b = [0u8; 6];
+    let mut m = micros;
+    for i in (0..6).rev() {
+        b[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    out.extend_from_slice(&b[..fsp as usize]);
+}
+
+/// Date/time parts; `iso` chooses `T` between date and time, else MySQL's own space.
+#[allow(clippy::too_many_arguments)]
+fn push_datetime(
+    out: &mut Vec<u8>,
+    y: u32,
+    mo: u32,
+    d: u32,
+    h: u32,
+    mi: u32,
+    s: u32,
+    us: u32,
+    fsp: u8,
+    zulu: bool,
+) {
+    let zero = y == 0 || mo == 0 || d == 0;
+    out.push(b'"');
+    push_padded(out, y as u64, 4);
+    out.push(b'-');
+    push_2(out, mo);
+    out.push(b'-');
+    push_2(out, d);
+    out.push(if zero { b' ' } else { b'T' });
+    push_2(out, h);
+    out.push(b':');
+    push_2(out, mi);
+    out.push(b':');
+    push_2(out, s);
+    push_frac(out, us, fsp);
+    if zulu && !zero {
+        out.push(b'Z');
+    }
+    out.push(b'"');
+}
+
+fn be_uint(b: &[u8]) -> u64 {
+    b.iter().fold(0u64, |a, &x| (a << 8) | x as u64)
+}
+
+/// Fraction bytes (big-endian) of TIME2/DATETIME2/TIMESTAMP2 → microseconds.
+fn frac_micros(b: &[u8], fsp: u8) -> u32 {
+    match fsp {
+        1 | 2 => b[0] as u32 * 10_000,
+        3 | 4 => be_uint(&b[..2]) as u32 * 100,
+        5 | 6 => be_uint(&b[..3]) as u32,
+        _ => 0,
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day) (proleptic Gregorian).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn push_timestamp(out: &mut Vec<u8>, secs: u64, micros: u32, fsp: u8) {
+    if secs == 0 && micros == 0 {
+        // MySQL's zero timestamp
+        push_datetime(out, 0, 0, 0, 0, 0, 0, 0, fsp, false);
+        return;
+    }
+    let days = (secs / 86_400) as i64;
+    let rem = (secs % 86_400) as u32;
+    let (y, m, d) = civil_from_days(days);
+    push_datetime(
+        out,
+        y as u32,
+        m,
+        d,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        micros,
+        fsp,
+        true,
+    );
+}
+
+fn push_time(out: &mut Vec<u8>, neg: bool, hours: u64, mi: u32, s: u32, us: u32, fsp: u8) {
+    out.push(b'"');
+    if neg {
+        out.push(b'-');
+    }
+    push_padded(out, hours, 2);
+    out.push(b':');
+    push_2(out, mi);
+    out.push(b':');
+    push_2(out, s);
+    push_frac(out, us, fsp);
+    out.push(b'"');
+}
+
+/// Decodes a binary DECIMAL into its exact string (as MySQL prints it, with `scale` digits).
+pub fn decimal_to_string(
+    b: &[u8],
+    precision: u8,
+    scale: u8,
+    out: &mut Vec<u8>,
+) -> Result<(), ValueError> {
+    const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+    let size = decimal_bin_size(precision, scale);
+    if b.len() != size || size == 0 {
+        return Err(format!(
+            "DECIMAL({precision},{scale}) needs {size} bytes, got {}",
+            b.len()
+        ));
+    }
+    let neg = b[0] & 0x80 == 0;
+    let mask: u8 = if neg { 0xff } else { 0 };
+    let mut buf = [0u8; 40];
+    buf[..size].copy_from_slice(b);
+    buf[0] ^= 0x80;
+    for x in &mut buf[..size] {
+        *x ^= mask;
+    }
+    let intg = (precision - scale) as usize;
+    let (intg0, intg0x) = (intg / 9, intg % 9);
+    let (frac0, frac0x) = (scale as usize / 9, scale as usize % 9);
+    let mut p = 0usize;
+    let mut digits = String::with_capacity(precision as usize + 2);
+    let take = |n: usize, p: &mut usize| {
+        let v = be_uint(&buf[*p..*p + n]);
+        *p += n;
+        v
+    };
+    if intg0x > 0 {
+        let v = take(DIG2BYTES[intg0x], &mut p);
+        digits.push_str(&format!("{v:0w$}", w = intg0x));
+    }
+    for _ in 0..intg0 {
+        let v = take(4, &mut p);
+        digits.push_str(&format!("{v:09}"));
+    }
+    let int_part = digits.trim_start_matches('0');
+    let mut s = String::with_capacity(precision as usize + 3);
+    if neg {
+        s.push('-');
+    }
+    s.push_str(if int_part.is_empty() { "0" } else { int_part });
+    if scale > 0 {
+        s.push('.');
+        for _ in 0..frac0 {
+            let v = take(4, &mut p);
+            s.push_str(&format!("{v:09}"));
+        }
+        if frac0x > 0 {
+            let v = take(DIG2BYTES[frac0x], &mut p);
+            s.push_str(&format!("{v:0w$}", w = frac0x));
+        }
+    }
+    // "-0.00" is how MySQL prints negative zero? It prints "0.00": normalise.
+    if neg && s[1..].bytes().all(|c| c == b'0' || c == b'.') {
+        s.remove(0);
+    }
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
+}
+
+fn push_b64(out: &mut Vec<u8>, v: &[u8]) {
+    out.push(b'"');
+    let start = out.len();
+    let n = base64::encoded_len(v.len(), true).unwrap_or(0);
+    out.resize(start + n, 0);
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(v, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
+    out.push(b'"');
+}
+
+fn push_text(out: &mut Vec<u8>, enc: TextEncoding, v: &[u8]) -> Result<(), ValueError> {
+    match enc {
+        TextEncoding::Utf8 => {
+            let s = std::str::from_utf8(v)
+                .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+            write_json_str(out, s);
+        }
+        TextEncoding::Binary => push_b64(out, v),
+        other => {
+            let mut s = String::with_capacity(v.len() * 2);
+            transcode_into(other, v, &mut s)?;
+            write_json_str(out, &s);
+        }
+    }
+    Ok(())
+}
+
+/// Renders MySQL binary JSON as JSON text.
+pub fn push_mysql_json(out: &mut Vec<u8>, v: &[u8]) -> Result<(), ValueError> {
+    let val = mysql_json_value(v)?;
+    serde_json::to_writer(&mut *out, &val).map_err(|e| format!("JSON: {e}"))
+}
+
+pub fn mysql_json_value(v: &[u8]) -> Result<serde_json::Value, ValueError> {
+    use mysql_common::binlog::jsonb;
+    use mysql_common::io::ParseBuf;
+    let jv: jsonb::Value<'_> = ParseBuf(v)
+        .parse(())
+        .map_err(|e| format!("binary JSON: {e}"))?;
+    let dom = jv.parse().map_err(|e| format!("binary JSON: {e}"))?;
+    Ok(dom.into())
+}
+
+/// Appends the JSON rendering of one non-NULL value.
+pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(), ValueError> {
+    match col.kind {
+        ColKind::Int(n) => {
+            let raw = le_uint(v);
+            if col.unsigned {
+                push_int(out, raw);
+            } else {
+                let shift = 64 - 8 * n as u32;
+                push_int(out, ((raw << shift) as i64) >> shift);
+            }
+        }
+        ColKind::Year => push_int(out, if v[0] == 0 { 0 } else { 1900 + v[0] as u32 }),
+        ColKind::Float => {
+            let f = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+            if f.is_finite() {
+                out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+        ColKind::Double => {
+            let f = f64::from_le_bytes(v[..8].try_into().map_err(|_| "bad DOUBLE")?);
+            if f.is_finite() {
+                out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+        ColKind::Decimal { precision, scale } => decimal_to_string(v, precision, scale, out)?,
+        ColKind::Date => {
+            let x = le_uint(&v[..3]) as u32;
+            out.push(b'"');
+            push_padded(out, (x >> 9) as u64, 4);
+            out.push(b'-');
+            push_2(out, (x >> 5) & 15);
+            out.push(b'-');
+            push_2(out, x & 31);
+            out.push(b'"');
+        }
+        ColKind::TimeOld => {
+            let raw = le_uint(&v[..3]) as u32;
+            let x = ((raw << 8) as i32) >> 8;
+            let a = x.unsigned_abs();
+            push_time(out, x < 0, (a / 10000) as u64, a / 100 % 100, a % 100, 0, 0);
+        }
+        ColKind::Time2 { fsp } => {
+            const OFS: i64 = 0x80_0000;
+            let intpart = be_uint(&v[..3]) as i64 - OFS;
+            let packed: i64 = match fsp {
+                0 => intpart << 24,
+                1 | 2 => {
+                    let (mut ip, mut frac) = (intpart, v[3] as i64);
+                    if ip < 0 && frac != 0 {
+                        ip += 1;
+                        frac -= 0x100;
+                    }
+                    (ip << 24) + frac * 10_000
+                }
+                3 | 4 => {
+                    let (mut ip, mut frac) = (intpart, be_uint(&v[3..5]) as i64);
+                    if ip < 0 && frac != 0 {
+                        ip += 1;
+                        frac -= 0x1_0000;
+                    }
+                    (ip << 24) + frac * 100
+                }
+                _ => be_uint(&v[..6]) as i64 - 0x8000_0000_0000,
+            };
+            let neg = packed < 0;
+            let a = packed.unsigned_abs();
+            let hms = a >> 24;
+            let us = (a % (1 << 24)) as u32;
+            push_time(
+                out,
+                neg,
+                (hms >> 12) % (1 << 10),
+                ((hms >> 6) % 64) as u32,
+                (hms % 64) as u32,
+                us,
+                fsp,
+            );
+        }
+        ColKind::DateTimeOld => {
+            let x = le_uint(&v[..8]);
+            let (d, t) = (x / 1_000_000, x % 1_000_000);
+            push_datetime(
+                out,
+                (d / 10000) as u32,
+                (d / 100 % 100) as u32,
+                (d % 100) as u32,
+                (t / 10000) as u32,
+                (t / 100 % 100) as u32,
+                (t % 100) as u32,
+                0,
+                0,
+                false,
+            );
+        }
+        ColKind::DateTime2 { fsp } => {
+            let intpart = be_uint(&v[..5]) as i64 - 0x80_0000_0000;
+            let us = frac_micros(&v[5..], fsp);
+            let ymd = (intpart >> 17) as u64;
+            let ym = ymd >> 5;
+            let hms = (intpart % (1 << 17)) as u64;
+            push_datetime(
+                out,
+                (ym / 13) as u32,
+                (ym % 13) as u32,
+                (ymd % 32) as u32,
+                (hms >> 12) as u32,
+                ((hms >> 6) % 64) as u32,
+                (hms % 64) as u32,
+                us,
+                fsp,
+                false,
+            );
+        }
+        ColKind::TimestampOld => push_timestamp(out, le_uint(&v[..4]), 0, 0),
+        ColKind::Timestamp2 { fsp } => {
+            push_timestamp(out, be_uint(&v[..4]), frac_micros(&v[4..], fsp), fsp)
+        }
+        ColKind::Str { .. } | ColKind::Blob { .. } => {
+            let enc = col.text.unwrap_or(TextEncoding::Binary);
+            if col.json_text && enc != TextEncoding::Binary {
+                let mut s = String::new();
+                transcode_into(enc, v, &mut s)?;
+                let raw: &serde_json::value::RawValue = serde_json::from_str(&s)
+                    .map_err(|e| format!("JSON column holds invalid JSON: {e}"))?;
+                out.extend_from_slice(raw.get().as_bytes());
+            } else {
+                push_text(out, enc, v)?;
+            }
+        }
+        ColKind::Json { .. } => push_mysql_json(out, v)?,
+        ColKind::Geometry { .. } => push_b64(out, v),
+        ColKind::Vector { .. } => {
+            if !v.len().is_multiple_of(4) {
+                return Err("VECTOR length is not a multiple of 4".into());
+            }
+            out.push(b'[');
+            for (i, c) in v.chunks_exact(4).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let f = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+            }
+            out.push(b']');
+        }
+        ColKind::Enum { .. } => {
+            let idx = le_uint(v) as usize;
+            match &col.labels {
+                Some(l) if idx == 0 => write_json_str(out, ""),
+                Some(l) => {
+                    let s = l.get(idx - 1).ok_or_else(|| {
+                        format!("ENUM index {idx} out of range ({} labels)", l.len())
+                    })?;
+                    write_json_str(out, s);
+                }
+                None => push_int(out, idx),
+            }
+        }
+        ColKind::Set { .. } => {
+            let mask = le_uint(v);
+            match &col.labels {
+                Some(l) => {
+                    let mut s = String::new();
+                    for (i, lab) in l.iter().enumerate().take(64) {
+                        if mask & (1 << i) != 0 {
+                            if !s.is_empty() {
+                                s.push(',');
+                            }
+                            s.push_str(lab);
+                        }
+                    }
+                    write_json_str(out, &s);
+                }
+                None => push_int(out, mask),
+            }
+        }
+        ColKind::Bit { .. } => push_int(out, be_uint(v)),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(bytes: &[u8], p: u8, s: u8) -> String {
+        let mut o = Vec::new();
+        decimal_to_string(bytes, p, s, &mut o).unwrap();
+        String::from_utf8(o).unwrap()
+    }
+
+    #[test]
+    fn decimals() {
+        // 1234567890.1234 as DECIMAL(14,4): from MySQL's documentation example layout
+        // DECIMAL(5,2) 123.45 → intg 3 (2 bytes), frac 2 (1 byte): 0x80 0x7b 0x2d
+        assert_eq!(dec(&[0x80, 0x7b, 0x2d], 5, 2), "\"123.45\"");
+        // -123.45 is the bitwise complement
+        assert_eq!(dec(&[0x7f, 0x84, 0xd2], 5, 2), "\"-123.45\"");
+        assert_eq!(dec(&[0x80, 0x00, 0x05], 5, 2), "\"0.05\"");
+    }
+
+    #[test]
+    fn civil() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        let mut o = Vec::new();
+        push_timestamp(&mut o, 2_147_483_647, 0, 0);
+        assert_eq!(o, b"\"2038-01-19T03:14:07Z\"");
+    }
+
+    #[test]
+    fn escapes() {
+        let mut o = Vec::new();
+        write_json_str(&mut o, "a\"b\\c\n\u{1}é");
+        assert_eq!(String::from_utf8(o).unwrap(), "\"a\\\"b\\\\c\\n\\u0001é\"");
+    }
+}

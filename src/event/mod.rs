@@ -1,0 +1,225 @@
+//! The change-event model handed from the decoder to the sinks, and its JSON form.
+//!
+//! A [`Batch`] is a run of row changes in binlog order, possibly ending at a transaction
+//! boundary (`commit`). Sinks acknowledge batches by sequence number; the pipeline stores a
+//! position only when every sink has acknowledged every batch up to a commit.
+
+use std::sync::Arc;
+
+use crate::decode::rows::{Cell, RowsChunk};
+use crate::decode::value::{push_value, write_json_str};
+use crate::source::position::Position;
+
+pub use crate::decode::rows::Op;
+
+/// Row changes of one transaction (or of part of a large one), with their binlog coordinates.
+#[derive(Debug)]
+pub struct TxnChunks {
+    pub file: Arc<str>,
+    /// The transaction's GTID (`uuid:n` or `domain-server-seq`).
+    pub gtid: Option<Arc<str>>,
+    pub chunks: Vec<RowsChunk>,
+}
+
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Assigned by the pipeline, strictly increasing.
+    pub seq: u64,
+    pub txns: Vec<TxnChunks>,
+    /// Position after the last complete transaction in this batch (None: ends mid-transaction).
+    pub commit: Option<Position>,
+    /// Event time (ms) of the last event in the batch.
+    pub last_event_ms: u64,
+}
+
+impl Batch {
+    pub fn rows(&self) -> usize {
+        self.txns
+            .iter()
+            .flat_map(|t| t.chunks.iter())
+            .map(|c| c.rows as usize)
+            .sum()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.txns
+            .iter()
+            .flat_map(|t| t.chunks.iter())
+            .map(|c| c.bytes())
+            .sum::<usize>()
+            + 64
+    }
+
+    /// Every row change in order.
+    pub fn changes(&self) -> impl Iterator<Item = Change<'_>> {
+        self.txns.iter().flat_map(|t| {
+            t.chunks.iter().flat_map(move |c| {
+                (0..c.rows as usize).map(move |r| Change {
+                    txn: t,
+                    chunk: c,
+                    row: r,
+                })
+            })
+        })
+    }
+}
+
+/// One row change: a view into a chunk.
+#[derive(Clone, Copy)]
+pub struct Change<'a> {
+    pub txn: &'a TxnChunks,
+    pub chunk: &'a RowsChunk,
+    pub row: usize,
+}
+
+/// Fixed fields of the `source` block.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{db}.{table} column {column} at {file}:{pos} row {row}: {message}")]
+pub struct RenderError {
+    pub db: String,
+    pub table: String,
+    pub column: String,
+    pub file: String,
+    pub pos: u64,
+    pub row: u64,
+    pub message: String,
+}
+
+impl<'a> Change<'a> {
+    pub fn op(&self) -> Op {
+        self.chunk.op
+    }
+    pub fn db(&self) -> &'a str {
+        &self.chunk.table.db
+    }
+    pub fn table(&self) -> &'a str {
+        &self.chunk.table.table
+    }
+    pub fn row_index(&self) -> u64 {
+        self.chunk.first_row as u64 + self.row as u64
+    }
+
+    fn err(&self, column: &str, message: String) -> Box<RenderError> {
+        Box::new(RenderError {
+            db: self.db().into(),
+            table: self.table().into(),
+            column: column.into(),
+            file: self.txn.file.to_string(),
+            pos: self.chunk.pos,
+            row: self.row_index(),
+            message,
+        })
+    }
+
+    fn write_image(
+        &self,
+        out: &mut Vec<u8>,
+        cells: &[Cell],
+        after: bool,
+    ) -> Result<(), Box<RenderError>> {
+        out.push(b'{');
+        let mut first = true;
+        for (i, (col, cell)) in self.chunk.table.columns.iter().zip(cells).enumerate() {
+            if cell.is_absent() {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(col.json_key.as_bytes());
+            if cell.is_null() {
+                out.extend_from_slice(b"null");
+                continue;
+            }
+            let v = &self.chunk.data[cell.start as usize..(cell.start + cell.len) as usize];
+            if after && self.chunk.is_partial(self.row, i) {
+                self.write_partial_json(out, i, v)?;
+                continue;
+            }
+            push_value(out, col, v).map_err(|m| self.err(&col.name, m))?;
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
+    /// Applies a MySQL partial JSON update (binary diff) to the before image's value.
+    fn write_partial_json(
+        &self,
+        out: &mut Vec<u8>,
+        col: usize,
+        diff: &[u8],
+    ) -> Result<(), Box<RenderError>> {
+        let name = &self.chunk.table.columns[col].name;
+        let before = self
+            .chunk
+            .before(self.row)
+            .map(|b| b[col])
+            .filter(|c| !c.is_null() && !c.is_absent())
+            .ok_or_else(|| self.err(name, "partial JSON update without a before value".into()))?;
+        let bv = &self.chunk.data[before.start as usize..(before.start + before.len) as usize];
+        let mut doc = crate::decode::value::mysql_json_value(bv).map_err(|m| self.err(name, m))?;
+        crate::decode::jsondiff::apply(&mut doc, diff).map_err(|m| self.err(name, m))?;
+        serde_json::to_writer(&mut *out, &doc).map_err(|e| self.err(name, e.to_string()))
+    }
+
+    /// Appends the event's JSON document (no trailing newline).
+    pub fn write_json(
+        &self,
+        out: &mut Vec<u8>,
+        src: &SourceInfo,
+        now_ms: u64,
+    ) -> Result<(), Box<RenderError>> {
+        out.extend_from_slice(b"{\"op\":\"");
+        out.extend_from_slice(self.op().code().as_bytes());
+        out.extend_from_slice(b"\",\"before\":");
+        match self.chunk.before(self.row) {
+            Some(c) => self.write_image(out, c, false)?,
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"after\":");
+        match self.chunk.after(self.row) {
+            Some(c) => self.write_image(out, c, true)?,
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"source\":{\"connector\":\"binlogd\",\"version\":\"");
+        out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+        out.extend_from_slice(b"\",\"name\":");
+        write_json_str(out, &src.name);
+        out.extend_from_slice(b",\"server_id\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.chunk.server_id).as_bytes());
+        out.extend_from_slice(b",\"ts_ms\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.chunk.ts_ms).as_bytes());
+        out.extend_from_slice(b",\"db\":");
+        write_json_str(out, self.db());
+        out.extend_from_slice(b",\"table\":");
+        write_json_str(out, self.table());
+        out.extend_from_slice(b",\"file\":");
+        write_json_str(out, &self.txn.file);
+        out.extend_from_slice(b",\"pos\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.chunk.pos).as_bytes());
+        out.extend_from_slice(b",\"row\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.row_index()).as_bytes());
+        out.extend_from_slice(b",\"gtid\":");
+        match &self.txn.gtid {
+            Some(g) => write_json_str(out, g),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"},\"ts_ms\":");
+        out.extend_from_slice(itoa::Buffer::new().format(now_ms).as_bytes());
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

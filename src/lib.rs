@@ -1,0 +1,13 @@
+//! binlogd: a MySQL/MariaDB change-data-capture daemon.
+//!
+//! Data flows top to bottom: [`source`] (replication connection) → [`decode`] (events → row
+//! changes) → [`pipeline`] (batching, ordering, acknowledgements) → [`sinks`] → checkpoint.
+//! See docs/ARCHITECTURE.md.
+
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod filter;
+pub mod pipeline;
+pub mod sinks;
+pub mod source;

@@ -1,0 +1,29 @@
+//! Sinks: where row changes go. Each sink lives in its own folder (config, implementation,
+//! tests) behind the one small [`Sink`] trait; the pipeline runs each in its own task.
+
+pub mod file;
+
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
+use thiserror::Error;
+
+use crate::event::Batch;
+
+#[derive(Debug, Error)]
+pub enum SinkError {
+    #[error("sink {sink}: {message}")]
+    Fatal { sink: String, message: String },
+}
+
+/// A destination for batches of row changes.
+///
+/// `write` must not return before the batch is durable at the destination (written and, at a
+/// transaction end, flushed): returning `Ok` is the acknowledgement the checkpoint relies on.
+pub trait Sink: Send {
+    fn name(&self) -> &str;
+    fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Called once at shutdown after the last batch.
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+pub type SharedBatch = Arc<Batch>;

@@ -1,0 +1,495 @@
+//! Source: the replication connection. Registers as a replica, asks for the binlog from a
+//! position (file:pos or GTID set), feeds events to the [`Decoder`], hands batches to the
+//! pipeline, and reconnects with backoff on any connection loss, resuming from the last
+//! position it handed on.
+
+pub mod conn;
+pub mod position;
+
+use futures_util::{FutureExt, StreamExt};
+use mysql_async::prelude::*;
+use mysql_async::BinlogStreamRequest;
+use mysql_async::{BinlogStream, Conn, Opts};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::Config;
+use crate::decode::charset::CollationMap;
+use crate::decode::{DecodeError, Decoder, Flavor, Step};
+use crate::event::Batch;
+use crate::filter::TableFilter;
+use conn::ServerInfo;
+use position::{BinlogCoord, GtidSet, Position, StartPosition};
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    Config(String),
+    #[error("source server: {0}")]
+    Mysql(#[from] mysql_async::Error),
+    #[error("the binlog needed to resume from {at} is no longer on the server ({server}). Nothing was skipped. \
+             Fix: replay the missing range from archived binlog files (`binlogd replay --binlog-file …`), \
+             or accept the gap and move the position with `binlogd position set --latest` (or --file/--pos, --gtid)")]
+    Purged { at: String, server: String },
+    #[error(
+        "replica id clash: {0}. Fix: give this binlogd a source.server_id no other replica uses"
+    )]
+    ServerIdClash(String),
+    #[error("cannot log in to the source server: {0}. Fix: check the user and password in source.url / source.password")]
+    Auth(String),
+    #[error("cannot connect to the source server {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("gave up after {attempts} failed reconnects; last error: {last}")]
+    GaveUp { attempts: u32, last: String },
+}
+
+/// Where a stream starts.
+#[derive(Debug, Clone)]
+pub struct StartPoint {
+    pub coord: BinlogCoord,
+    pub gtid: Option<GtidSet>,
+    /// Ask the server by GTID set rather than file:pos.
+    pub by_gtid: bool,
+    /// Do not emit rows before this coordinate (a start in the middle of a file).
+    pub emit_from: Option<BinlogCoord>,
+}
+
+pub struct Source {
+    cfg: Arc<Config>,
+    opts: Opts,
+    pub info: ServerInfo,
+    pub collations: Arc<CollationMap>,
+}
+
+fn classify(e: mysql_async::Error, at: &str) -> SourceError {
+    if let mysql_async::Error::Server(s) = &e {
+        let m = s.message.to_ascii_lowercase();
+        if s.code == 4052 || m.contains("same server_id") || m.contains("same server_uuid") {
+            return SourceError::ServerIdClash(s.message.clone());
+        }
+        if s.code == 1045 || s.code == 1698 {
+            return SourceError::Auth(s.message.clone());
+        }
+        if s.code == 1236 {
+            return SourceError::Purged {
+                at: at.to_string(),
+                server: format!("error {}: {}", s.code, s.message),
+            };
+        }
+    }
+    SourceError::Mysql(e)
+}
+
+/// Errors after which reconnecting cannot help.
+fn is_fatal(e: &SourceError) -> bool {
+    match e {
+        SourceError::Mysql(mysql_async::Error::Server(s)) => {
+            matches!(s.code, 1227 | 1044 | 1142 | 1047)
+        }
+        SourceError::Mysql(_) | SourceError::Connect { .. } => false,
+        _ => true,
+    }
+}
+
+impl Source {
+    /// Connects once, reads what the server is, and checks its settings (errors stop here).
+    pub async fn connect(cfg: Arc<Config>) -> Result<(Source, Vec<conn::Finding>), SourceError> {
+        let password = cfg.source_password().map_err(SourceError::Config)?;
+        let opts = conn::opts_for(&cfg.source.url, password.as_ref(), &cfg)
+            .map_err(SourceError::Config)?;
+        let mut c = connect_conn(&opts, &cfg).await?;
+        let info = conn::server_info(&mut c).await?;
+        let findings = conn::check_settings(&info);
+        let collations = Arc::new(conn::load_collations(&mut c).await?);
+        let _ = c.disconnect().await;
+        Ok((
+            Source {
+                cfg,
+                opts,
+                info,
+                collations,
+            },
+            findings,
+        ))
+    }
+
+    pub fn opts(&self) -> &Opts {
+        &self.opts
+    }
+
+    pub async fn conn(&self) -> Result<Conn, SourceError> {
+        connect_conn(&self.opts, &self.cfg).await
+    }
+
+    pub fn new_decoder(&self) -> Result<Decoder, SourceError> {
+        let filter = TableFilter::new(self.cfg.source.include.as_deref(), &self.cfg.source.exclude)
+            .map_err(SourceError::Config)?;
+        Ok(Decoder::new(
+            self.info.flavor,
+            filter,
+            self.collations.clone(),
+            self.cfg.source.verify_checksums,
+        ))
+    }
+
+    /// Resolves where to start: a stored position wins over `source.start`.
+    pub async fn resolve_start(
+        &self,
+        stored: Option<&Position>,
+    ) -> Result<StartPoint, SourceError> {
+        if let Some(p) = stored {
+            return Ok(StartPoint {
+                coord: p.coord.clone(),
+                by_gtid: p.gtid.as_ref().is_some_and(|g| self.gtid_usable(g)),
+                gtid: p.gtid.clone(),
+                emit_from: None,
+            });
+        }
+        let mut c = self.conn().await?;
+        let sp = match &self.cfg.source.start {
+            StartPosition::Latest => {
+                let (coord, gtid) = conn::current_position(&mut c, self.info.flavor).await?;
+                StartPoint {
+                    by_gtid: gtid.as_ref().is_some_and(|g| self.gtid_usable(g)),
+                    coord,
+                    gtid,
+                    emit_from: None,
+                }
+            }
+            StartPosition::Earliest => {
+                let files = conn::binlog_files(&mut c).await?;
+                let first = files.first().ok_or_else(|| {
+                    SourceError::Config("the server lists no binlog files".into())
+                })?;
+                StartPoint {
+                    coord: BinlogCoord {
+                        file: first.0.clone(),
+                        pos: 4,
+                    },
+                    gtid: None,
+                    by_gtid: false,
+                    emit_from: None,
+                }
+            }
+            StartPosition::File { file, pos } => {
+                let files = conn::binlog_files(&mut c).await?;
+                if !files.iter().any(|(f, _)| f == file) {
+                    return Err(SourceError::Purged {
+                        at: format!("{file}:{pos}"),
+                        server: format!(
+                            "the server has {}",
+                            files
+                                .iter()
+                                .map(|f| f.0.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    });
+                }
+                // Start at the file's beginning so the GTID state is known, emit from `pos`.
+                StartPoint {
+                    coord: BinlogCoord {
+                        file: file.clone(),
+                        pos: 4,
+                    },
+                    gtid: None,
+                    by_gtid: false,
+                    emit_from: (*pos > 4).then(|| BinlogCoord {
+                        file: file.clone(),
+                        pos: *pos,
+                    }),
+                }
+            }
+            StartPosition::Gtid(g) => {
+                let set = GtidSet::parse_any(g).map_err(SourceError::Config)?;
+                if !self.gtid_usable(&set) {
+                    return Err(SourceError::Config(format!(
+                        "source.start gtid {g:?} is a {} GTID but the server is {}",
+                        if matches!(set, GtidSet::MySql(_)) {
+                            "MySQL"
+                        } else {
+                            "MariaDB"
+                        },
+                        self.info.version
+                    )));
+                }
+                StartPoint {
+                    coord: BinlogCoord {
+                        file: String::new(),
+                        pos: 4,
+                    },
+                    gtid: Some(set),
+                    by_gtid: true,
+                    emit_from: None,
+                }
+            }
+        };
+        let _ = c.disconnect().await;
+        Ok(sp)
+    }
+
+    fn gtid_usable(&self, g: &GtidSet) -> bool {
+        match (g, self.info.flavor) {
+            (GtidSet::MySql(_), Flavor::MySql) => self.info.gtid_mode.as_deref() == Some("ON"),
+            (GtidSet::MariaDb(_), Flavor::MariaDb) => true,
+            _ => false,
+        }
+    }
+
+    async fn open_stream(&self, sp: &StartPoint) -> Result<BinlogStream, SourceError> {
+        let mut c = self.conn().await?;
+        let hb = self.cfg.source.heartbeat.0.as_nanos() as u64;
+        c.query_drop(format!(
+            "SET @master_heartbeat_period = {hb}, @source_heartbeat_period = {hb}"
+        ))
+        .await?;
+        let id = self.cfg.source.server_id;
+        let req = match self.info.flavor {
+            Flavor::MariaDb => {
+                c.query_drop("SET @mariadb_slave_capability = 4").await?;
+                if sp.by_gtid {
+                    let g = sp.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default();
+                    c.exec_drop("SET @slave_connect_state = ?", (g,)).await?;
+                    BinlogStreamRequest::new(id)
+                        .with_filename(b"")
+                        .with_pos(4u64)
+                } else {
+                    BinlogStreamRequest::new(id)
+                        .with_filename(sp.coord.file.as_bytes())
+                        .with_pos(sp.coord.pos)
+                }
+            }
+            Flavor::MySql => {
+                if sp.by_gtid {
+                    let sids = match &sp.gtid {
+                        Some(GtidSet::MySql(s)) => s.to_sids().map_err(SourceError::Config)?,
+                        _ => Vec::new(),
+                    };
+                    BinlogStreamRequest::new(id).with_gtid().with_gtid_set(sids)
+                } else {
+                    BinlogStreamRequest::new(id)
+                        .with_filename(sp.coord.file.as_bytes())
+                        .with_pos(sp.coord.pos)
+                }
+            }
+        };
+        Ok(c.get_binlog_stream(req).await?)
+    }
+
+    /// Streams until `shutdown` is set or a fatal error. Batches go to `tx` in binlog order.
+    pub async fn run(
+        &self,
+        decoder: &mut Decoder,
+        start: StartPoint,
+        tx: mpsc::Sender<Batch>,
+        mut shutdown: watch::Receiver<bool>,
+        stats: Arc<SourceStats>,
+    ) -> Result<(), SourceError> {
+        let mut sp = start;
+        decoder.start_at(&sp.coord.file, sp.gtid.clone(), sp.emit_from.clone());
+        if sp.gtid.is_some() || !sp.coord.file.is_empty() {
+            // the start itself is a valid resume point
+            decoder.set_committed_if_none(Position {
+                coord: sp.coord.clone(),
+                gtid: sp.gtid.clone(),
+            });
+        }
+        let mut failures = 0u32;
+        let mut backoff = self.cfg.source.reconnect_backoff_initial.0;
+        let mut meta: Option<Conn> = None;
+        loop {
+            let at = if sp.by_gtid {
+                format!(
+                    "GTID {}",
+                    sp.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default()
+                )
+            } else {
+                sp.coord.to_string()
+            };
+            let span = info_span!("stream", at = %at);
+            let result = async {
+                info!(by_gtid = sp.by_gtid, "requesting binlog");
+                let stream = self.open_stream(&sp).await.map_err(|e| match e {
+                    SourceError::Mysql(m) => classify(m, &at),
+                    e => e,
+                })?;
+                self.pump(
+                    decoder,
+                    stream,
+                    &tx,
+                    &mut shutdown,
+                    &mut meta,
+                    &at,
+                    &stats,
+                    &mut failures,
+                    &mut backoff,
+                )
+                .await
+            }
+            .instrument(span)
+            .await;
+            match result {
+                Ok(()) => return Ok(()), // shutdown
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    let max = self.cfg.source.reconnect_max_attempts;
+                    if max > 0 && failures > max {
+                        return Err(SourceError::GaveUp {
+                            attempts: failures - 1,
+                            last: e.to_string(),
+                        });
+                    }
+                    stats
+                        .reconnects
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(error = %e, retry_in = ?backoff, attempt = failures, "replication stream lost; reconnecting");
+                    // hand on whatever complete transactions were decoded
+                    if let Some(b) = decoder.take_batch() {
+                        if tx.send(b).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    decoder.reset_stream();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(self.cfg.source.reconnect_backoff_max.0);
+                    if let Some(p) = decoder.committed() {
+                        sp = StartPoint {
+                            coord: p.coord.clone(),
+                            by_gtid: p.gtid.as_ref().is_some_and(|g| self.gtid_usable(g)),
+                            gtid: p.gtid.clone(),
+                            emit_from: None,
+                        };
+                        decoder.start_at(&sp.coord.file, sp.gtid.clone(), None);
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pump(
+        &self,
+        decoder: &mut Decoder,
+        mut stream: BinlogStream,
+        tx: &mpsc::Sender<Batch>,
+        shutdown: &mut watch::Receiver<bool>,
+        meta: &mut Option<Conn>,
+        at: &str,
+        stats: &SourceStats,
+        failures: &mut u32,
+        backoff: &mut Duration,
+    ) -> Result<(), SourceError> {
+        let read_timeout = self.cfg.source.read_timeout.0;
+        loop {
+            if *shutdown.borrow() {
+                if let Some(b) = decoder.take_batch() {
+                    let _ = tx.send(b).await;
+                }
+                let _ = stream.close().await;
+                return Ok(());
+            }
+            // Take what is ready without waiting; when nothing is, hand on the pending batch.
+            let next = match stream.next().now_or_never() {
+                Some(n) => n,
+                None => {
+                    if let Some(b) = decoder.take_batch() {
+                        if tx.send(b).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    tokio::select! {
+                        r = tokio::time::timeout(read_timeout, stream.next()) => match r {
+                            Ok(n) => n,
+                            Err(_) => {
+                                return Err(SourceError::Connect {
+                                    url: conn::redact_url(self.cfg.source.url.expose()),
+                                    message: format!("no event or heartbeat for {read_timeout:?}: the stream is stalled"),
+                                })
+                            }
+                        },
+                        _ = shutdown.changed() => continue,
+                    }
+                }
+            };
+            let ev = match next {
+                None => {
+                    return Err(SourceError::Connect {
+                        url: conn::redact_url(self.cfg.source.url.expose()),
+                        message: "the server closed the replication stream".into(),
+                    })
+                }
+                Some(Err(e)) => return Err(classify(e, at)),
+                Some(Ok(ev)) => ev,
+            };
+            *failures = 0;
+            *backoff = self.cfg.source.reconnect_backoff_initial.0;
+            stats
+                .events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            loop {
+                match decoder.handle(&ev)? {
+                    Step::Continue => break,
+                    Step::NeedHints { db, table } => {
+                        if meta.is_none() {
+                            *meta = Some(self.conn().await?);
+                        }
+                        let c = meta
+                            .as_mut()
+                            .ok_or_else(|| SourceError::Config("no metadata connection".into()))?;
+                        match conn::fetch_hints(c, &db, &table, self.info.flavor).await {
+                            Ok(h) => {
+                                debug!(%db, %table, json = ?h.json_columns, "schema hints");
+                                decoder.set_hints(&db, &table, h);
+                            }
+                            Err(e) => {
+                                *meta = None;
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                }
+            }
+            if decoder.pending_bytes() >= 4 << 20 {
+                if let Some(b) = decoder.take_batch() {
+                    if tx.send(b).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counters shared with metrics and progress reporting.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub events: std::sync::atomic::AtomicU64,
+    pub reconnects: std::sync::atomic::AtomicU64,
+}
+
+async fn connect_conn(opts: &Opts, cfg: &Config) -> Result<Conn, SourceError> {
+    let url = conn::redact_url(cfg.source.url.expose());
+    match tokio::time::timeout(cfg.source.connect_timeout.0, Conn::new(opts.clone())).await {
+        Err(_) => Err(SourceError::Connect {
+            url,
+            message: format!("no answer within {:?}", cfg.source.connect_timeout.0),
+        }),
+        Ok(Err(mysql_async::Error::Server(s))) if s.code == 1045 || s.code == 1698 => {
+            Err(SourceError::Auth(s.message))
+        }
+        Ok(Err(e)) => Err(SourceError::Connect {
+            url,
+            message: e.to_string(),
+        }),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
