@@ -80,6 +80,8 @@ pub struct ColumnSchema {
     /// MariaDB JSON column (LONGTEXT with json_valid check): emitted as nested JSON.
     pub json_text: bool,
     pub labels: Option<Arc<[String]>>,
+    /// BINARY(n): the server strips trailing 0x00 in the binlog; SELECT shows them. Pad to n.
+    pub binary_pad: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -229,6 +231,14 @@ impl TableSchema {
                     .or_else(|| hint.and_then(|h| h.labels.clone()))
                     .map(Arc::from);
             }
+            let binary_pad = match (raw_type, kind, text) {
+                (
+                    ColumnType::MYSQL_TYPE_STRING,
+                    ColKind::Str { .. },
+                    Some(TextEncoding::Binary),
+                ) => string_max_len(m),
+                _ => None,
+            };
             let json_text = matches!(kind, ColKind::Blob { .. })
                 && hints.is_some_and(|h| h.json_columns.contains(&name));
             columns.push(ColumnSchema {
@@ -240,6 +250,7 @@ impl TableSchema {
                 text,
                 json_text,
                 labels,
+                binary_pad,
             });
         }
         let mut primary_key: Vec<usize> = meta
@@ -268,6 +279,17 @@ impl TableSchema {
             full_metadata,
             raw: raw.into(),
         })
+    }
+}
+
+/// Declared byte length of a CHAR/BINARY column from its STRING metadata.
+fn string_max_len(m: &[u8]) -> Option<u16> {
+    match m {
+        [b0, b1, ..] if b0 & 0x30 != 0x30 => {
+            Some((*b1 as u16) | ((((b0 & 0x30) ^ 0x30) as u16) << 4))
+        }
+        [_, b1, ..] => Some(*b1 as u16),
+        _ => None,
     }
 }
 

@@ -417,6 +417,14 @@ pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(),
                 let raw: &serde_json::value::RawValue = serde_json::from_str(&s)
                     .map_err(|e| format!("JSON column holds invalid JSON: {e}"))?;
                 out.extend_from_slice(raw.get().as_bytes());
+            } else if let (Some(n), TextEncoding::Binary) = (col.binary_pad, enc) {
+                if v.len() < n as usize {
+                    let mut padded = v.to_vec();
+                    padded.resize(n as usize, 0);
+                    push_b64(out, &padded);
+                } else {
+                    push_b64(out, v);
+                }
             } else {
                 push_text(out, enc, v)?;
             }

@@ -1,0 +1,300 @@
+//! Test harness: real servers started by scripts/test-servers.sh (URLs in BINLOGD_TEST_* env),
+//! the real `binlogd` binary, and its JSON-lines output read back.
+#![allow(dead_code)]
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Opts};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    MariaDb,
+    MySql,
+}
+
+pub const BOTH: [Flavor; 2] = [Flavor::MariaDb, Flavor::MySql];
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `bash scripts/test.sh` (it starts the servers), or source target/ts/env")
+    })
+}
+
+impl Flavor {
+    pub fn tag(self) -> &'static str {
+        match self {
+            Flavor::MariaDb => "maria",
+            Flavor::MySql => "mysql",
+        }
+    }
+    pub fn root_url(self) -> String {
+        env(match self {
+            Flavor::MariaDb => "BINLOGD_TEST_MARIADB_URL",
+            Flavor::MySql => "BINLOGD_TEST_MYSQL_URL",
+        })
+    }
+    pub fn cdc_url(self) -> String {
+        env(match self {
+            Flavor::MariaDb => "BINLOGD_TEST_MARIADB_CDC_URL",
+            Flavor::MySql => "BINLOGD_TEST_MYSQL_CDC_URL",
+        })
+    }
+    pub fn port(self) -> u16 {
+        Opts::from_url(&self.root_url())
+            .map(|o| o.tcp_port())
+            .unwrap_or(3306)
+    }
+}
+
+pub async fn root(f: Flavor) -> Conn {
+    let opts = mysql_async::OptsBuilder::from_opts(Opts::from_url(&f.root_url()).unwrap())
+        .prefer_socket(false);
+    let mut c = Conn::new(opts).await.expect("connect as root");
+    c.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .unwrap();
+    c
+}
+
+/// A fresh database for one test.
+pub async fn fresh_db(c: &mut Conn, name: &str) {
+    c.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+        .await
+        .unwrap();
+    c.query_drop(format!(
+        "CREATE DATABASE `{name}` DEFAULT CHARACTER SET utf8mb4"
+    ))
+    .await
+    .unwrap();
+}
+
+/// The server's current binlog end: a start position for a daemon that should see only what
+/// the test writes next.
+pub async fn binlog_end(c: &mut Conn, f: Flavor) -> (String, u64) {
+    let q = match f {
+        Flavor::MariaDb => "SHOW MASTER STATUS",
+        Flavor::MySql => "SHOW BINARY LOG STATUS",
+    };
+    let row: mysql_async::Row = c.query_first(q).await.unwrap().unwrap();
+    (row.get(0).unwrap(), row.get(1).unwrap())
+}
+
+pub fn workdir(name: &str) -> PathBuf {
+    let base = std::env::var("BINLOGD_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let d = base.join("work").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn server_id_for(name: &str, f: Flavor) -> u32 {
+    let mut h: u32 = 2166136261;
+    for b in name.bytes().chain(f.tag().bytes()) {
+        h = (h ^ b as u32).wrapping_mul(16777619);
+    }
+    1000 + h % 1_000_000
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub out: PathBuf,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config` to the workdir and starts `binlogd run`.
+    pub fn start(dir: &std::path::Path, config: &str) -> Daemon {
+        let cfg = dir.join("binlogd.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.join("binlogd.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env("RUST_LOG", "binlogd=debug")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("spawn binlogd");
+        Daemon {
+            child,
+            out: dir.join("out.jsonl"),
+            log,
+            config: cfg,
+        }
+    }
+
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("RUST_LOG", "binlogd=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn binlogd");
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        read_events(&self.out)
+    }
+
+    /// Waits until at least `n` events are in the output (panics with the log on timeout or
+    /// if the daemon exits).
+    pub fn wait_events(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let t0 = Instant::now();
+        loop {
+            let ev = self.events();
+            if ev.len() >= n {
+                return ev;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "binlogd exited ({st}) with {} of {n} events; log:\n{}",
+                    ev.len(),
+                    self.log_text()
+                );
+            }
+            if t0.elapsed() > timeout {
+                panic!(
+                    "timed out with {} of {n} events; log:\n{}",
+                    ev.len(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("binlogd did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn read_events(path: &std::path::Path) -> Vec<Value> {
+    let s = match std::fs::read(path) {
+        Ok(s) => s,
+        Err(_) => return Vec::new(),
+    };
+    // only complete lines (the daemon may be mid-write)
+    let end = s
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    s[..end]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l).unwrap_or_else(|e| {
+                panic!(
+                    "bad JSON line ({e}): {}",
+                    String::from_utf8_lossy(&l[..l.len().min(300)])
+                )
+            })
+        })
+        .collect()
+}
+
+/// A config streaming `db.*` from `f` to a JSON-lines file in `dir`, starting at `start`.
+pub fn config(
+    f: Flavor,
+    name: &str,
+    db: &str,
+    start: &(String, u64),
+    dir: &std::path::Path,
+    extra_source: &str,
+) -> String {
+    format!(
+        r#"
+[source]
+url = "{url}"
+server_id = {sid}
+name = "test"
+start = {{ file = "{file}", pos = {pos} }}
+include = ["{db}.*"]
+heartbeat = "1s"
+read_timeout = "5s"
+reconnect_backoff_initial = "100ms"
+reconnect_backoff_max = "1s"
+{extra_source}
+
+[[sinks.file]]
+name = "out"
+path = "{out}"
+
+[log]
+format = "json"
+"#,
+        url = f.cdc_url(),
+        sid = server_id_for(name, f),
+        file = start.0,
+        pos = start.1,
+        out = dir.join("out.jsonl").display()
+    )
+}
+
+pub fn run_binlogd(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_binlogd"))
+        .args(args)
+        .output()
+        .expect("run binlogd");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
