@@ -173,6 +173,12 @@ impl Decoder {
         self.emit_from = emit_from;
     }
 
+    /// Prepares for a new stream after a reconnect (keeps a pending `emit_from`).
+    pub fn resume_at(&mut self, file: &str, gtid: Option<GtidSet>) {
+        self.file = Arc::from(file);
+        self.gtid_state = gtid;
+    }
+
     /// The last complete-transaction position seen (where a new stream must resume).
     pub fn committed(&self) -> Option<&Position> {
         self.committed.as_ref()
@@ -691,13 +697,14 @@ impl Decoder {
             },
             gtid: self.gtid_state.clone(),
         };
+        self.committed = Some(pos.clone());
         if let Some(e) = &self.emit_from {
             if e.file == *self.file && end <= e.pos {
+                // before the requested start: a resume point, but nothing to hand on
                 return Ok(());
             }
             self.emit_from = None;
         }
-        self.committed = Some(pos.clone());
         self.pending.commit = Some(pos);
         self.pending.last_event_ms = ts;
         Ok(())

@@ -368,7 +368,7 @@ impl Source {
                             gtid: p.gtid.clone(),
                             emit_from: None,
                         };
-                        decoder.start_at(&sp.coord.file, sp.gtid.clone(), None);
+                        decoder.resume_at(&sp.coord.file, sp.gtid.clone());
                     }
                 }
             }

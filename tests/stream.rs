@@ -1,0 +1,360 @@
+//! Streaming behaviour against real servers: schema changes, transactions, reconnects,
+//! compressed binlogs.
+
+mod common;
+
+use common::*;
+use mysql_async::prelude::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn ids(ev: &[Value], img: &str) -> Vec<i64> {
+    ev.iter().map(|e| e[img]["id"].as_i64().unwrap()).collect()
+}
+
+/// Tables without a primary key, with a composite key, and a table renamed and altered between
+/// changes: events after each DDL carry the new columns.
+fn schema_changes(f: Flavor) {
+    let rt = rt();
+    let name = format!("schema_{}", f.tag());
+    let dir = workdir(&name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(fresh_db(&mut c, &name));
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
+    rt.block_on(async {
+        for q in [
+            format!("CREATE TABLE `{name}`.nopk (a INT, b VARCHAR(10))"),
+            format!("INSERT INTO `{name}`.nopk VALUES (1, 'x'), (1, 'x')"),
+            format!("CREATE TABLE `{name}`.comp (a INT, b VARCHAR(20), v INT, PRIMARY KEY (b, a))"),
+            format!("INSERT INTO `{name}`.comp VALUES (1, 'k', 10)"),
+            format!("UPDATE `{name}`.comp SET a = 2 WHERE a = 1"),
+            format!("CREATE TABLE `{name}`.t1 (id INT PRIMARY KEY, old_col INT, gone VARCHAR(5))"),
+            format!("INSERT INTO `{name}`.t1 VALUES (1, 10, 'g')"),
+            format!("RENAME TABLE `{name}`.t1 TO `{name}`.t2"),
+            format!("ALTER TABLE `{name}`.t2 ADD COLUMN added VARCHAR(10) DEFAULT 'new', DROP COLUMN gone, MODIFY COLUMN old_col BIGINT"),
+            format!("INSERT INTO `{name}`.t2 (id, old_col) VALUES (2, 9000000000)"),
+            format!("UPDATE `{name}`.t2 SET added = 'upd' WHERE id = 1"),
+        ] {
+            c.query_drop(q).await.unwrap();
+        }
+    });
+    let ev = d.wait_events(7, Duration::from_secs(30));
+    assert_eq!(ev.len(), 7);
+    assert_eq!(ev[0]["after"], serde_json::json!({"a": 1, "b": "x"}));
+    assert_eq!(
+        ev[1]["after"], ev[0]["after"],
+        "identical rows of a table without PK are both emitted"
+    );
+    assert_eq!(
+        ev[2]["after"],
+        serde_json::json!({"a": 1, "b": "k", "v": 10})
+    );
+    assert_eq!(ev[3]["before"]["a"], 1);
+    assert_eq!(ev[3]["after"]["a"], 2);
+    assert_eq!(ev[4]["source"]["table"], "t1");
+    assert_eq!(
+        ev[4]["after"],
+        serde_json::json!({"id": 1, "old_col": 10, "gone": "g"})
+    );
+    assert_eq!(ev[5]["source"]["table"], "t2");
+    assert_eq!(
+        ev[5]["after"],
+        serde_json::json!({"id": 2, "old_col": 9000000000i64, "added": "new"})
+    );
+    assert_eq!(
+        ev[6]["before"],
+        serde_json::json!({"id": 1, "old_col": 10, "added": "new"})
+    );
+    assert_eq!(ev[6]["after"]["added"], "upd");
+    assert_eq!(d.stop(), Some(0));
+}
+
+/// A multi-statement transaction and a 100k-row transaction: all rows, in binlog order.
+fn transactions(f: Flavor) {
+    let rt = rt();
+    let name = format!("txn_{}", f.tag());
+    let dir = workdir(&name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, &name).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.a (id INT PRIMARY KEY, v INT)"
+        ))
+        .await
+        .unwrap();
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.b (id INT PRIMARY KEY, v VARCHAR(40))"
+        ))
+        .await
+        .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
+    rt.block_on(async {
+        let mut tx = c.start_transaction(Default::default()).await.unwrap();
+        tx.query_drop(format!("INSERT INTO `{name}`.a VALUES (1, 1), (2, 2)")).await.unwrap();
+        tx.query_drop(format!("INSERT INTO `{name}`.b VALUES (1, 'one')")).await.unwrap();
+        tx.query_drop(format!("UPDATE `{name}`.a SET v = v + 10")).await.unwrap();
+        tx.query_drop(format!("DELETE FROM `{name}`.b WHERE id = 1")).await.unwrap();
+        tx.commit().await.unwrap();
+        c.query_drop("SET SESSION cte_max_recursion_depth = 200000").await.ok();
+        c.query_drop("SET SESSION max_recursive_iterations = 200000").await.ok();
+        c.query_drop(format!(
+            "INSERT INTO `{name}`.b WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 100000) \
+             SELECT n + 1000, CONCAT('row-', n) FROM s"
+        ))
+        .await
+        .unwrap();
+    });
+    let ev = d.wait_events(6 + 100_000, Duration::from_secs(120));
+    assert_eq!(ev.len(), 100_006);
+    let small: Vec<(String, String, i64)> = ev[..6]
+        .iter()
+        .map(|e| {
+            let img = if e["op"] == "d" {
+                &e["before"]
+            } else {
+                &e["after"]
+            };
+            (
+                e["source"]["table"].as_str().unwrap().to_string(),
+                e["op"].as_str().unwrap().to_string(),
+                img["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, i64)> = [
+        ("a", "c", 1),
+        ("a", "c", 2),
+        ("b", "c", 1),
+        ("a", "u", 1),
+        ("a", "u", 2),
+        ("b", "d", 1),
+    ]
+    .iter()
+    .map(|(t, o, i)| (t.to_string(), o.to_string(), *i))
+    .collect();
+    assert_eq!(small, want);
+    let gtid = &ev[0]["source"]["gtid"];
+    assert!(
+        ev[..6].iter().all(|e| &e["source"]["gtid"] == gtid),
+        "one transaction, one GTID"
+    );
+    let big = ids(&ev[6..], "after");
+    assert_eq!(
+        big,
+        (1001..=101_000).collect::<Vec<i64>>(),
+        "every row of the large transaction, in order"
+    );
+    // (file, pos, row) is unique
+    let mut keys: Vec<(String, u64, u64)> = ev
+        .iter()
+        .map(|e| {
+            let s = &e["source"];
+            (
+                s["file"].as_str().unwrap().to_string(),
+                s["pos"].as_u64().unwrap(),
+                s["row"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        ev.len(),
+        "(file, pos, row) identifies each row change"
+    );
+    assert_eq!(d.stop(), Some(0));
+}
+
+/// The replication connection is killed from the server side mid-stream, twice: the daemon
+/// reconnects and the file holds every row change exactly once.
+fn reconnect(f: Flavor) {
+    let rt = rt();
+    let name = format!("reconn_{}", f.tag());
+    let user = format!("cdc_{}", f.tag());
+    let dir = workdir(&name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, &name).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v VARCHAR(20))"
+        ))
+        .await
+        .unwrap();
+        c.query_drop(format!("DROP USER IF EXISTS '{user}'@'%'"))
+            .await
+            .unwrap();
+        c.query_drop(format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"))
+            .await
+            .unwrap();
+        c.query_drop(format!(
+            "GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO '{user}'@'%'"
+        ))
+        .await
+        .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let cfg = config(f, &name, &name, &start, &dir, "").replace(
+        &format!("url = \"{}\"", f.cdc_url()),
+        &format!("url = \"mysql://{user}:pw@127.0.0.1:{}\"", f.port()),
+    );
+    let mut d = Daemon::start(&dir, &cfg);
+    let total = 3000;
+    rt.block_on(async {
+        let mut kills = 0;
+        for i in 0..total {
+            c.exec_drop(format!("INSERT INTO `{name}`.t VALUES (?, 'v')"), (i,)).await.unwrap();
+            if i % 1000 == 500 {
+                // kill the dump thread of our user
+                let ids: Vec<u64> = c
+                    .exec("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND COMMAND LIKE 'Binlog Dump%'", (&user,))
+                    .await
+                    .unwrap();
+                for id in &ids {
+                    let _ = c.query_drop(format!("KILL {id}")).await;
+                }
+                kills += ids.len();
+            }
+        }
+        assert!(kills >= 2, "the dump thread was found and killed ({kills})");
+    });
+    let ev = d.wait_events(total, Duration::from_secs(90));
+    std::thread::sleep(Duration::from_millis(500));
+    let ev2 = d.events();
+    assert_eq!(ev2.len(), ev.len(), "no extra events after catching up");
+    assert_eq!(
+        ids(&ev2, "after"),
+        (0..total as i64).collect::<Vec<_>>(),
+        "every row exactly once, in order"
+    );
+    assert!(
+        std::fs::read_to_string(&d.log)
+            .unwrap()
+            .contains("reconnecting"),
+        "the daemon logged its reconnects"
+    );
+    assert_eq!(d.stop(), Some(0));
+}
+
+/// Compressed binlog (MySQL binlog_transaction_compression, MariaDB log_bin_compress) gives the
+/// same events as uncompressed.
+fn compressed(f: Flavor) {
+    let rt = rt();
+    let name = format!("compr_{}", f.tag());
+    let dir = workdir(&name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, &name).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v TEXT, n INT)"
+        ))
+        .await
+        .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
+    rt.block_on(async {
+        workload(&mut c, &name, 0).await;
+        match f {
+            Flavor::MySql => c
+                .query_drop("SET SESSION binlog_transaction_compression = ON")
+                .await
+                .unwrap(),
+            Flavor::MariaDb => {
+                // log_bin_compress is global; the compressed events themselves are the point
+                c.query_drop("SET GLOBAL log_bin_compress = ON")
+                    .await
+                    .unwrap();
+                c.query_drop("SET GLOBAL log_bin_compress_min_len = 10")
+                    .await
+                    .unwrap();
+            }
+        }
+        workload(&mut c, &name, 100).await;
+        if f == Flavor::MariaDb {
+            c.query_drop("SET GLOBAL log_bin_compress = OFF")
+                .await
+                .unwrap();
+        }
+    });
+    let ev = d.wait_events(14, Duration::from_secs(30));
+    assert_eq!(ev.len(), 14);
+    let strip = |e: &Value| {
+        let mut e = e.clone();
+        for img in ["before", "after"] {
+            if let Some(id) = e[img].get("id").and_then(|x| x.as_i64()) {
+                e[img]["id"] = Value::from(id % 100);
+            }
+        }
+        serde_json::json!({"op": e["op"], "before": e["before"], "after": e["after"]})
+    };
+    for i in 0..7 {
+        assert_eq!(
+            strip(&ev[i]),
+            strip(&ev[i + 7]),
+            "event {i}: compressed equals uncompressed"
+        );
+    }
+    if f == Flavor::MySql {
+        // all rows of a compressed transaction share the payload's position, distinct rows
+        assert_eq!(ev[7]["source"]["pos"], ev[9]["source"]["pos"]);
+        assert_ne!(ev[7]["source"]["row"], ev[9]["source"]["row"]);
+    }
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn schema_changes_mariadb() {
+    schema_changes(Flavor::MariaDb);
+}
+#[test]
+fn schema_changes_mysql() {
+    schema_changes(Flavor::MySql);
+}
+#[test]
+fn transactions_mariadb() {
+    transactions(Flavor::MariaDb);
+}
+#[test]
+fn transactions_mysql() {
+    transactions(Flavor::MySql);
+}
+#[test]
+fn reconnect_mariadb() {
+    reconnect(Flavor::MariaDb);
+}
+#[test]
+fn reconnect_mysql() {
+    reconnect(Flavor::MySql);
+}
+#[test]
+fn compressed_mariadb() {
+    compressed(Flavor::MariaDb);
+}
+#[test]
+fn compressed_mysql() {
+    compressed(Flavor::MySql);
+}
+
+async fn workload(c: &mut mysql_async::Conn, name: &str, base: i64) {
+    let long = "x".repeat(400);
+    c.query_drop(format!(
+        "INSERT INTO `{name}`.t VALUES ({}, '{long}', 1), ({}, 'short', 2), ({}, NULL, 3)",
+        base,
+        base + 1,
+        base + 2
+    ))
+    .await
+    .unwrap();
+    c.query_drop(format!(
+        "UPDATE `{name}`.t SET n = n * 10 WHERE id >= {base}"
+    ))
+    .await
+    .unwrap();
+    c.query_drop(format!("DELETE FROM `{name}`.t WHERE id = {}", base + 1))
+        .await
+        .unwrap();
+}
