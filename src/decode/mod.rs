@@ -36,13 +36,12 @@ pub enum DecodeError {
     Schema { table: String, message: String },
     #[error("{0}")]
     Malformed(String),
-    #[error("event type {event_type} at {file}:{pos}: {source}")]
+    #[error("event type {event_type} at {file}:{pos}: {inner}")]
     At {
         file: String,
         pos: u64,
         event_type: u8,
-        #[source]
-        source: Box<DecodeError>,
+        inner: Box<DecodeError>,
     },
 }
 
@@ -54,7 +53,7 @@ impl DecodeError {
                 file: file.to_string(),
                 pos,
                 event_type,
-                source: Box::new(e),
+                inner: Box::new(e),
             },
         }
     }
@@ -472,7 +471,9 @@ impl Decoder {
                 Ok(())
             }
             "COMMIT" | "ROLLBACK" => self.commit(ev, end),
-            "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" if !self.filter_skips_statement(schema, head) => {
+            "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD"
+                if !self.filter_skips_statement(schema, head) && !self.before_emit_from(end) =>
+            {
                 Err(DecodeError::Malformed(format!(
                     "statement-based change in the binlog ({}…): a session wrote with binlog_format=STATEMENT or MIXED, \
                      so its rows are not in the binlog. Set binlog_format=ROW globally and for every session",
@@ -496,6 +497,13 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// `true` for events before a requested mid-file start (read only to learn the GTID state).
+    fn before_emit_from(&self, end: u64) -> bool {
+        self.emit_from
+            .as_ref()
+            .is_some_and(|e| e.file == *self.file && end <= e.pos)
     }
 
     /// Statement events on tables we do not stream are not our concern; conservatively only

@@ -335,7 +335,13 @@ impl Source {
             .await;
             match result {
                 Ok(()) => return Ok(()), // shutdown
-                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) if is_fatal(&e) => {
+                    // hand on the complete transactions decoded before the failure
+                    if let Some(b) = decoder.take_batch() {
+                        let _ = tx.send(b).await;
+                    }
+                    return Err(e);
+                }
                 Err(e) => {
                     failures += 1;
                     let max = self.cfg.source.reconnect_max_attempts;
