@@ -358,3 +358,152 @@ async fn workload(c: &mut mysql_async::Conn, name: &str, base: i64) {
         .await
         .unwrap();
 }
+
+/// MySQL partial JSON updates (binlog_row_value_options=PARTIAL_JSON): the after image is
+/// the full document, as SELECT shows it.
+#[test]
+fn partial_json_mysql() {
+    let f = Flavor::MySql;
+    let rt = rt();
+    let name = "pjson_mysql";
+    let dir = workdir(name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, name).await;
+        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY, j JSON)")).await.unwrap();
+        c.query_drop(format!(
+            "INSERT INTO `{name}`.t VALUES (1, '{{\"a\": 1, \"b\": [1, 2, 3], \"c\": {{\"d\": \"long string value here\"}}, \"e\": \"x\"}}')"
+        ))
+        .await
+        .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
+    let want: Vec<String> = rt.block_on(async {
+        c.query_drop("SET SESSION binlog_row_value_options = 'PARTIAL_JSON'")
+            .await
+            .unwrap();
+        let mut want = Vec::new();
+        for upd in [
+            "JSON_SET(j, '$.a', 2)",
+            "JSON_REPLACE(j, '$.c.d', 'short')",
+            "JSON_REMOVE(j, '$.b[1]')",
+            "JSON_SET(j, '$.new', 'n')",
+            "JSON_ARRAY_APPEND(j, '$.b', 9)",
+        ] {
+            c.query_drop(format!("UPDATE `{name}`.t SET j = {upd} WHERE id = 1"))
+                .await
+                .unwrap();
+            let s: String = c
+                .query_first(format!("SELECT CAST(j AS CHAR) FROM `{name}`.t"))
+                .await
+                .unwrap()
+                .unwrap();
+            want.push(s);
+        }
+        want
+    });
+    let ev = d.wait_events(5, Duration::from_secs(30));
+    for (e, w) in ev.iter().zip(&want) {
+        let w: Value = serde_json::from_str(w).unwrap();
+        assert_eq!(
+            e["after"]["j"].to_string(),
+            w.to_string(),
+            "after image equals SELECT"
+        );
+    }
+    assert_eq!(d.stop(), Some(0));
+}
+
+/// MySQL 9's caching_sha2_password: over plain TCP with an empty server-side cache (RSA key
+/// exchange) and over TLS.
+#[test]
+fn caching_sha2_auth_mysql() {
+    let f = Flavor::MySql;
+    let rt = rt();
+    let mut c = rt.block_on(root(f));
+    let dir = workdir("auth_mysql");
+    for (mode, extra) in [
+        ("plain", ""),
+        ("tls", "\n[source.tls]\nmode = \"required\"\n"),
+    ] {
+        rt.block_on(c.query_drop("FLUSH PRIVILEGES")).unwrap(); // empties the auth cache
+        let cfg = format!(
+            "[source]\nurl = \"{}\"\nserver_id = 4545\nname = \"t\"\n{extra}\n[[sinks.file]]\nname = \"o\"\npath = \"-\"\n",
+            f.cdc_url()
+        );
+        let p = dir.join(format!("{mode}.toml"));
+        std::fs::write(&p, cfg).unwrap();
+        let (code, out) = run_binlogd(&["check", "-c", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "{mode}: {out}");
+        assert!(out.contains("check: ok"), "{mode}: {out}");
+    }
+}
+
+/// A server with binlog_row_metadata=MINIMAL: names, keys and ENUM labels come from
+/// information_schema, with a loud warning.
+#[test]
+fn minimal_metadata_fallback_mariadb() {
+    let scripts = std::env::var("BINLOGD_TEST_SCRIPTS")
+        .expect("BINLOGD_TEST_SCRIPTS (run via scripts/test.sh)");
+    let dir = workdir("minimal_meta");
+    let data = dir.join("data");
+    let port = 3338u16;
+    let st = std::process::Command::new("bash")
+        .arg(format!("{scripts}/mariadb.sh"))
+        .arg("start")
+        .arg(&data)
+        .arg(port.to_string())
+        .args(["--", "--binlog-row-metadata=MINIMAL", "--server-id=8"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Stop(String, std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("bash")
+                .arg(format!("{}/mariadb.sh", self.0))
+                .arg("stop")
+                .arg(&self.1)
+                .status();
+        }
+    }
+    let _stop = Stop(scripts.clone(), data.clone());
+    let rt = rt();
+    let root_url = format!("mysql://root@127.0.0.1:{port}");
+    let mut c = rt.block_on(async {
+        let o =
+            mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&root_url).unwrap())
+                .prefer_socket(false);
+        mysql_async::Conn::new(o).await.unwrap()
+    });
+    rt.block_on(async {
+        c.query_drop("CREATE DATABASE m").await.unwrap();
+        c.query_drop("CREATE TABLE m.t (id INT UNSIGNED PRIMARY KEY, e ENUM('x','y'), name VARCHAR(10)) DEFAULT CHARSET=utf8mb4")
+            .await
+            .unwrap();
+    });
+    let (file, pos): (String, u64) = rt.block_on(async {
+        let r: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+        (r.get(0).unwrap(), r.get(1).unwrap())
+    });
+    let cfg = format!(
+        "[source]\nurl = \"mysql://cdc:cdc@127.0.0.1:{port}\"\nserver_id = 777\nname = \"t\"\nstart = {{ file = \"{file}\", pos = {pos} }}\n\
+         include = [\"m.*\"]\n[[sinks.file]]\nname = \"o\"\npath = \"{}\"\n",
+        dir.join("out.jsonl").display()
+    );
+    let mut d = Daemon::start(&dir, &cfg);
+    rt.block_on(c.query_drop("INSERT INTO m.t VALUES (4000000000, 'y', 'n')"))
+        .unwrap();
+    let ev = d.wait_events(1, Duration::from_secs(30));
+    assert_eq!(
+        ev[0]["after"],
+        serde_json::json!({"id": 4000000000u64, "e": "y", "name": "n"})
+    );
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("binlog_row_metadata"),
+        "the fallback is logged loudly"
+    );
+    assert_eq!(d.stop(), Some(0));
+}
