@@ -133,7 +133,9 @@ fn check_image(what: &str, img: &Value, want: &BTreeMap<String, Option<Vec<u8>>>
             Some(b) => {
                 let text = String::from_utf8_lossy(b).to_string();
                 match k {
-                    K::Num | K::UnsignedNum => got.is_number() && got.to_string() == text,
+                    K::Num | K::UnsignedNum => {
+                        got.as_number().map(|n| n.to_string()) == Some(text.clone())
+                    }
                     K::DecStr | K::Str | K::DateTime | K::Ts => got.as_str() == Some(text.as_str()),
                     K::F32 => {
                         got.as_f64().map(|x| x as f32) == text.parse::<f32>().ok()
