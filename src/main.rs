@@ -33,6 +33,10 @@ enum Cmd {
     Run {
         #[arg(short, long, default_value = "config/binlogd.toml")]
         config: PathBuf,
+        /// Exit (0) after handing on every transaction up to this FILE:POS (bounded runs,
+        /// benchmarks).
+        #[arg(long, value_name = "FILE:POS")]
+        stop_at: Option<binlogd::source::position::BinlogCoord>,
     },
     /// Validate the config, connect, and check server settings and privileges.
     Check {
@@ -99,13 +103,13 @@ fn main() -> ExitCode {
     };
     rt.block_on(async {
         match cli.cmd {
-            Cmd::Run { config } => {
+            Cmd::Run { config, stop_at } => {
                 let cfg = match load_config(&config) {
                     Ok(c) => c,
                     Err(code) => return code,
                 };
                 init_logging(Some(&cfg));
-                match run(cfg).await {
+                match run(cfg, stop_at).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         error!("{e:#}");
@@ -197,7 +201,7 @@ async fn check(cfg: Config) -> ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> Result<()> {
+async fn run(cfg: Config, stop_at: Option<binlogd::source::position::BinlogCoord>) -> Result<()> {
     let cfg = Arc::new(cfg);
     let (src, findings) = Source::connect(cfg.clone()).await?;
     let mut fatal = Vec::new();
@@ -224,7 +228,8 @@ async fn run(cfg: Config) -> Result<()> {
     let start = src.resolve_start(None).await?;
     info!(file = %start.coord, gtid = ?start.gtid.as_ref().map(|g| g.to_string()), "start position");
     let mut decoder = src.new_decoder()?;
-    let (tx, rx) = mpsc::channel(16);
+    decoder.stop_at = stop_at;
+    let (tx, rx) = mpsc::channel(2);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (acked_tx, _acked_rx) = watch::channel(None);
     let pipeline =

@@ -183,7 +183,7 @@ fn default_pipeline_name() -> String {
     "default".into()
 }
 fn default_max_in_flight() -> ByteSize {
-    ByteSize(32 << 20)
+    ByteSize(16 << 20)
 }
 fn default_log_level() -> String {
     "info".into()

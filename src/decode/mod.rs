@@ -124,6 +124,8 @@ pub struct Decoder {
     committed: Option<Position>,
     /// Chunks of one open transaction are flushed early once they hold this many bytes.
     pub max_txn_buffer: usize,
+    /// Stop once a transaction ending at or past this coordinate is complete.
+    pub stop_at: Option<BinlogCoord>,
     /// Statistics
     pub events: u64,
     pub bytes_read: u64,
@@ -155,7 +157,8 @@ impl Decoder {
             skip_upto: None,
             handed_in_txn: None,
             committed: None,
-            max_txn_buffer: 8 << 20,
+            max_txn_buffer: 4 << 20,
+            stop_at: None,
             events: 0,
             bytes_read: 0,
         }
@@ -179,6 +182,14 @@ impl Decoder {
     }
 
     /// The last complete-transaction position seen (where a new stream must resume).
+    /// `true` once the stream reached `stop_at` (everything up to it is pending or handed on).
+    pub fn reached_stop(&self) -> bool {
+        match (&self.stop_at, &self.committed) {
+            (Some(s), Some(c)) => (c.coord.file.as_str(), c.coord.pos) >= (s.file.as_str(), s.pos),
+            _ => false,
+        }
+    }
+
     pub fn committed(&self) -> Option<&Position> {
         self.committed.as_ref()
     }

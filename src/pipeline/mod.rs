@@ -43,7 +43,7 @@ impl Pipeline {
         let mut ack_rxs = Vec::new();
         let mut handles = Vec::new();
         for mut sink in sinks {
-            let (tx, mut srx) = mpsc::channel::<Arc<Batch>>(8);
+            let (tx, mut srx) = mpsc::channel::<Arc<Batch>>(2);
             let (atx, arx) = watch::channel(0u64);
             let etx = err_tx.clone();
             let name = sink.name().to_string();

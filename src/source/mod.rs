@@ -396,7 +396,7 @@ impl Source {
     ) -> Result<(), SourceError> {
         let read_timeout = self.cfg.source.read_timeout.0;
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || decoder.reached_stop() {
                 if let Some(b) = decoder.take_batch() {
                     let _ = tx.send(b).await;
                 }
@@ -464,7 +464,7 @@ impl Source {
                     }
                 }
             }
-            if decoder.pending_bytes() >= 4 << 20 {
+            if decoder.pending_bytes() >= 1 << 20 {
                 if let Some(b) = decoder.take_batch() {
                     if tx.send(b).await.is_err() {
                         return Ok(());
