@@ -409,3 +409,18 @@ path = "-"
         assert!(load(&dup, &[]).unwrap_err().to_string().contains("unique"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The documented example must stay loadable.
+    #[test]
+    fn example_config_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/binlogd.example.toml");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let c = Config::from_toml_str(&text, &p, std::iter::empty()).unwrap();
+        assert_eq!(c.sinks.file.len(), 1);
+        assert_eq!(c.pipeline.max_in_flight.0, 16 << 20);
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# bench.sh - starts the test servers and runs the benchmarks, which print figures.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+export PATH="$HOME/.cargo/bin:$PATH"
+bash scripts/install-deps.sh
+trap '[ "${BINLOGD_KEEP_SERVERS:-0}" = 1 ] || bash scripts/test-servers.sh stop >/dev/null 2>&1 || true' EXIT
+bash scripts/test-servers.sh start
+# shellcheck disable=SC1091
+. "${BINLOGD_TEST_DIR:-$REPO/target/ts}/env"
+cargo bench --bench throughput
