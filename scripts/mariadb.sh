@@ -137,6 +137,8 @@ CREATE USER IF NOT EXISTS 'root'@'::1' IDENTIFIED BY '';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'::1' WITH GRANT OPTION;
 CREATE USER IF NOT EXISTS 'cdc'@'%' IDENTIFIED BY 'cdc';
 GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'cdc'@'%';
+-- binlogd's checkpoint table (default: schema binlogd on the source server)
+GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON binlogd.* TO 'cdc'@'%';
 SQL
     pid=$(running_pid "$DATADIR") || die "mariadbd is not running"
     log "ready: pid $pid, $(client_root "$DATADIR" -N -e 'SELECT CONCAT("version ", VERSION(), ", port ", @@port, ", gtid_binlog_pos ", @@gtid_binlog_pos)')"

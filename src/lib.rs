@@ -4,7 +4,9 @@
 //! changes) → [`pipeline`] (batching, ordering, acknowledgements) → [`sinks`] → checkpoint.
 //! See docs/ARCHITECTURE.md.
 
+pub mod checkpoint;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod event;
 pub mod filter;

@@ -1,20 +1,18 @@
 //! The `binlogd` binary: command line, logging, signals, exit codes. anyhow lives only here.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tokio::sync::watch;
+use tracing::{error, info};
 
 use binlogd::config::{Config, LogFormat};
-use binlogd::event::SourceInfo;
-use binlogd::pipeline::Pipeline;
-use binlogd::sinks::file::FileSink;
-use binlogd::sinks::Sink;
+use binlogd::daemon;
 use binlogd::source::conn::{self, Severity};
-use binlogd::source::{Source, SourceStats};
+use binlogd::source::position::BinlogCoord;
+use binlogd::source::Source;
 
 #[derive(Parser)]
 #[command(
@@ -36,35 +34,115 @@ enum Cmd {
         /// Exit (0) after handing on every transaction up to this FILE:POS (bounded runs,
         /// benchmarks).
         #[arg(long, value_name = "FILE:POS")]
-        stop_at: Option<binlogd::source::position::BinlogCoord>,
+        stop_at: Option<BinlogCoord>,
     },
     /// Validate the config, connect, and check server settings and privileges.
     Check {
         #[arg(short, long, default_value = "config/binlogd.toml")]
         config: PathBuf,
     },
+    /// Create or upgrade the checkpoint table (also done at every start).
+    Migrate {
+        #[arg(short, long, default_value = "config/binlogd.toml")]
+        config: PathBuf,
+    },
     /// Show or move the stored position (checkpoint).
     Position {
-        #[arg(short, long, default_value = "config/binlogd.toml")]
-        config: PathBuf,
+        #[command(subcommand)]
+        cmd: PositionCmd,
     },
     /// Re-send a range of the binlog to chosen sinks without moving the stored position.
-    Replay {
+    Replay(ReplayArgs),
+}
+
+#[derive(Subcommand)]
+enum PositionCmd {
+    /// The stored position, its age, and how far behind the server it is.
+    Show {
         #[arg(short, long, default_value = "config/binlogd.toml")]
         config: PathBuf,
     },
+    /// Move the stored position (refused while a daemon for the pipeline runs).
+    Set {
+        #[arg(short, long, default_value = "config/binlogd.toml")]
+        config: PathBuf,
+        #[arg(long, requires = "pos", conflicts_with_all = ["gtid", "latest"])]
+        file: Option<String>,
+        #[arg(long, requires = "file")]
+        pos: Option<u64>,
+        #[arg(long, conflicts_with = "latest")]
+        gtid: Option<String>,
+        /// The server's current end of binlog.
+        #[arg(long)]
+        latest: bool,
+    },
+    /// Forget the stored position: the next run starts at source.start.
+    Reset {
+        #[arg(short, long, default_value = "config/binlogd.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[arg(short, long, default_value = "config/binlogd.toml")]
+    config: PathBuf,
+    /// Start at FILE:POS.
+    #[arg(long, value_name = "FILE:POS")]
+    from: Option<BinlogCoord>,
+    /// Start after this GTID set (the transactions already seen).
+    #[arg(long, value_name = "GTID_SET")]
+    from_gtid: Option<String>,
+    /// Start at the first transaction at or after this time (RFC 3339, UTC: 2026-01-02T03:04:05Z).
+    #[arg(long, value_name = "TIME")]
+    from_time: Option<String>,
+    /// End at FILE:POS (default: the server's position when the replay starts).
+    #[arg(long, value_name = "FILE:POS")]
+    to: Option<BinlogCoord>,
+    /// End once this GTID set is covered.
+    #[arg(long, value_name = "GTID_SET")]
+    to_gtid: Option<String>,
+    /// End before the first transaction after this time.
+    #[arg(long, value_name = "TIME")]
+    to_time: Option<String>,
+    /// Only these sinks (repeatable; default all).
+    #[arg(long = "sink", value_name = "NAME")]
+    sinks: Vec<String>,
+    /// Replica id for the replay stream (default: source.server_id with bit 30 flipped).
+    #[arg(long)]
+    server_id: Option<u32>,
+    /// Read these binlog files from disk instead of the server (e.g. after the server purged them).
+    #[arg(long = "binlog-file", value_name = "PATH", num_args = 1..)]
+    binlog_files: Vec<PathBuf>,
+}
+
+fn parse_time(s: &Option<String>) -> Result<Option<u64>, String> {
+    match s {
+        None => Ok(None),
+        Some(t) => humantime::parse_rfc3339_weak(t)
+            .map_err(|e| format!("{t:?} is not a time like 2026-01-02T03:04:05Z ({e})"))
+            .map(|st| {
+                st.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .ok()
+            }),
+    }
 }
 
 /// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration.
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
-fn init_logging(cfg: Option<&Config>) {
+fn init_logging(cfg: Option<&Config>, quiet: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let level = cfg
-        .map(|c| c.log.level.clone())
-        .unwrap_or_else(|| "info".into());
+    let level = cfg.map(|c| c.log.level.clone()).unwrap_or_else(|| {
+        if quiet {
+            "warn".into()
+        } else {
+            "info".into()
+        }
+    });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let format = cfg.map(|c| c.log.format).unwrap_or_default();
     let json = match format {
@@ -102,35 +180,105 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async {
-        match cli.cmd {
-            Cmd::Run { config, stop_at } => {
-                let cfg = match load_config(&config) {
-                    Ok(c) => c,
-                    Err(code) => return code,
-                };
-                init_logging(Some(&cfg));
-                match run(cfg, stop_at).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        error!("{e:#}");
-                        eprintln!("binlogd: {e:#}");
-                        ExitCode::from(EXIT_RUNTIME)
+        let config_path = match &cli.cmd {
+            Cmd::Run { config, .. } | Cmd::Check { config } | Cmd::Migrate { config } => config.clone(),
+            Cmd::Position { cmd: PositionCmd::Show { config } | PositionCmd::Reset { config } | PositionCmd::Set { config, .. } } => {
+                config.clone()
+            }
+            Cmd::Replay(a) => a.config.clone(),
+        };
+        let cfg = match load_config(&config_path) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let quiet = matches!(cli.cmd, Cmd::Check { .. } | Cmd::Position { .. });
+        init_logging(if quiet { None } else { Some(&cfg) }, quiet);
+        let result: Result<()> = match cli.cmd {
+            Cmd::Check { .. } => return check(cfg).await,
+            Cmd::Run { stop_at, .. } => {
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let signals = spawn_signal_handler(stop_tx);
+                let r = daemon::run(cfg, stop_at, stop_rx).await.map_err(anyhow::Error::from);
+                signals.abort();
+                r
+            }
+            Cmd::Migrate { .. } => daemon::migrate(&cfg).await.map(|n| println!("migrations applied: {n}")).map_err(Into::into),
+            Cmd::Position { cmd } => match cmd {
+                PositionCmd::Show { .. } => daemon::position_show(&cfg).await.map(|s| print!("{s}")).map_err(Into::into),
+                PositionCmd::Reset { .. } => daemon::position_reset(&cfg)
+                    .await
+                    .map(|had| println!("{}", if had { "stored position removed" } else { "no stored position" }))
+                    .map_err(Into::into),
+                PositionCmd::Set { file, pos, gtid, latest, .. } => {
+                    let target = match (file, pos, gtid, latest) {
+                        (Some(f), Some(p), None, false) => Some(daemon::SetTarget::File(BinlogCoord { file: f, pos: p })),
+                        (None, None, Some(g), false) => Some(daemon::SetTarget::Gtid(g)),
+                        (None, None, None, true) => Some(daemon::SetTarget::Latest),
+                        _ => None,
+                    };
+                    match target {
+                        None => {
+                            eprintln!("binlogd: position set needs --file F --pos P, --gtid SET or --latest");
+                            return ExitCode::from(EXIT_CONFIG);
+                        }
+                        Some(t) => daemon::position_set(&cfg, t)
+                            .await
+                            .map(|p| {
+                                println!(
+                                    "stored position: {} gtid: {}",
+                                    p.coord,
+                                    p.gtid.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
+                                )
+                            })
+                            .map_err(Into::into),
                     }
                 }
-            }
-            Cmd::Check { config } => {
-                let cfg = match load_config(&config) {
-                    Ok(c) => c,
-                    Err(code) => return code,
+            },
+            Cmd::Replay(a) => {
+                let range = match (parse_time(&a.from_time), parse_time(&a.to_time)) {
+                    (Ok(ft), Ok(tt)) => daemon::ReplayRange {
+                        from: a.from,
+                        from_gtid: a.from_gtid,
+                        from_time_ms: ft,
+                        to: a.to,
+                        to_gtid: a.to_gtid,
+                        to_time_ms: tt,
+                        sinks: a.sinks,
+                        server_id: a.server_id,
+                    },
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("binlogd: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
                 };
-                init_logging(None);
-                check(cfg).await
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let signals = spawn_signal_handler(stop_tx);
+                let r = if a.binlog_files.is_empty() {
+                    daemon::replay(cfg, range, stop_rx).await
+                } else {
+                    daemon::replay_files(cfg, a.binlog_files, range).await
+                };
+                signals.abort();
+                r.map(|rows| info!(rows, "replay done")).map_err(Into::into)
             }
-            Cmd::Position { .. } | Cmd::Replay { .. } => {
-                eprintln!("binlogd: position and replay need the checkpoint store, which this build does not have yet");
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e:#}");
+                eprintln!("binlogd: {e:#}");
                 ExitCode::from(EXIT_RUNTIME)
             }
         }
+    })
+}
+
+fn spawn_signal_handler(stop_tx: watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down: draining sinks");
+        let _ = stop_tx.send(true);
+        std::future::pending::<()>().await;
     })
 }
 
@@ -199,60 +347,6 @@ async fn check(cfg: Config) -> ExitCode {
         println!("check: {errors} problem(s)");
         ExitCode::from(EXIT_RUNTIME)
     }
-}
-
-async fn run(cfg: Config, stop_at: Option<binlogd::source::position::BinlogCoord>) -> Result<()> {
-    let cfg = Arc::new(cfg);
-    let (src, findings) = Source::connect(cfg.clone()).await?;
-    let mut fatal = Vec::new();
-    for f in findings {
-        match f.severity {
-            Severity::Error => fatal.push(f.message),
-            Severity::Warning => warn!("{}", f.message),
-        }
-    }
-    if !fatal.is_empty() {
-        anyhow::bail!(
-            "the source server is not set up for binlogd:\n  - {}",
-            fatal.join("\n  - ")
-        );
-    }
-    info!(server = %src.info.version, flavor = ?src.info.flavor, "connected to source");
-    let info = SourceInfo {
-        name: cfg.source.name.clone(),
-    };
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    for f in &cfg.sinks.file {
-        sinks.push(Box::new(FileSink::open(f, info.clone())?));
-    }
-    let start = src.resolve_start(None).await?;
-    info!(file = %start.coord, gtid = ?start.gtid.as_ref().map(|g| g.to_string()), "start position");
-    let mut decoder = src.new_decoder()?;
-    decoder.stop_at = stop_at;
-    let (tx, rx) = mpsc::channel(2);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (acked_tx, _acked_rx) = watch::channel(None);
-    let pipeline =
-        tokio::spawn(Pipeline::new(cfg.pipeline.max_in_flight.0 as usize).run(rx, sinks, acked_tx));
-    let stats = Arc::new(SourceStats::default());
-    let source_task = tokio::spawn(async move {
-        let r = src.run(&mut decoder, start, tx, stop_rx, stats).await;
-        (r, decoder)
-    });
-    let signals = tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutting down: draining sinks");
-        let _ = stop_tx.send(true);
-        // keep the sender alive until the process ends
-        std::future::pending::<()>().await;
-    });
-    let (sr, _decoder) = source_task.await.context("source task")?;
-    let pr = pipeline.await.context("pipeline task")?;
-    signals.abort();
-    sr?;
-    pr?;
-    info!("stopped");
-    Ok(())
 }
 
 async fn wait_for_signal() {

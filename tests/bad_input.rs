@@ -219,7 +219,12 @@ fn server_id_clash(f: Flavor) {
     let start = rt.block_on(binlog_end(&mut c, f));
     let mut a = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
     std::thread::sleep(Duration::from_millis(1500));
-    let mut b = Daemon::start(&dir2, &config(f, &name, &name, &start, &dir2, ""));
+    // another pipeline (its own lock), same replica id
+    let cfg_b = config(f, &name, &name, &start, &dir2, "").replace(
+        &format!("name = \"{name}_{}\"", f.tag()),
+        &format!("name = \"{name}_b_{}\"", f.tag()),
+    );
+    let mut b = Daemon::start(&dir2, &cfg_b);
     let t0 = Instant::now();
     let (code, log) = loop {
         if let Some(st) = a.child.try_wait().unwrap() {

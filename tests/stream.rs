@@ -195,6 +195,11 @@ fn reconnect(f: Flavor) {
         ))
         .await
         .unwrap();
+        c.query_drop(format!(
+            "GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON binlogd.* TO '{user}'@'%'"
+        ))
+        .await
+        .unwrap();
     });
     let start = rt.block_on(binlog_end(&mut c, f));
     let cfg = config(f, &name, &name, &start, &dir, "").replace(

@@ -37,6 +37,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub checkpoint: crate::checkpoint::CheckpointConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +256,22 @@ impl Config {
             }
         }
         TableFilter::new(s.include.as_deref(), &s.exclude)?;
+        if let Some(u) = &self.checkpoint.url {
+            crate::source::conn::parse_url(u.expose())
+                .map_err(|e| format!("checkpoint.url: {e}"))?;
+        }
+        if !self
+            .checkpoint
+            .schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || self.checkpoint.schema.is_empty()
+        {
+            return Err(format!(
+                "checkpoint.schema {:?} may only contain letters, digits and '_'",
+                self.checkpoint.schema
+            ));
+        }
         if s.read_timeout.0 <= s.heartbeat.0 {
             return Err(format!(
                 "source.read_timeout ({:?}) must be longer than source.heartbeat ({:?}), or idle streams would be dropped",
@@ -294,6 +312,29 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Connection options for the checkpoint server (default: the source server).
+    pub fn checkpoint_opts(&self) -> Result<mysql_async::Opts, String> {
+        let cp = &self.checkpoint;
+        match &cp.url {
+            Some(url) => {
+                let pw = if let Some(p) = &cp.password_file {
+                    let s = std::fs::read_to_string(p)
+                        .map_err(|e| format!("checkpoint.password_file {}: {e}", p.display()))?;
+                    Some(Secret::new(s.trim_end_matches(['\n', '\r'])))
+                } else {
+                    cp.password.clone()
+                };
+                crate::source::conn::plain_opts(url, pw.as_ref())
+                    .map_err(|e| format!("checkpoint.url: {e}"))
+            }
+            None => crate::source::conn::opts_for(
+                &self.source.url,
+                self.source_password()?.as_ref(),
+                self,
+            ),
+        }
     }
 
     /// The source password, from `password_file`, `password`, or the URL, in that order.

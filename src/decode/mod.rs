@@ -126,6 +126,13 @@ pub struct Decoder {
     pub max_txn_buffer: usize,
     /// Stop once a transaction ending at or past this coordinate is complete.
     pub stop_at: Option<BinlogCoord>,
+    /// Stop once the GTID state covers this set.
+    pub stop_gtid: Option<GtidSet>,
+    /// Stop before the first transaction with an event time after this (ms).
+    pub stop_time_ms: Option<u64>,
+    /// Do not emit transactions with an event time before this (ms).
+    pub from_time_ms: Option<u64>,
+    stopped: bool,
     /// Statistics
     pub events: u64,
     pub bytes_read: u64,
@@ -159,6 +166,10 @@ impl Decoder {
             committed: None,
             max_txn_buffer: 4 << 20,
             stop_at: None,
+            stop_gtid: None,
+            stop_time_ms: None,
+            from_time_ms: None,
+            stopped: false,
             events: 0,
             bytes_read: 0,
         }
@@ -184,10 +195,19 @@ impl Decoder {
     /// The last complete-transaction position seen (where a new stream must resume).
     /// `true` once the stream reached `stop_at` (everything up to it is pending or handed on).
     pub fn reached_stop(&self) -> bool {
-        match (&self.stop_at, &self.committed) {
+        if self.stopped {
+            return true;
+        }
+        let by_coord = match (&self.stop_at, &self.committed) {
             (Some(s), Some(c)) => (c.coord.file.as_str(), c.coord.pos) >= (s.file.as_str(), s.pos),
             _ => false,
-        }
+        };
+        let by_gtid = match (&self.stop_gtid, &self.gtid_state) {
+            (Some(GtidSet::MySql(want)), Some(GtidSet::MySql(have))) => have.contains_set(want),
+            (Some(GtidSet::MariaDb(want)), Some(GtidSet::MariaDb(have))) => have.covers(want),
+            _ => false,
+        };
+        by_coord || by_gtid
     }
 
     pub fn committed(&self) -> Option<&Position> {
@@ -223,6 +243,11 @@ impl Decoder {
             self.gtid_state = c.gtid.clone();
             self.file = Arc::from(c.coord.file.as_str());
         }
+    }
+
+    /// Never stream this table (e.g. binlogd's own checkpoint table).
+    pub fn exclude_table(&mut self, db: &str, table: &str) {
+        self.filter.exclude_also(db, table);
     }
 
     pub fn set_hints(&mut self, db: &str, table: &str, hints: SchemaHints) {
@@ -690,7 +715,21 @@ impl Decoder {
         if self.payload.as_ref().is_some_and(|p| p.remaining == 0) {
             self.payload = None;
         }
-        let chunks = std::mem::take(&mut self.txn.chunks);
+        let mut chunks = std::mem::take(&mut self.txn.chunks);
+        let txn_ts = self
+            .txn
+            .commit_ts_ms
+            .unwrap_or(ev.header().timestamp() as u64 * 1000);
+        if self.stop_time_ms.is_some_and(|t| txn_ts > t) {
+            // past the requested end: hand on nothing of it, and stop
+            self.stopped = true;
+            self.txn = OpenTxn::default();
+            self.in_txn = false;
+            return Ok(());
+        }
+        if self.from_time_ms.is_some_and(|t| txn_ts < t) {
+            chunks.clear();
+        }
         let ts = chunks
             .last()
             .map(|c| c.ts_ms)

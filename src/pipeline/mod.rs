@@ -16,9 +16,17 @@ pub struct Pipeline {
     max_in_flight: usize,
 }
 
+/// A transaction end every sink has acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acked {
+    pub position: Position,
+    /// Event time (ms) of that transaction.
+    pub event_ts_ms: u64,
+}
+
 struct InFlight {
     seq: u64,
-    commit: Option<Position>,
+    commit: Option<Acked>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -35,7 +43,7 @@ impl Pipeline {
         self,
         mut rx: mpsc::Receiver<Batch>,
         sinks: Vec<Box<dyn Sink>>,
-        acked: watch::Sender<Option<Position>>,
+        acked: watch::Sender<Option<Acked>>,
     ) -> Result<(), SinkError> {
         let budget = Arc::new(Semaphore::new(self.max_in_flight));
         let (err_tx, mut err_rx) = mpsc::channel::<SinkError>(sinks.len().max(1));
@@ -105,7 +113,7 @@ impl Pipeline {
                 Some(e) = err_rx.recv() => return Err(e),
                 Some(()) = any_ack_rx.recv() => {
                     if let Some(p) = settle(&mut inflight) {
-                        debug!(position = %p.coord, "acknowledged by all sinks");
+                        debug!(position = %p.position.coord, "acknowledged by all sinks");
                         let _ = acked.send(Some(p));
                     }
                 }
@@ -130,7 +138,8 @@ impl Pipeline {
                                 }
                             }
                         };
-                        inflight.push_back(InFlight { seq, commit: b.commit.clone(), _permit: permit });
+                        let commit = b.commit.clone().map(|position| Acked { position, event_ts_ms: b.last_event_ms });
+                        inflight.push_back(InFlight { seq, commit, _permit: permit });
                         let b = Arc::new(b);
                         for tx in &sink_txs {
                             if tx.send(b.clone()).await.is_err() {

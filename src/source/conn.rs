@@ -44,6 +44,18 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Options for a plain (non-replication) connection from a URL and optional password.
+pub fn plain_opts(url: &Secret, password: Option<&Secret>) -> Result<Opts, String> {
+    let base = parse_url(url.expose())?;
+    let mut b = OptsBuilder::from_opts(base)
+        .prefer_socket(false)
+        .tcp_keepalive(Some(Duration::from_secs(10)));
+    if let Some(p) = password {
+        b = b.pass(Some(p.expose().to_string()));
+    }
+    Ok(b.into())
+}
+
 /// Connection options for the source (and the checkpoint server, with its own URL).
 pub fn opts_for(url: &Secret, password: Option<&Secret>, cfg: &Config) -> Result<Opts, String> {
     let base = parse_url(url.expose())?;

@@ -118,6 +118,10 @@ impl Source {
         ))
     }
 
+    pub fn replica_id(&self) -> u32 {
+        self.cfg.source.server_id
+    }
+
     pub fn opts(&self) -> &Opts {
         &self.opts
     }

@@ -112,6 +112,9 @@ impl Daemon {
     pub fn start(dir: &std::path::Path, config: &str) -> Daemon {
         let cfg = dir.join("binlogd.toml");
         std::fs::write(&cfg, config).unwrap();
+        // a fresh pipeline: forget what an earlier run of this test stored
+        let (code, out) = run_binlogd(&["position", "reset", "-c", cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "position reset: {out}");
         let log = dir.join("binlogd.log");
         let child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
             .args(["run", "-c"])
@@ -249,6 +252,7 @@ pub fn config(
     dir: &std::path::Path,
     extra_source: &str,
 ) -> String {
+    let pipeline = format!("{name}_{}", f.tag());
     format!(
         r#"
 [source]
@@ -263,6 +267,12 @@ reconnect_backoff_initial = "100ms"
 reconnect_backoff_max = "1s"
 {extra_source}
 
+[pipeline]
+name = "{name}"
+
+[checkpoint]
+interval = "200ms"
+
 [[sinks.file]]
 name = "out"
 path = "{out}"
@@ -274,7 +284,8 @@ format = "json"
         sid = server_id_for(name, f),
         file = start.0,
         pos = start.1,
-        out = dir.join("out.jsonl").display()
+        out = dir.join("out.jsonl").display(),
+        name = pipeline,
     )
 }
 

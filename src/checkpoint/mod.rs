@@ -1,0 +1,296 @@
+//! Checkpoint: the acknowledged position, stored in a MySQL table (`migrations/`).
+//!
+//! Only positions the pipeline reports as acknowledged by every sink are stored, at most every
+//! `interval` and once more at shutdown. While running, the daemon holds the MySQL lock
+//! `binlogd:<pipeline>` on the checkpoint server; operator verbs that move the position
+//! refuse to run while it is held.
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Opts};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+use crate::config::{HumanDuration, Secret};
+use crate::source::position::{BinlogCoord, GtidSet, Position};
+
+/// Versioned migrations, applied in order, each once.
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
+    1,
+    "checkpoint",
+    include_str!("../../migrations/0001_checkpoint.sql"),
+)];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Server holding the checkpoint table; default: the source server (`source.url`).
+    #[serde(default)]
+    pub url: Option<Secret>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Schema of the checkpoint table (created if missing).
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// Store the acknowledged position at most this often.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            url: None,
+            password: None,
+            password_file: None,
+            schema: default_schema(),
+            interval: default_interval(),
+        }
+    }
+}
+
+fn default_schema() -> String {
+    "binlogd".into()
+}
+fn default_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error("checkpoint server: {0}")]
+    Mysql(#[from] mysql_async::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "a binlogd for pipeline {0:?} is running (it holds the lock binlogd:{0}); stop it first"
+    )]
+    Locked(String),
+}
+
+/// A stored position with its metadata.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub position: Position,
+    pub server_id: u32,
+    pub server_uuid: Option<String>,
+    pub event_ts_ms: u64,
+    pub updated_at: String,
+    pub age_secs: i64,
+}
+
+/// Source identity written with every position.
+#[derive(Debug, Clone, Default)]
+pub struct SourceIdentity {
+    pub server_id: u32,
+    pub server_uuid: Option<String>,
+}
+
+pub struct Checkpoint {
+    conn: Conn,
+    schema: String,
+    pipeline: String,
+}
+
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Checkpoint {
+    pub async fn connect(
+        opts: Opts,
+        schema: &str,
+        pipeline: &str,
+    ) -> Result<Checkpoint, CheckpointError> {
+        if !valid_ident(schema) {
+            return Err(CheckpointError::Invalid(format!(
+                "checkpoint.schema {schema:?} may only contain letters, digits and '_'"
+            )));
+        }
+        let conn = Conn::new(opts).await?;
+        Ok(Checkpoint {
+            conn,
+            schema: schema.to_string(),
+            pipeline: pipeline.to_string(),
+        })
+    }
+
+    pub fn table(&self) -> (&str, &str) {
+        (&self.schema, "checkpoint")
+    }
+
+    /// Creates the schema and applies pending migrations; returns how many were applied.
+    pub async fn migrate(&mut self) -> Result<usize, CheckpointError> {
+        let s = self.schema.clone();
+        let c = &mut self.conn;
+        // The daemon never feeds on its own writes: they are filtered out of the stream by
+        // table; keeping them out of the binlog would need SUPER, which binlogd does not ask for.
+        c.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{s}`"))
+            .await?;
+        c.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS `{s}`.`schema_migrations` (version INT UNSIGNED NOT NULL PRIMARY KEY, \
+             name VARCHAR(100) NOT NULL, applied_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))"
+        ))
+        .await?;
+        let done: Vec<u32> = c
+            .query(format!("SELECT version FROM `{s}`.`schema_migrations`"))
+            .await?;
+        let mut applied = 0;
+        for (v, name, sql) in MIGRATIONS {
+            if done.contains(v) {
+                continue;
+            }
+            let sql = sql.replace("{schema}", &s);
+            for stmt in sql
+                .split(';')
+                .map(strip_comments)
+                .filter(|x| !x.trim().is_empty())
+            {
+                c.query_drop(stmt).await?;
+            }
+            c.exec_drop(
+                format!(
+                    "INSERT IGNORE INTO `{s}`.`schema_migrations` (version, name) VALUES (?, ?)"
+                ),
+                (v, name),
+            )
+            .await?;
+            applied += 1;
+        }
+        Ok(applied)
+    }
+
+    pub async fn load(&mut self) -> Result<Option<Stored>, CheckpointError> {
+        let s = &self.schema;
+        let row: Option<mysql_async::Row> = self
+            .conn
+            .exec_first(
+                format!(
+                    "SELECT binlog_file, binlog_pos, gtid_set, gtid_flavor, server_id, server_uuid, event_ts_ms, \
+                     CAST(updated_at AS CHAR), TIMESTAMPDIFF(SECOND, updated_at, CURRENT_TIMESTAMP(3)) \
+                     FROM `{s}`.`checkpoint` WHERE pipeline = ?"
+                ),
+                (&self.pipeline,),
+            )
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let file: String = r.get(0).unwrap_or_default();
+        let pos: u64 = r.get(1).unwrap_or(4);
+        let gtid: Option<String> = r.get::<Option<String>, _>(2).flatten();
+        let flavor: Option<String> = r.get::<Option<String>, _>(3).flatten();
+        let gtid = match (gtid, flavor.as_deref()) {
+            (Some(g), Some("mariadb")) => Some(GtidSet::MariaDb(
+                g.parse().map_err(CheckpointError::Invalid)?,
+            )),
+            (Some(g), Some("mysql")) => {
+                Some(GtidSet::MySql(g.parse().map_err(CheckpointError::Invalid)?))
+            }
+            (Some(g), _) if !g.is_empty() => {
+                Some(GtidSet::parse_any(&g).map_err(CheckpointError::Invalid)?)
+            }
+            _ => None,
+        };
+        Ok(Some(Stored {
+            position: Position {
+                coord: BinlogCoord { file, pos },
+                gtid,
+            },
+            server_id: r.get(4).unwrap_or(0),
+            server_uuid: r.get::<Option<String>, _>(5).flatten(),
+            event_ts_ms: r.get(6).unwrap_or(0),
+            updated_at: r.get(7).unwrap_or_default(),
+            age_secs: r.get::<Option<i64>, _>(8).flatten().unwrap_or(0),
+        }))
+    }
+
+    pub async fn store(
+        &mut self,
+        p: &Position,
+        id: &SourceIdentity,
+        event_ts_ms: u64,
+    ) -> Result<(), CheckpointError> {
+        let s = &self.schema;
+        let (gtid, flavor) = match &p.gtid {
+            Some(g @ GtidSet::MySql(_)) => (Some(g.to_string()), Some("mysql")),
+            Some(g @ GtidSet::MariaDb(_)) => (Some(g.to_string()), Some("mariadb")),
+            None => (None, None),
+        };
+        self.conn
+            .exec_drop(
+                format!(
+                    "INSERT INTO `{s}`.`checkpoint` (pipeline, binlog_file, binlog_pos, gtid_set, gtid_flavor, server_id, \
+                     server_uuid, event_ts_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                     binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set), \
+                     gtid_flavor = VALUES(gtid_flavor), server_id = VALUES(server_id), server_uuid = VALUES(server_uuid), \
+                     event_ts_ms = VALUES(event_ts_ms)"
+                ),
+                (
+                    &self.pipeline,
+                    &p.coord.file,
+                    p.coord.pos,
+                    gtid,
+                    flavor,
+                    id.server_id,
+                    &id.server_uuid,
+                    event_ts_ms,
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete(&mut self) -> Result<bool, CheckpointError> {
+        let s = &self.schema;
+        self.conn
+            .exec_drop(
+                format!("DELETE FROM `{s}`.`checkpoint` WHERE pipeline = ?"),
+                (&self.pipeline,),
+            )
+            .await?;
+        Ok(self.conn.affected_rows() > 0)
+    }
+
+    pub fn lock_name(&self) -> String {
+        format!("binlogd:{}", self.pipeline)
+    }
+
+    /// Tries to take the pipeline lock on this connection (held until it closes).
+    pub async fn try_lock(&mut self) -> Result<bool, CheckpointError> {
+        let got: Option<Option<i64>> = self
+            .conn
+            .exec_first("SELECT GET_LOCK(?, 0)", (self.lock_name(),))
+            .await?;
+        Ok(got.flatten() == Some(1))
+    }
+
+    /// `true` when another session holds the pipeline lock.
+    pub async fn is_locked(&mut self) -> Result<bool, CheckpointError> {
+        let free: Option<Option<i64>> = self
+            .conn
+            .exec_first("SELECT IS_FREE_LOCK(?)", (self.lock_name(),))
+            .await?;
+        Ok(free.flatten() == Some(0))
+    }
+
+    /// Checks that the lock is still ours (the session may have been killed and reconnected).
+    pub async fn holds_lock(&mut self) -> Result<bool, CheckpointError> {
+        let mine: Option<Option<i64>> = self
+            .conn
+            .exec_first(
+                "SELECT IS_USED_LOCK(?) = CONNECTION_ID()",
+                (self.lock_name(),),
+            )
+            .await?;
+        Ok(mine.flatten() == Some(1))
+    }
+}
+
+fn strip_comments(stmt: &str) -> String {
+    stmt.lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,700 @@
+//! The daemon's top level: wires source → pipeline → sinks → checkpoint for `run`, and the
+//! operator verbs (`migrate`, `position …`, `replay …`).
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::checkpoint::{Checkpoint, CheckpointError, SourceIdentity};
+use crate::config::Config;
+use crate::decode::Flavor;
+use crate::event::{Batch, SourceInfo};
+use crate::pipeline::{Acked, Pipeline};
+use crate::sinks::file::FileSink;
+use crate::sinks::{Sink, SinkError};
+use crate::source::conn::{self, Severity};
+use crate::source::position::{BinlogCoord, GtidSet, Position, StartPosition};
+use crate::source::{Source, SourceError, SourceStats, StartPoint};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Other(e.to_string())
+}
+
+/// Opens the configured sinks (all, or those named in `only`).
+pub fn open_sinks(cfg: &Config, only: &[String]) -> Result<Vec<Box<dyn Sink>>, DaemonError> {
+    let info = SourceInfo {
+        name: cfg.source.name.clone(),
+    };
+    for n in only {
+        if !cfg.sinks.file.iter().any(|f| &f.name == n) {
+            return Err(other(format!("no sink named {n:?} in the config")));
+        }
+    }
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    for f in &cfg.sinks.file {
+        if only.is_empty() || only.contains(&f.name) {
+            sinks.push(Box::new(FileSink::open(f, info.clone())?));
+        }
+    }
+    Ok(sinks)
+}
+
+async fn open_checkpoint(cfg: &Config) -> Result<Checkpoint, DaemonError> {
+    let opts = cfg.checkpoint_opts().map_err(other)?;
+    let mut cp = Checkpoint::connect(opts, &cfg.checkpoint.schema, &cfg.pipeline.name).await?;
+    cp.migrate().await?;
+    Ok(cp)
+}
+
+/// `binlogd migrate`: applies pending migrations; returns how many ran.
+pub async fn migrate(cfg: &Config) -> Result<usize, DaemonError> {
+    let opts = cfg.checkpoint_opts().map_err(other)?;
+    let mut cp = Checkpoint::connect(opts, &cfg.checkpoint.schema, &cfg.pipeline.name).await?;
+    Ok(cp.migrate().await?)
+}
+
+/// Checks a stored position against the server it is about to be used on.
+fn validate_stored(
+    stored: &Position,
+    src: &Source,
+    stored_uuid: Option<&str>,
+) -> Result<(), DaemonError> {
+    match (&stored.gtid, src.info.flavor) {
+        (Some(GtidSet::MySql(_)), Flavor::MariaDb) | (Some(GtidSet::MariaDb(_)), Flavor::MySql) => {
+            return Err(other(format!(
+                "the stored position has a {} GTID set but the source is {}: GTID mode mismatch. \
+                 Fix: `binlogd position set` (or reset) for this server",
+                if src.info.flavor == Flavor::MySql { "MariaDB" } else { "MySQL" },
+                src.info.version
+            )))
+        }
+        (Some(GtidSet::MySql(_)), Flavor::MySql) if src.info.gtid_mode.as_deref() != Some("ON") => {
+            return Err(other(
+                "the stored position is a GTID set but the source runs with gtid_mode OFF: GTID mode mismatch. \
+                 Fix: set gtid_mode=ON, or `binlogd position set --file … --pos …`",
+            ))
+        }
+        (None, Flavor::MySql) => {
+            if let (Some(a), Some(b)) = (stored_uuid, src.info.server_uuid.as_deref()) {
+                if a != b {
+                    return Err(other(format!(
+                        "the stored file:pos position belongs to server {a}, but the source is {b}; without GTIDs a \
+                         position cannot move between servers. Fix: `binlogd position set` for the new server"
+                    )));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `binlogd run`.
+pub async fn run(
+    cfg: Config,
+    stop_at: Option<BinlogCoord>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let cfg = Arc::new(cfg);
+    let (src, findings) = Source::connect(cfg.clone()).await?;
+    let fatal: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| f.message.clone())
+        .collect();
+    for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
+        warn!("{}", f.message);
+    }
+    if !fatal.is_empty() {
+        return Err(other(format!(
+            "the source server is not set up for binlogd:\n  - {}",
+            fatal.join("\n  - ")
+        )));
+    }
+    info!(server = %src.info.version, flavor = ?src.info.flavor, "connected to source");
+
+    let mut cp = open_checkpoint(&cfg).await?;
+    let mut shutdown_wait = shutdown.clone();
+    let mut waited = false;
+    while !cp.try_lock().await? {
+        if !waited {
+            warn!(lock = %cp.lock_name(), "another binlogd holds the pipeline lock: standing by until it is released");
+            waited = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown_wait.changed() => return Ok(()),
+        }
+    }
+    info!(lock = %cp.lock_name(), "holding the pipeline lock: active");
+    let stored = cp.load().await?;
+    if let Some(s) = &stored {
+        validate_stored(&s.position, &src, s.server_uuid.as_deref())?;
+        info!(position = %s.position.coord, gtid = ?s.position.gtid.as_ref().map(|g| g.to_string()), "resuming from stored position");
+    }
+    let identity = SourceIdentity {
+        server_id: src.info.server_id,
+        server_uuid: src.info.server_uuid.clone(),
+    };
+    let sinks = open_sinks(&cfg, &[])?;
+    let start = src
+        .resolve_start(stored.as_ref().map(|s| &s.position))
+        .await?;
+    info!(file = %start.coord, gtid = ?start.gtid.as_ref().map(|g| g.to_string()), by_gtid = start.by_gtid, "start position");
+    let mut decoder = src.new_decoder()?;
+    let (schema, table) = cp.table();
+    decoder.exclude_table(schema, table);
+    decoder.exclude_table(schema, "schema_migrations");
+    decoder.stop_at = stop_at;
+
+    let (tx, rx) = mpsc::channel(2);
+    let (acked_tx, acked_rx) = watch::channel::<Option<Acked>>(None);
+    let pipeline =
+        tokio::spawn(Pipeline::new(cfg.pipeline.max_in_flight.0 as usize).run(rx, sinks, acked_tx));
+    let stats = Arc::new(SourceStats::default());
+    let source_task = {
+        let shutdown = shutdown.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let r = src.run(&mut decoder, start, tx, shutdown, stats).await;
+            (r, src)
+        })
+    };
+    let checkpointer = tokio::spawn(store_loop(
+        cp,
+        acked_rx,
+        identity,
+        cfg.checkpoint.interval.0,
+    ));
+    let (sr, _src) = source_task.await.map_err(other)?;
+    let pr = pipeline.await.map_err(other)?;
+    // the pipeline has drained: store the last acknowledged position, then release the lock
+    let cr = checkpointer.await.map_err(other)?;
+    if let Err(e) = &sr {
+        error!("{e}");
+    }
+    sr?;
+    pr?;
+    cr?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Stores the acknowledged position at most every `interval`, and once more when the pipeline
+/// ends. A failed store is retried on a fresh connection; losing the lock is fatal.
+async fn store_loop(
+    mut cp: Checkpoint,
+    mut acked: watch::Receiver<Option<Acked>>,
+    id: SourceIdentity,
+    interval: Duration,
+) -> Result<(), DaemonError> {
+    let mut stored: Option<Acked> = None;
+    let mut last_store = Instant::now() - interval;
+    loop {
+        let closed = acked.changed().await.is_err();
+        if !closed {
+            let wait = interval.saturating_sub(last_store.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let cur = acked.borrow_and_update().clone();
+        if let Some(a) = cur {
+            if stored.as_ref() != Some(&a) {
+                match cp.store(&a.position, &id, a.event_ts_ms).await {
+                    Ok(()) => {
+                        tracing::debug!(position = %a.position.coord, "checkpoint stored");
+                        stored = Some(a);
+                        last_store = Instant::now();
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "storing the checkpoint failed; will retry (the stored position stays behind, never ahead)");
+                        if closed {
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+        }
+        if closed {
+            return Ok(());
+        }
+    }
+}
+
+/// `binlogd position show`: prints and returns the text.
+pub async fn position_show(cfg: &Config) -> Result<String, DaemonError> {
+    let mut cp = open_checkpoint(cfg).await?;
+    let stored = cp.load().await?;
+    let running = cp.is_locked().await?;
+    let mut out = format!("pipeline: {}\n", cfg.pipeline.name);
+    out.push_str(&format!(
+        "daemon: {}\n",
+        if running {
+            "running (lock held)"
+        } else {
+            "not running"
+        }
+    ));
+    let Some(s) = stored else {
+        out.push_str("stored position: none (the next run starts at source.start)\n");
+        return Ok(out);
+    };
+    out.push_str(&format!("stored position: {}\n", s.position.coord));
+    out.push_str(&format!(
+        "gtid: {}\n",
+        s.position
+            .gtid
+            .as_ref()
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "-".into())
+    ));
+    out.push_str(&format!(
+        "stored at: {} UTC ({} s ago)\n",
+        s.updated_at, s.age_secs
+    ));
+    out.push_str(&format!("source server_id: {}\n", s.server_id));
+    let cfg2 = Arc::new(cfg.clone());
+    if let Ok((src, _)) = Source::connect(cfg2).await {
+        if let Ok(mut c) = src.conn().await {
+            if let Ok((cur, _)) = conn::current_position(&mut c, src.info.flavor).await {
+                let behind = if cur.file == s.position.coord.file {
+                    format!("{} bytes", cur.pos.saturating_sub(s.position.coord.pos))
+                } else {
+                    let files = conn::binlog_files(&mut c).await.unwrap_or_default();
+                    let mut bytes = 0u64;
+                    let mut counting = false;
+                    for (f, size) in &files {
+                        if *f == s.position.coord.file {
+                            counting = true;
+                            bytes += size.saturating_sub(s.position.coord.pos);
+                        } else if counting {
+                            bytes += if *f == cur.file { cur.pos } else { *size };
+                        }
+                    }
+                    if counting {
+                        format!("{bytes} bytes")
+                    } else {
+                        format!(
+                            "unknown: {} is no longer on the server",
+                            s.position.coord.file
+                        )
+                    }
+                };
+                out.push_str(&format!("server position: {cur}\nbehind: {behind}\n"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `position set` moves the position to.
+pub enum SetTarget {
+    File(BinlogCoord),
+    Gtid(String),
+    Latest,
+}
+
+async fn locked_checkpoint(cfg: &Config) -> Result<Checkpoint, DaemonError> {
+    let mut cp = open_checkpoint(cfg).await?;
+    // hold the lock ourselves for the change, so no daemon starts in between
+    if !cp.try_lock().await? {
+        return Err(CheckpointError::Locked(cfg.pipeline.name.clone()).into());
+    }
+    Ok(cp)
+}
+
+/// `binlogd position set`.
+pub async fn position_set(cfg: &Config, target: SetTarget) -> Result<Position, DaemonError> {
+    let mut cp = locked_checkpoint(cfg).await?;
+    let (src, _) = Source::connect(Arc::new(cfg.clone())).await?;
+    let mut c = src.conn().await?;
+    let pos = match target {
+        SetTarget::Latest => {
+            let (coord, gtid) = conn::current_position(&mut c, src.info.flavor).await?;
+            Position { coord, gtid }
+        }
+        SetTarget::File(coord) => {
+            let files = conn::binlog_files(&mut c)
+                .await
+                .map_err(SourceError::from)?;
+            if !files.iter().any(|(f, _)| *f == coord.file) {
+                return Err(other(format!(
+                    "the server has no binlog file {}",
+                    coord.file
+                )));
+            }
+            // the GTID state at that position is only known by reading up to it; a file:pos
+            // position resumes by file:pos
+            Position { coord, gtid: None }
+        }
+        SetTarget::Gtid(g) => {
+            let set = GtidSet::parse_any(&g).map_err(other)?;
+            let ok = matches!(
+                (&set, src.info.flavor),
+                (GtidSet::MySql(_), Flavor::MySql) | (GtidSet::MariaDb(_), Flavor::MariaDb)
+            );
+            if !ok {
+                return Err(other(format!(
+                    "{g:?} is not a GTID set of this server's kind ({})",
+                    src.info.version
+                )));
+            }
+            Position {
+                coord: BinlogCoord {
+                    file: String::new(),
+                    pos: 4,
+                },
+                gtid: Some(set),
+            }
+        }
+    };
+    let id = SourceIdentity {
+        server_id: src.info.server_id,
+        server_uuid: src.info.server_uuid.clone(),
+    };
+    cp.store(&pos, &id, 0).await?;
+    Ok(pos)
+}
+
+/// `binlogd position reset`: forgets the stored position.
+pub async fn position_reset(cfg: &Config) -> Result<bool, DaemonError> {
+    let mut cp = locked_checkpoint(cfg).await?;
+    Ok(cp.delete().await?)
+}
+
+/// A replay range.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayRange {
+    pub from: Option<BinlogCoord>,
+    pub from_gtid: Option<String>,
+    pub from_time_ms: Option<u64>,
+    pub to: Option<BinlogCoord>,
+    pub to_gtid: Option<String>,
+    pub to_time_ms: Option<u64>,
+    pub sinks: Vec<String>,
+    pub server_id: Option<u32>,
+}
+
+/// `binlogd replay` from the server: re-sends a range to the chosen sinks; the stored
+/// position is not touched.
+pub async fn replay(
+    cfg: Config,
+    range: ReplayRange,
+    shutdown: watch::Receiver<bool>,
+) -> Result<u64, DaemonError> {
+    let mut cfg = cfg;
+    // a replay must not kick the running daemon off the server: its own replica id
+    cfg.source.server_id = range
+        .server_id
+        .unwrap_or(cfg.source.server_id ^ 0x4000_0000);
+    let from_count = [
+        range.from.is_some(),
+        range.from_gtid.is_some(),
+        range.from_time_ms.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if from_count != 1 {
+        return Err(other(
+            "give exactly one of --from FILE:POS, --from-gtid SET, --from-time TIME",
+        ));
+    }
+    let cfg = Arc::new(cfg);
+    let (src, _) = Source::connect(cfg.clone()).await?;
+    let mut c = src.conn().await?;
+    let start = if let Some(f) = &range.from {
+        let mut tmp = (*cfg).clone();
+        tmp.source.start = StartPosition::File {
+            file: f.file.clone(),
+            pos: f.pos,
+        };
+        let s2 = Source::connect(Arc::new(tmp)).await?.0;
+        s2.resolve_start(None).await?
+    } else if let Some(g) = &range.from_gtid {
+        let set = GtidSet::parse_any(g).map_err(other)?;
+        StartPoint {
+            coord: BinlogCoord {
+                file: String::new(),
+                pos: 4,
+            },
+            gtid: Some(set),
+            by_gtid: true,
+            emit_from: None,
+        }
+    } else {
+        let t = range.from_time_ms.unwrap_or(0);
+        let file = file_for_time(&src, t).await?;
+        StartPoint {
+            coord: BinlogCoord { file, pos: 4 },
+            gtid: None,
+            by_gtid: false,
+            emit_from: None,
+        }
+    };
+    let mut decoder = src.new_decoder()?;
+    decoder.from_time_ms = range.from_time_ms;
+    decoder.stop_time_ms = range.to_time_ms;
+    decoder.stop_gtid = match &range.to_gtid {
+        Some(g) => Some(GtidSet::parse_any(g).map_err(other)?),
+        None => None,
+    };
+    // without an end, replay up to the server's position now
+    let end = match &range.to {
+        Some(t) => t.clone(),
+        None => conn::current_position(&mut c, src.info.flavor).await?.0,
+    };
+    decoder.stop_at = Some(end.clone());
+    drop(c);
+    let sinks = open_sinks(&cfg, &range.sinks)?;
+    let (tx, rx) = mpsc::channel(2);
+    let (acked_tx, _acked_rx) = watch::channel(None);
+    let (ptx, prx) = mpsc::channel::<Batch>(2);
+    let pipeline = tokio::spawn(
+        Pipeline::new(cfg.pipeline.max_in_flight.0 as usize).run(prx, sinks, acked_tx),
+    );
+    let progress = tokio::spawn(progress_relay(rx, ptx, Some(end)));
+    let stats = Arc::new(SourceStats::default());
+    let r = src.run(&mut decoder, start, tx, shutdown, stats).await;
+    let rows = progress.await.map_err(other)?;
+    pipeline.await.map_err(other)??;
+    r?;
+    Ok(rows)
+}
+
+/// Forwards batches and, on a terminal, shows position, rate and time left.
+async fn progress_relay(
+    mut rx: mpsc::Receiver<Batch>,
+    tx: mpsc::Sender<Batch>,
+    end: Option<BinlogCoord>,
+) -> u64 {
+    let tty = std::io::stderr().is_terminal();
+    let t0 = Instant::now();
+    let mut last_print = Instant::now();
+    let mut rows = 0u64;
+    let mut first_pos: Option<u64> = None;
+    while let Some(b) = rx.recv().await {
+        rows += b.rows() as u64;
+        let at = b.commit.as_ref().map(|p| p.coord.clone());
+        if tx.send(b).await.is_err() {
+            break;
+        }
+        if tty && last_print.elapsed() >= Duration::from_millis(500) {
+            last_print = Instant::now();
+            let secs = t0.elapsed().as_secs_f64().max(0.001);
+            let mut line = format!("\rreplay: {rows} rows, {:.0} rows/s", rows as f64 / secs);
+            if let Some(a) = &at {
+                line.push_str(&format!(", at {a}"));
+                if let Some(e) = &end {
+                    if e.file == a.file {
+                        let p0 = *first_pos.get_or_insert(a.pos);
+                        let done = a.pos.saturating_sub(p0) as f64;
+                        let left = e.pos.saturating_sub(a.pos) as f64;
+                        if done > 0.0 {
+                            line.push_str(&format!(", ~{:.0}s left", left / (done / secs)));
+                        }
+                    }
+                }
+            }
+            eprint!("{line}   ");
+        }
+    }
+    if tty {
+        eprintln!(
+            "\rreplay: {rows} rows in {:.1}s                    ",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    rows
+}
+
+/// The binlog file holding events from time `t` (ms): the last file whose first event is not
+/// newer than `t`.
+async fn file_for_time(src: &Source, t: u64) -> Result<String, DaemonError> {
+    use futures_util::StreamExt;
+    let mut c = src.conn().await?;
+    let files = conn::binlog_files(&mut c)
+        .await
+        .map_err(SourceError::from)?;
+    drop(c);
+    let mut chosen = files
+        .first()
+        .map(|f| f.0.clone())
+        .ok_or_else(|| other("the server lists no binlog files"))?;
+    for (f, _) in &files {
+        let c = src.conn().await?;
+        let req = mysql_async::BinlogStreamRequest::new(src.replica_id() ^ 0x2000_0000)
+            .with_filename(f.as_bytes())
+            .with_pos(4u64)
+            .with_non_blocking();
+        let mut stream = c.get_binlog_stream(req).await.map_err(SourceError::from)?;
+        let mut first_ts = None;
+        while let Some(ev) = stream.next().await {
+            let ev = ev.map_err(SourceError::from)?;
+            let ts = ev.header().timestamp();
+            if ts > 0 {
+                first_ts = Some(ts as u64 * 1000);
+                break;
+            }
+        }
+        let _ = stream.close().await;
+        match first_ts {
+            Some(ts) if ts <= t => chosen = f.clone(),
+            _ => break,
+        }
+    }
+    Ok(chosen)
+}
+
+/// `binlogd replay --binlog-file …`: the same decoder over binlog files on disk.
+pub async fn replay_files(
+    cfg: Config,
+    paths: Vec<std::path::PathBuf>,
+    range: ReplayRange,
+) -> Result<u64, DaemonError> {
+    use mysql_common::binlog::consts::BinlogVersion;
+    use mysql_common::binlog::events::TransactionPayloadEvent;
+    use mysql_common::binlog::BinlogFile;
+    let cfg = Arc::new(cfg);
+    // the server, when reachable, supplies collations and schema hints
+    let src = Source::connect(cfg.clone()).await.ok().map(|x| x.0);
+    let sinks = open_sinks(&cfg, &range.sinks)?;
+    let (ptx, prx) = mpsc::channel::<Batch>(2);
+    let (acked_tx, _acked_rx) = watch::channel(None);
+    let pipeline = tokio::spawn(
+        Pipeline::new(cfg.pipeline.max_in_flight.0 as usize).run(prx, sinks, acked_tx),
+    );
+    let mut meta = match &src {
+        Some(s) => s.conn().await.ok(),
+        None => None,
+    };
+    let mut decoder: Option<crate::decode::Decoder> = None;
+    let mut rows = 0u64;
+    let mut from = range.from.clone();
+    'files: for path in &paths {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| other(format!("{} is not a file", path.display())))?;
+        let f = std::fs::File::open(path).map_err(|e| other(format!("{}: {e}", path.display())))?;
+        let mut file = BinlogFile::new(BinlogVersion::Version4, std::io::BufReader::new(f))
+            .map_err(|e| other(format!("{}: not a binlog file ({e})", path.display())))?;
+        let mut events: std::collections::VecDeque<mysql_common::binlog::events::Event> =
+            Default::default();
+        loop {
+            let ev = match events.pop_front() {
+                Some(e) => e,
+                None => match file.next() {
+                    None => break,
+                    Some(Err(e)) => return Err(other(format!("{}: {e}", path.display()))),
+                    Some(Ok(e)) => {
+                        if e.header().event_type_raw() == 40 {
+                            // expand a compressed MySQL transaction in place
+                            let tpe: TransactionPayloadEvent<'_> = e.read_event().map_err(other)?;
+                            let mut reader = tpe.decompressed().map_err(other)?;
+                            let mut inner = Vec::new();
+                            while let Some(x) = file
+                                .reader_mut()
+                                .read_decompressed(&mut reader)
+                                .map_err(other)?
+                            {
+                                inner.push(x);
+                            }
+                            events.extend(inner);
+                        }
+                        e
+                    }
+                },
+            };
+            if decoder.is_none() {
+                let flavor = if ev.header().event_type_raw() == 15 {
+                    let fde = ev
+                        .read_event::<mysql_common::binlog::events::FormatDescriptionEvent<'_>>()
+                        .map_err(other)?;
+                    if fde
+                        .server_version()
+                        .to_ascii_lowercase()
+                        .contains("mariadb")
+                    {
+                        Flavor::MariaDb
+                    } else {
+                        Flavor::MySql
+                    }
+                } else {
+                    return Err(other(format!(
+                        "{}: does not start with a FORMAT_DESCRIPTION event",
+                        path.display()
+                    )));
+                };
+                let collations = match &src {
+                    Some(s) => s.collations.clone(),
+                    None => Arc::new(crate::decode::charset::CollationMap::builtin()),
+                };
+                let filter = crate::filter::TableFilter::new(
+                    cfg.source.include.as_deref(),
+                    &cfg.source.exclude,
+                )
+                .map_err(other)?;
+                let mut d = crate::decode::Decoder::new(
+                    flavor,
+                    filter,
+                    collations,
+                    cfg.source.verify_checksums,
+                );
+                d.from_time_ms = range.from_time_ms;
+                d.stop_time_ms = range.to_time_ms;
+                d.stop_at = range.to.clone();
+                decoder = Some(d);
+            }
+            let d = decoder.as_mut().ok_or_else(|| other("no decoder"))?;
+            if d.current_file() != name {
+                d.start_at(&name, None, from.take().filter(|c| c.file == name));
+            }
+            loop {
+                match d.handle(&ev).map_err(SourceError::from)? {
+                    crate::decode::Step::Continue => break,
+                    crate::decode::Step::NeedHints { db, table } => {
+                        let hints = match (&mut meta, &src) {
+                            (Some(c), Some(s)) => conn::fetch_hints(c, &db, &table, s.info.flavor)
+                                .await
+                                .unwrap_or_default(),
+                            _ => {
+                                warn!(%db, %table, "no server to read schema hints from: MariaDB JSON columns come out as strings");
+                                Default::default()
+                            }
+                        };
+                        d.set_hints(&db, &table, hints);
+                    }
+                }
+            }
+            if let Some(b) = d.take_batch() {
+                rows += b.rows() as u64;
+                if ptx.send(b).await.is_err() {
+                    break 'files;
+                }
+            }
+            if d.reached_stop() {
+                break 'files;
+            }
+        }
+    }
+    drop(ptx);
+    pipeline.await.map_err(other)??;
+    Ok(rows)
+}
