@@ -133,6 +133,9 @@ pub struct Decoder {
     /// Do not emit transactions with an event time before this (ms).
     pub from_time_ms: Option<u64>,
     stopped: bool,
+    /// After a MariaDB resume by GTID: the first GTID_LIST must not be ahead of our state, or
+    /// the server skipped purged transactions.
+    check_gtid_list: bool,
     /// Statistics
     pub events: u64,
     pub bytes_read: u64,
@@ -170,6 +173,7 @@ impl Decoder {
             stop_time_ms: None,
             from_time_ms: None,
             stopped: false,
+            check_gtid_list: false,
             events: 0,
             bytes_read: 0,
         }
@@ -190,6 +194,11 @@ impl Decoder {
     pub fn resume_at(&mut self, file: &str, gtid: Option<GtidSet>) {
         self.file = Arc::from(file);
         self.gtid_state = gtid;
+    }
+
+    /// The stream was requested by MariaDB GTID position: verify the server did not skip.
+    pub fn expect_gtid_continuity(&mut self) {
+        self.check_gtid_list = matches!(self.gtid_state, Some(GtidSet::MariaDb(_)));
     }
 
     /// The last complete-transaction position seen (where a new stream must resume).
@@ -452,6 +461,19 @@ impl Decoder {
             }
             mariadb::GTID_LIST => {
                 let list = mariadb::parse_gtid_list(ev.data()).map_err(malformed)?;
+                debug!(?list, check = self.check_gtid_list, "GTID_LIST");
+                if std::mem::take(&mut self.check_gtid_list) {
+                    if let Some(GtidSet::MariaDb(have)) = &self.gtid_state {
+                        for (d, s, n) in &list {
+                            let behind = have.domains.get(d).is_none_or(|(_, seq)| seq < n);
+                            if behind {
+                                return Err(DecodeError::Malformed(format!(
+                                    "the binlog needed to resume from GTID position {have} is no longer on the server:                                      the oldest binlog starts after {d}-{s}-{n}. Nothing was skipped. Fix: replay the                                      missing range from archived binlog files (`binlogd replay --binlog-file …`), or                                      accept the gap with `binlogd position set --latest`"
+                                )));
+                            }
+                        }
+                    }
+                }
                 if self.gtid_state.is_none() {
                     let mut p = MariaGtidPos::default();
                     for (d, s, n) in list {

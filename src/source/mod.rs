@@ -259,6 +259,8 @@ impl Source {
                 if sp.by_gtid {
                     let g = sp.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default();
                     c.exec_drop("SET @slave_connect_state = ?", (g,)).await?;
+                    // strict mode: the server refuses a position it cannot continue from
+                    c.query_drop("SET @slave_gtid_strict_mode = 1").await?;
                     BinlogStreamRequest::new(id)
                         .with_filename(b"")
                         .with_pos(4u64)
@@ -322,6 +324,9 @@ impl Source {
                     SourceError::Mysql(m) => classify(m, &at),
                     e => e,
                 })?;
+                if sp.by_gtid {
+                    decoder.expect_gtid_continuity();
+                }
                 self.pump(
                     decoder,
                     stream,

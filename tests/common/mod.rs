@@ -252,6 +252,19 @@ pub fn config(
     dir: &std::path::Path,
     extra_source: &str,
 ) -> String {
+    config_for(&f.cdc_url(), f, name, db, start, dir, extra_source)
+}
+
+/// As [`config`], for the server at `cdc_url`.
+pub fn config_for(
+    cdc_url: &str,
+    f: Flavor,
+    name: &str,
+    db: &str,
+    start: &(String, u64),
+    dir: &std::path::Path,
+    extra_source: &str,
+) -> String {
     let pipeline = format!("{name}_{}", f.tag());
     format!(
         r#"
@@ -280,7 +293,7 @@ path = "{out}"
 [log]
 format = "json"
 "#,
-        url = f.cdc_url(),
+        url = cdc_url,
         sid = server_id_for(name, f),
         file = start.0,
         pos = start.1,
@@ -308,4 +321,70 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+pub async fn root_at(url: &str) -> Conn {
+    let opts =
+        mysql_async::OptsBuilder::from_opts(Opts::from_url(url).unwrap()).prefer_socket(false);
+    let mut c = Conn::new(opts).await.expect("connect as root");
+    c.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .unwrap();
+    c
+}
+
+/// A private server instance for tests that change server-wide state (purge, settings).
+pub struct PrivateServer {
+    pub flavor: Flavor,
+    pub port: u16,
+    data: PathBuf,
+}
+
+impl PrivateServer {
+    pub fn start(f: Flavor, dir: &std::path::Path, port: u16, opts: &[&str]) -> PrivateServer {
+        let scripts = env("BINLOGD_TEST_SCRIPTS");
+        let data = dir.join("data");
+        let mut cmd = Command::new("bash");
+        match f {
+            Flavor::MariaDb => cmd.arg(format!("{scripts}/mariadb.sh")).arg("start"),
+            Flavor::MySql => cmd
+                .arg(format!("{scripts}/mysql.sh"))
+                .arg("start")
+                .arg(env("BINLOGD_MYSQL_DIR")),
+        };
+        let st = cmd
+            .arg(&data)
+            .arg(port.to_string())
+            .arg("--")
+            .args(opts)
+            .status()
+            .unwrap();
+        assert!(st.success(), "starting a private {f:?} on port {port}");
+        PrivateServer {
+            flavor: f,
+            port,
+            data,
+        }
+    }
+    pub fn root_url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+    pub fn cdc_url(&self) -> String {
+        format!("mysql://cdc:cdc@127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let scripts = env("BINLOGD_TEST_SCRIPTS");
+        let script = match self.flavor {
+            Flavor::MariaDb => "mariadb.sh",
+            Flavor::MySql => "mysql.sh",
+        };
+        let _ = Command::new("bash")
+            .arg(format!("{scripts}/{script}"))
+            .arg("stop")
+            .arg(&self.data)
+            .status();
+    }
 }
