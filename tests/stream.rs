@@ -213,18 +213,25 @@ fn reconnect(f: Flavor) {
         for i in 0..total {
             c.exec_drop(format!("INSERT INTO `{name}`.t VALUES (?, 'v')"), (i,)).await.unwrap();
             if i % 1000 == 500 {
-                // kill the dump thread of our user
-                let ids: Vec<u64> = c
-                    .exec("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND COMMAND LIKE 'Binlog Dump%'", (&user,))
-                    .await
-                    .unwrap();
+                // kill the dump thread of our user (waiting for it to be connected)
+                let t0 = std::time::Instant::now();
+                let ids: Vec<u64> = loop {
+                    let ids: Vec<u64> = c
+                        .exec("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND COMMAND LIKE 'Binlog Dump%'", (&user,))
+                        .await
+                        .unwrap();
+                    if !ids.is_empty() || t0.elapsed() > Duration::from_secs(15) {
+                        break ids;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
                 for id in &ids {
                     let _ = c.query_drop(format!("KILL {id}")).await;
                 }
                 kills += ids.len();
             }
         }
-        assert!(kills >= 2, "the dump thread was found and killed ({kills})");
+        assert!(kills >= 3, "the dump thread was found and killed 3 times ({kills})");
     });
     let ev = d.wait_events(total, Duration::from_secs(90));
     std::thread::sleep(Duration::from_millis(500));
