@@ -519,3 +519,76 @@ fn minimal_metadata_fallback_mariadb() {
     );
     assert_eq!(d.stop(), Some(0));
 }
+
+/// `start = { gtid }`, `"earliest"` and `"latest"` when nothing is stored.
+fn start_positions(f: Flavor) {
+    let rt = rt();
+    let name = format!("startpos_{}", f.tag());
+    let dir = workdir(&name);
+    let mut c = rt.block_on(root(f));
+    let gtid: String = rt.block_on(async {
+        fresh_db(&mut c, &name).await;
+        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
+            .await
+            .unwrap();
+        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1)"))
+            .await
+            .unwrap();
+        let q = match f {
+            Flavor::MariaDb => "SELECT @@gtid_binlog_pos",
+            Flavor::MySql => "SELECT @@gtid_executed",
+        };
+        let g: String = c.query_first(q).await.unwrap().unwrap();
+        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (2), (3)"))
+            .await
+            .unwrap();
+        g.replace('\n', "")
+    });
+    let base = config(f, &name, &name, &("x".into(), 4), &dir, "");
+    let with_start =
+        |s: &str| base.replace("start = { file = \"x\", pos = 4 }", &format!("start = {s}"));
+    // by GTID: exactly what came after the set
+    let mut d = Daemon::start(&dir, &with_start(&format!("{{ gtid = \"{gtid}\" }}")));
+    let ev = d.wait_events(2, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.events().len(), 2);
+    assert_eq!(ids(&ev, "after"), vec![2, 3]);
+    assert_eq!(d.stop(), Some(0));
+    // earliest: the whole history of the table
+    std::fs::remove_file(&d.out).unwrap();
+    let mut d = Daemon::start(&dir, &with_start("\"earliest\""));
+    let ev = d.wait_events(3, Duration::from_secs(60));
+    assert_eq!(ids(&ev, "after")[..3], [1, 2, 3]);
+    assert_eq!(d.stop(), Some(0));
+    // latest: only what is written after the daemon connected
+    std::fs::remove_file(&d.out).unwrap();
+    let mut d = Daemon::start(&dir, &with_start("\"latest\""));
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&d.log)
+        .unwrap_or_default()
+        .contains("requesting binlog")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "daemon never connected: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES (4)")))
+        .unwrap();
+    let ev = d.wait_events(1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ids(&d.events(), "after"), vec![4], "{ev:?}");
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn start_positions_mariadb() {
+    start_positions(Flavor::MariaDb);
+}
+#[test]
+fn start_positions_mysql() {
+    start_positions(Flavor::MySql);
+}

@@ -564,10 +564,16 @@ impl Decoder {
             .is_some_and(|e| e.file == *self.file && end <= e.pos)
     }
 
-    /// Statement events on tables we do not stream are not our concern; conservatively only
-    /// the `mysql` schema (e.g. `INSERT INTO mysql.…` by account management) is skipped.
+    /// `true` when a statement-based DML certainly targets a table we do not stream. When the
+    /// target cannot be told from the text, it counts as streamed (stop rather than miss rows).
     fn filter_skips_statement(&self, schema: &str, text: &str) -> bool {
-        schema == "mysql" || text.to_ascii_lowercase().contains("mysql.")
+        match statement_target(text) {
+            Some((db, table)) => {
+                let db = db.unwrap_or_else(|| schema.to_string());
+                !self.filter.matches(&db, &table)
+            }
+            None => false,
+        }
     }
 
     fn on_table_map(&mut self, ev: &Event) -> Result<Step, DecodeError> {
@@ -828,4 +834,153 @@ fn fake_rotate_has_crc(ev: &Event) -> bool {
             d[d.len() - 2],
             d[d.len() - 1],
         ])
+}
+
+/// The table a single-table DML statement writes to: `(db, table)`, from
+/// `INSERT [opts] [INTO] t`, `REPLACE …`, `UPDATE [opts] t SET`, `DELETE [opts] FROM t`,
+/// `LOAD DATA … INTO TABLE t`. `None` when not sure (multi-table forms, unusual syntax).
+pub(crate) fn statement_target(sql: &str) -> Option<(Option<String>, String)> {
+    let mut toks = Tokens {
+        s: sql.trim_start(),
+    };
+    let verb = toks.word()?.to_ascii_uppercase();
+    let skip = [
+        "LOW_PRIORITY",
+        "DELAYED",
+        "HIGH_PRIORITY",
+        "IGNORE",
+        "QUICK",
+        "CONCURRENT",
+        "LOCAL",
+    ];
+    match verb.as_str() {
+        "INSERT" | "REPLACE" => {
+            toks.skip_words(&skip);
+            toks.skip_words(&["INTO"]);
+        }
+        "UPDATE" => toks.skip_words(&skip),
+        "DELETE" => {
+            toks.skip_words(&skip);
+            if !toks.word()?.eq_ignore_ascii_case("FROM") {
+                return None; // multi-table DELETE t1, t2 FROM …
+            }
+        }
+        "LOAD" => {
+            // LOAD DATA|XML … INTO TABLE t
+            let up = sql.to_ascii_uppercase();
+            let at = up.find(" INTO TABLE ")? + " INTO TABLE ".len();
+            toks = Tokens { s: &sql[at..] };
+        }
+        _ => return None,
+    }
+    let first = toks.ident()?;
+    let name = if toks.s.starts_with('.') {
+        toks.s = &toks.s[1..];
+        (Some(first), toks.ident()?)
+    } else {
+        (None, first)
+    };
+    // a comma right after the table: a multi-table UPDATE
+    if verb == "UPDATE" && toks.s.trim_start().starts_with(',') {
+        return None;
+    }
+    Some(name)
+}
+
+struct Tokens<'a> {
+    s: &'a str,
+}
+
+impl<'a> Tokens<'a> {
+    fn word(&mut self) -> Option<&'a str> {
+        self.s = self.s.trim_start();
+        let end = self
+            .s
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(self.s.len());
+        if end == 0 {
+            return None;
+        }
+        let (w, rest) = self.s.split_at(end);
+        self.s = rest;
+        Some(w)
+    }
+
+    fn skip_words(&mut self, words: &[&str]) {
+        loop {
+            let save = self.s;
+            match self.word() {
+                Some(w) if words.iter().any(|x| x.eq_ignore_ascii_case(w)) => continue,
+                _ => {
+                    self.s = save;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn ident(&mut self) -> Option<String> {
+        self.s = self.s.trim_start();
+        if let Some(rest) = self.s.strip_prefix('`') {
+            let mut out = String::new();
+            let mut it = rest.char_indices().peekable();
+            while let Some((i, c)) = it.next() {
+                if c == '`' {
+                    if let Some((_, '`')) = it.peek() {
+                        out.push('`');
+                        it.next();
+                        continue;
+                    }
+                    self.s = &rest[i + 1..];
+                    return Some(out);
+                }
+                out.push(c);
+            }
+            None
+        } else {
+            let end = self
+                .s
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(self.s.len());
+            if end == 0 {
+                return None;
+            }
+            let (w, rest) = self.s.split_at(end);
+            self.s = rest;
+            Some(w.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod statement_tests {
+    use super::statement_target;
+
+    #[test]
+    fn targets() {
+        let t = |s: &str| statement_target(s);
+        assert_eq!(
+            t("INSERT INTO `shop`.t VALUES (1)"),
+            Some((Some("shop".into()), "t".into()))
+        );
+        assert_eq!(
+            t("insert ignore into t (a) values (1)"),
+            Some((None, "t".into()))
+        );
+        assert_eq!(
+            t("REPLACE LOW_PRIORITY `a``b` SET x=1"),
+            Some((None, "a`b".into()))
+        );
+        assert_eq!(
+            t("UPDATE db.t SET v = 1"),
+            Some((Some("db".into()), "t".into()))
+        );
+        assert_eq!(t("UPDATE t1, t2 SET t1.a = t2.a"), None);
+        assert_eq!(t("DELETE FROM t WHERE id = 1"), Some((None, "t".into())));
+        assert_eq!(t("DELETE t1 FROM t1 JOIN t2"), None);
+        assert_eq!(
+            t("LOAD DATA INFILE 'x' INTO TABLE s.t"),
+            Some((Some("s".into()), "t".into()))
+        );
+    }
 }
