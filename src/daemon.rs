@@ -420,33 +420,20 @@ pub async fn replay(
     let (src, _) = Source::connect(cfg.clone()).await?;
     let mut c = src.conn().await?;
     let start = if let Some(f) = &range.from {
-        let mut tmp = (*cfg).clone();
-        tmp.source.start = StartPosition::File {
+        src.resolve(&StartPosition::File {
             file: f.file.clone(),
             pos: f.pos,
-        };
-        let s2 = Source::connect(Arc::new(tmp)).await?.0;
-        s2.resolve_start(None).await?
+        })
+        .await?
     } else if let Some(g) = &range.from_gtid {
-        let set = GtidSet::parse_any(g).map_err(other)?;
-        StartPoint {
-            coord: BinlogCoord {
-                file: String::new(),
-                pos: 4,
-            },
-            gtid: Some(set),
-            by_gtid: true,
-            emit_from: None,
-        }
+        StartPoint::after_gtid_set(GtidSet::parse_any(g).map_err(other)?)
     } else {
         let t = range.from_time_ms.unwrap_or(0);
-        let file = file_for_time(&src, t).await?;
-        StartPoint {
-            coord: BinlogCoord { file, pos: 4 },
-            gtid: None,
-            by_gtid: false,
-            emit_from: None,
-        }
+        src.resolve(&StartPosition::File {
+            file: file_for_time(&src, t).await?,
+            pos: 4,
+        })
+        .await?
     };
     let mut decoder = src.new_decoder()?;
     decoder.from_time_ms = range.from_time_ms;

@@ -59,6 +59,21 @@ pub struct StartPoint {
     pub emit_from: Option<BinlogCoord>,
 }
 
+impl StartPoint {
+    /// Streaming starts after the transactions in `set`.
+    pub fn after_gtid_set(set: GtidSet) -> StartPoint {
+        StartPoint {
+            coord: BinlogCoord {
+                file: String::new(),
+                pos: 4,
+            },
+            gtid: Some(set),
+            by_gtid: true,
+            emit_from: None,
+        }
+    }
+}
+
 pub struct Source {
     cfg: Arc<Config>,
     opts: Opts,
@@ -146,16 +161,26 @@ impl Source {
         &self,
         stored: Option<&Position>,
     ) -> Result<StartPoint, SourceError> {
-        if let Some(p) = stored {
-            return Ok(StartPoint {
-                coord: p.coord.clone(),
-                by_gtid: p.gtid.as_ref().is_some_and(|g| self.gtid_usable(g)),
-                gtid: p.gtid.clone(),
-                emit_from: None,
-            });
+        match stored {
+            Some(p) => Ok(self.resume_point(p)),
+            None => self.resolve(&self.cfg.source.start).await,
         }
+    }
+
+    /// Resuming after a complete transaction: by GTID when the server can, else file:pos.
+    pub fn resume_point(&self, p: &Position) -> StartPoint {
+        StartPoint {
+            coord: p.coord.clone(),
+            by_gtid: p.gtid.as_ref().is_some_and(|g| self.gtid_usable(g)),
+            gtid: p.gtid.clone(),
+            emit_from: None,
+        }
+    }
+
+    /// Resolves a start position against the server.
+    pub async fn resolve(&self, start: &StartPosition) -> Result<StartPoint, SourceError> {
         let mut c = self.conn().await?;
-        let sp = match &self.cfg.source.start {
+        let sp = match start {
             StartPosition::Latest => {
                 let (coord, gtid) = conn::current_position(&mut c, self.info.flavor).await?;
                 StartPoint {
@@ -222,15 +247,7 @@ impl Source {
                         self.info.version
                     )));
                 }
-                StartPoint {
-                    coord: BinlogCoord {
-                        file: String::new(),
-                        pos: 4,
-                    },
-                    gtid: Some(set),
-                    by_gtid: true,
-                    emit_from: None,
-                }
+                StartPoint::after_gtid_set(set)
             }
         };
         let _ = c.disconnect().await;
@@ -377,12 +394,7 @@ impl Source {
                     }
                     backoff = (backoff * 2).min(self.cfg.source.reconnect_backoff_max.0);
                     if let Some(p) = decoder.committed() {
-                        sp = StartPoint {
-                            coord: p.coord.clone(),
-                            by_gtid: p.gtid.as_ref().is_some_and(|g| self.gtid_usable(g)),
-                            gtid: p.gtid.clone(),
-                            emit_from: None,
-                        };
+                        sp = self.resume_point(p);
                         decoder.resume_at(&sp.coord.file, sp.gtid.clone());
                     }
                 }
