@@ -102,7 +102,7 @@ struct ReplayArgs {
     /// End once this GTID set is covered.
     #[arg(long, value_name = "GTID_SET")]
     to_gtid: Option<String>,
-    /// End before the first transaction after this time.
+    /// End before the first transaction after this time (a time without a fraction includes its whole second).
     #[arg(long, value_name = "TIME")]
     to_time: Option<String>,
     /// Only these sinks (repeatable; default all).
@@ -235,7 +235,11 @@ fn main() -> ExitCode {
                 }
             },
             Cmd::Replay(a) => {
-                let range = match (parse_time(&a.from_time), parse_time(&a.to_time)) {
+                // --to-time without a fraction covers its whole second
+                let to_time = parse_time(&a.to_time).map(|t| {
+                    t.map(|ms| if a.to_time.as_deref().is_some_and(|s| !s.contains('.')) { ms + 999 } else { ms })
+                });
+                let range = match (parse_time(&a.from_time), to_time) {
                     (Ok(ft), Ok(tt)) => daemon::ReplayRange {
                         from: a.from,
                         from_gtid: a.from_gtid,
