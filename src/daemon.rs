@@ -167,72 +167,130 @@ pub async fn run(
     let pipeline =
         tokio::spawn(Pipeline::new(cfg.pipeline.max_in_flight.0 as usize).run(rx, sinks, acked_tx));
     let stats = Arc::new(SourceStats::default());
+    // the source stops on an external signal or when the checkpointer loses the lock
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let forward = {
+        let stop_tx = stop_tx.clone();
+        let mut ext = shutdown.clone();
+        tokio::spawn(async move {
+            while !*ext.borrow() {
+                if ext.changed().await.is_err() {
+                    return;
+                }
+            }
+            let _ = stop_tx.send(true);
+        })
+    };
     let source_task = {
-        let shutdown = shutdown.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
-            let r = src.run(&mut decoder, start, tx, shutdown, stats).await;
+            let r = src.run(&mut decoder, start, tx, stop_rx, stats).await;
             (r, src)
         })
     };
-    let checkpointer = tokio::spawn(store_loop(
-        cp,
-        acked_rx,
-        identity,
-        cfg.checkpoint.interval.0,
-    ));
+    let store = Store {
+        opts: cfg.checkpoint_opts().map_err(other)?,
+        schema: cfg.checkpoint.schema.clone(),
+        pipeline: cfg.pipeline.name.clone(),
+        id: identity,
+        interval: cfg.checkpoint.interval.0,
+    };
+    let checkpointer = tokio::spawn(store.run(cp, acked_rx, stop_tx));
     let (sr, _src) = source_task.await.map_err(other)?;
     let pr = pipeline.await.map_err(other)?;
     // the pipeline has drained: store the last acknowledged position, then release the lock
     let cr = checkpointer.await.map_err(other)?;
+    forward.abort();
     if let Err(e) = &sr {
         error!("{e}");
     }
+    cr?;
     sr?;
     pr?;
-    cr?;
     info!("stopped");
     Ok(())
 }
 
-/// Stores the acknowledged position at most every `interval`, and once more when the pipeline
-/// ends. A failed store is retried on a fresh connection; losing the lock is fatal.
-async fn store_loop(
-    mut cp: Checkpoint,
-    mut acked: watch::Receiver<Option<Acked>>,
+/// The store loop's settings.
+struct Store {
+    opts: mysql_async::Opts,
+    schema: String,
+    pipeline: String,
     id: SourceIdentity,
     interval: Duration,
-) -> Result<(), DaemonError> {
-    let mut stored: Option<Acked> = None;
-    let mut last_store = Instant::now() - interval;
-    loop {
-        let closed = acked.changed().await.is_err();
-        if !closed {
-            let wait = interval.saturating_sub(last_store.elapsed());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+}
+
+impl Store {
+    /// Stores the acknowledged position at most every `interval`, and once more when the
+    /// pipeline ends. A failed store is retried on a fresh connection, which must take the
+    /// pipeline lock again: if another daemon holds it now, this one stops (`stop`).
+    async fn run(
+        self,
+        mut cp: Checkpoint,
+        mut acked: watch::Receiver<Option<Acked>>,
+        stop: watch::Sender<bool>,
+    ) -> Result<(), DaemonError> {
+        let mut stored: Option<Acked> = None;
+        let mut healthy = true;
+        loop {
+            let closed = tokio::select! {
+                r = acked.changed() => r.is_err(),
+                _ = tokio::time::sleep(self.interval) => false,
+            };
+            if !closed {
+                // at most one store per interval
+                tokio::time::sleep(self.interval).await;
             }
-        }
-        let cur = acked.borrow_and_update().clone();
-        if let Some(a) = cur {
-            if stored.as_ref() != Some(&a) {
-                match cp.store(&a.position, &id, a.event_ts_ms).await {
-                    Ok(()) => {
-                        tracing::debug!(position = %a.position.coord, "checkpoint stored");
-                        stored = Some(a);
-                        last_store = Instant::now();
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "storing the checkpoint failed; will retry (the stored position stays behind, never ahead)");
-                        if closed {
-                            return Err(e.into());
+            let cur = acked.borrow_and_update().clone();
+            let attempts = if closed { 3 } else { 1 };
+            for attempt in 0..attempts {
+                let Some(a) = cur.as_ref() else { break };
+                if stored.as_ref() == Some(a) {
+                    break;
+                }
+                if !healthy {
+                    match Checkpoint::connect(self.opts.clone(), &self.schema, &self.pipeline).await
+                    {
+                        Ok(mut fresh) => {
+                            if !fresh.try_lock().await.unwrap_or(false) {
+                                let _ = stop.send(true);
+                                return Err(other(format!(
+                                    "lost the pipeline lock binlogd:{} (the checkpoint connection dropped and another                                      binlogd took over); stopping this one",
+                                    self.pipeline
+                                )));
+                            }
+                            info!("checkpoint connection re-established, lock held");
+                            cp = fresh;
+                            healthy = true;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "checkpoint server unreachable; the stored position stays behind")
                         }
                     }
                 }
+                if healthy {
+                    match cp.store(&a.position, &self.id, a.event_ts_ms).await {
+                        Ok(()) => {
+                            tracing::debug!(position = %a.position.coord, "checkpoint stored");
+                            stored = Some(a.clone());
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "storing the checkpoint failed; retrying on a new connection");
+                            healthy = false;
+                        }
+                    }
+                }
+                if attempt + 1 < attempts {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
-        }
-        if closed {
-            return Ok(());
+            if closed {
+                if cur.is_some() && stored != cur {
+                    return Err(other("could not store the final position; the next start repeats the changes after the last stored one"));
+                }
+                return Ok(());
+            }
         }
     }
 }

@@ -702,3 +702,166 @@ fn own_checkpoint_writes_filtered() {
     );
     assert_eq!(ev.len(), 20);
 }
+
+/// The checkpoint connection is killed: the daemon reconnects, takes the lock again and keeps
+/// storing positions.
+#[test]
+fn checkpoint_connection_killed() {
+    let f = Flavor::MySql;
+    let rt = rt();
+    let name = "cpkill";
+    let pipeline = format!("{name}_{}", f.tag());
+    let dir = workdir(name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, name).await;
+        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
+            .await
+            .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
+    rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1)")))
+        .unwrap();
+    d.wait_events(1, Duration::from_secs(30));
+    let lock = format!("binlogd:{pipeline}");
+    let holder: Option<u64> = rt
+        .block_on(c.exec_first("SELECT IS_USED_LOCK(?)", (&lock,)))
+        .unwrap()
+        .flatten();
+    let holder = holder.expect("the daemon holds the lock");
+    rt.block_on(c.query_drop(format!("KILL {holder}"))).unwrap();
+    rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES (2)")))
+        .unwrap();
+    let mark = rt.block_on(binlog_end(&mut c, f));
+    d.wait_events(2, Duration::from_secs(30));
+    let t0 = Instant::now();
+    loop {
+        let s = rt.block_on(stored(&mut c, &pipeline));
+        if s.as_ref().is_some_and(|s| *s >= mark) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "position not stored after the reconnect ({s:?}); log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new_holder: Option<u64> = rt
+        .block_on(c.exec_first("SELECT IS_USED_LOCK(?)", (&lock,)))
+        .unwrap()
+        .flatten();
+    assert!(
+        new_holder.is_some_and(|h| h != holder),
+        "the lock was taken again on a new connection"
+    );
+    assert_eq!(d.stop(), Some(0));
+}
+
+/// Two daemons for one pipeline: one streams, the other stands by; `kill -9` of the active one
+/// and the standby takes over within seconds; together their output has no gap.
+fn ha_takeover(f: Flavor) {
+    let rt = rt();
+    let name = format!("ha_{}", f.tag());
+    let dir_a = workdir(&name);
+    let dir_b = workdir(&format!("{name}_b"));
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, &name).await;
+        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
+            .await
+            .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let cfg_a = config(f, &name, &name, &start, &dir_a, "");
+    let mut a = Daemon::start(&dir_a, &cfg_a);
+    std::thread::sleep(Duration::from_millis(500));
+    // the standby: same pipeline, its own replica id and output file
+    let sid_a = format!("server_id = {}", server_id_for(&name, f));
+    let cfg_b = cfg_a
+        .replace(
+            &sid_a,
+            &format!("server_id = {}", server_id_for(&name, f) + 1),
+        )
+        .replace(
+            dir_a.join("out.jsonl").to_str().unwrap(),
+            dir_b.join("out.jsonl").to_str().unwrap(),
+        );
+    std::fs::write(dir_b.join("binlogd.toml"), &cfg_b).unwrap();
+    // no position reset for the standby: it must not disturb the active one
+    let mut b = Daemon {
+        child: std::process::Command::new(env!("CARGO_BIN_EXE_binlogd"))
+            .args(["run", "-c", dir_b.join("binlogd.toml").to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir_b.join("binlogd.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        out: dir_b.join("out.jsonl"),
+        log: dir_b.join("binlogd.log"),
+        config: dir_b.join("binlogd.toml"),
+    };
+    for i in 0..50 {
+        rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES ({i})")))
+            .unwrap();
+    }
+    a.wait_events(50, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        b.events().is_empty(),
+        "the standby streams nothing while the active one runs"
+    );
+    assert!(std::fs::read_to_string(&b.log)
+        .unwrap()
+        .contains("standing by"));
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed_at = Instant::now();
+    for i in 50..100 {
+        rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES ({i})")))
+            .unwrap();
+    }
+    // b resumes from the stored position: it may repeat a few of a's last changes
+    let t0 = Instant::now();
+    loop {
+        let ids: HashSet<i64> = b
+            .events()
+            .iter()
+            .map(|e| e["after"]["id"].as_i64().unwrap())
+            .collect();
+        if (50..100).all(|i| ids.contains(&i)) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "standby did not take over; log:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = killed_at.elapsed();
+    let mut all: Vec<i64> = a
+        .events()
+        .iter()
+        .chain(b.events().iter())
+        .map(|e| e["after"]["id"].as_i64().unwrap())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all, (0..100).collect::<Vec<i64>>(), "the union has no gap");
+    eprintln!(
+        "{}: standby took over and caught up {:.1}s after kill -9",
+        f.tag(),
+        took.as_secs_f64()
+    );
+    assert_eq!(b.stop(), Some(0));
+}
+
+#[test]
+fn ha_takeover_mariadb() {
+    ha_takeover(Flavor::MariaDb);
+}
+#[test]
+fn ha_takeover_mysql() {
+    ha_takeover(Flavor::MySql);
+}
