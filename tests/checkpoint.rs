@@ -290,8 +290,16 @@ fn operator_verbs(f: Flavor) {
         }
     });
     d.wait_events(5, Duration::from_secs(30));
-    // while running: show works, set/reset are refused
-    let (code, out) = run_binlogd(&["position", "show", "-c", &cfg]);
+    // while running: show works, set/reset are refused. The sink has the rows;
+    // the checkpoint follows within `interval` (200 ms here), so poll for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (code, out) = loop {
+        let (code, out) = run_binlogd(&["position", "show", "-c", &cfg]);
+        if out.contains("behind:") || std::time::Instant::now() > deadline {
+            break (code, out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("running (lock held)") && out.contains("behind:"),
