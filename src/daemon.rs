@@ -14,6 +14,7 @@ use crate::decode::Flavor;
 use crate::event::{Batch, SourceInfo};
 use crate::pipeline::{Acked, Pipeline};
 use crate::sinks::file::FileSink;
+use crate::sinks::redis::{RedisSink, RedisStats};
 use crate::sinks::{Sink, SinkError};
 use crate::source::conn::{self, Severity};
 use crate::source::position::{BinlogCoord, GtidSet, Position, StartPosition};
@@ -41,7 +42,7 @@ pub fn open_sinks(cfg: &Config, only: &[String]) -> Result<Vec<Box<dyn Sink>>, D
         name: cfg.source.name.clone(),
     };
     for n in only {
-        if !cfg.sinks.file.iter().any(|f| &f.name == n) {
+        if !cfg.sinks.names().any(|f| f == n) {
             return Err(other(format!("no sink named {n:?} in the config")));
         }
     }
@@ -49,6 +50,13 @@ pub fn open_sinks(cfg: &Config, only: &[String]) -> Result<Vec<Box<dyn Sink>>, D
     for f in &cfg.sinks.file {
         if only.is_empty() || only.contains(&f.name) {
             sinks.push(Box::new(FileSink::open(f, info.clone())?));
+        }
+    }
+    for r in &cfg.sinks.redis {
+        if only.is_empty() || only.contains(&r.name) {
+            let pw = r.password().map_err(other)?;
+            let stats = Arc::new(RedisStats::default());
+            sinks.push(Box::new(RedisSink::open(r, pw.as_ref().map(|p| p.expose()), stats)?));
         }
     }
     Ok(sinks)
@@ -111,7 +119,12 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
-    let (src, findings) = Source::connect(cfg.clone()).await?;
+    let (src, mut findings) = Source::connect(cfg.clone()).await?;
+    {
+        let mut c = src.conn().await?;
+        findings.extend(crate::sinks::check(&cfg, &mut c, false).await);
+        let _ = c.disconnect().await;
+    }
     let fatal: Vec<String> = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
@@ -122,7 +135,7 @@ pub async fn run(
     }
     if !fatal.is_empty() {
         return Err(other(format!(
-            "the source server is not set up for binlogd:\n  - {}",
+            "cannot start: the source server or a sink is not set up for binlogd:\n  - {}",
             fatal.join("\n  - ")
         )));
     }

@@ -5,18 +5,19 @@ pub const SYSTEM_SCHEMAS: &[&str] = &["mysql", "sys", "information_schema", "per
 
 #[derive(Debug, Clone)]
 pub struct TableFilter {
-    include: Option<Vec<Glob>>,
-    exclude: Vec<Glob>,
+    include: Option<Vec<TablePattern>>,
+    exclude: Vec<TablePattern>,
 }
 
+/// One `db.table` glob.
 #[derive(Debug, Clone)]
-struct Glob {
+pub struct TablePattern {
     db: String,
     table: String,
 }
 
-impl Glob {
-    fn parse(s: &str) -> Result<Glob, String> {
+impl TablePattern {
+    pub fn parse(s: &str) -> Result<TablePattern, String> {
         let (db, table) = s.split_once('.').ok_or_else(|| {
             format!("table pattern {s:?} must be db.table (globs allowed, e.g. \"shop.*\")")
         })?;
@@ -25,13 +26,13 @@ impl Glob {
                 "table pattern {s:?} must be db.table (globs allowed, e.g. \"shop.*\")"
             ));
         }
-        Ok(Glob {
+        Ok(TablePattern {
             db: db.to_string(),
             table: table.to_string(),
         })
     }
 
-    fn matches(&self, db: &str, table: &str) -> bool {
+    pub fn matches(&self, db: &str, table: &str) -> bool {
         glob_match(self.db.as_bytes(), db.as_bytes())
             && glob_match(self.table.as_bytes(), table.as_bytes())
     }
@@ -68,21 +69,21 @@ impl TableFilter {
         let include = match include {
             Some(list) => Some(
                 list.iter()
-                    .map(|s| Glob::parse(s).map_err(|e| format!("source.include: {e}")))
+                    .map(|s| TablePattern::parse(s).map_err(|e| format!("source.include: {e}")))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
             None => None,
         };
         let exclude = exclude
             .iter()
-            .map(|s| Glob::parse(s).map_err(|e| format!("source.exclude: {e}")))
+            .map(|s| TablePattern::parse(s).map_err(|e| format!("source.exclude: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TableFilter { include, exclude })
     }
 
     /// Adds an exclusion (e.g. the checkpoint table, so the daemon never feeds on its own writes).
     pub fn exclude_also(&mut self, db: &str, table: &str) {
-        self.exclude.push(Glob {
+        self.exclude.push(TablePattern {
             db: db.to_string(),
             table: table.to_string(),
         });

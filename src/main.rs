@@ -288,7 +288,7 @@ fn spawn_signal_handler(stop_tx: watch::Sender<bool>) -> tokio::task::JoinHandle
 
 async fn check(cfg: Config) -> ExitCode {
     let cfg = Arc::new(cfg);
-    println!("config: ok ({} sink(s))", cfg.sinks.file.len());
+    println!("config: ok ({} sink(s))", cfg.sinks.names().count());
     println!("source: {}", conn::redact_url(cfg.source.url.expose()));
     let (src, findings) = match Source::connect(cfg.clone()).await {
         Ok(x) => x,
@@ -323,6 +323,7 @@ async fn check(cfg: Config) -> ExitCode {
                     message: format!("cannot list replicas: {e}"),
                 }),
             }
+            all.extend(binlogd::sinks::check(&cfg, &mut c, true).await);
             if let Err(e) = conn::binlog_files(&mut c).await {
                 all.push(conn::Finding {
                     severity: Severity::Error,

@@ -114,6 +114,18 @@ pub struct TlsConfig {
 pub struct SinksConfig {
     #[serde(default)]
     pub file: Vec<crate::sinks::file::FileSinkConfig>,
+    #[serde(default)]
+    pub redis: Vec<crate::sinks::redis::config::RedisSinkConfig>,
+}
+
+impl SinksConfig {
+    /// Every sink's name, in config order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.file
+            .iter()
+            .map(|f| f.name.as_str())
+            .chain(self.redis.iter().map(|r| r.name.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,13 +299,15 @@ impl Config {
             );
         }
         let mut names = std::collections::HashSet::new();
-        for f in &self.sinks.file {
-            if !names.insert(f.name.as_str()) {
+        for n in self.sinks.names() {
+            if !names.insert(n) {
                 return Err(format!(
-                    "two sinks are named {:?}; sink names must be unique",
-                    f.name
+                    "two sinks are named {n:?}; sink names must be unique"
                 ));
             }
+        }
+        for r in &self.sinks.redis {
+            r.validate()?;
         }
         if names.is_empty() {
             return Err(
@@ -320,9 +334,7 @@ impl Config {
         match &cp.url {
             Some(url) => {
                 let pw = if let Some(p) = &cp.password_file {
-                    let s = std::fs::read_to_string(p)
-                        .map_err(|e| format!("checkpoint.password_file {}: {e}", p.display()))?;
-                    Some(Secret::new(s.trim_end_matches(['\n', '\r'])))
+                    Some(units::read_secret_file(p, "checkpoint.password_file")?)
                 } else {
                     cp.password.clone()
                 };
@@ -340,9 +352,7 @@ impl Config {
     /// The source password, from `password_file`, `password`, or the URL, in that order.
     pub fn source_password(&self) -> Result<Option<Secret>, String> {
         if let Some(p) = &self.source.password_file {
-            let s = std::fs::read_to_string(p)
-                .map_err(|e| format!("source.password_file {}: {e}", p.display()))?;
-            return Ok(Some(Secret::new(s.trim_end_matches(['\n', '\r']))));
+            return units::read_secret_file(p, "source.password_file").map(Some);
         }
         Ok(self.source.password.clone())
     }

@@ -69,6 +69,12 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Reads a password file (trailing newline stripped); `what` names the setting in errors.
+pub fn read_secret_file(p: &std::path::Path, what: &str) -> Result<Secret, String> {
+    let s = std::fs::read_to_string(p).map_err(|e| format!("{what} {}: {e}", p.display()))?;
+    Ok(Secret::new(s.trim_end_matches(['\n', '\r'])))
+}
+
 /// A secret string (password). Never printed: `Debug` and `Display` show `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);

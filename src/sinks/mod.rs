@@ -2,6 +2,7 @@
 //! tests) behind the one small [`Sink`] trait; the pipeline runs each in its own task.
 
 pub mod file;
+pub mod redis;
 
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
@@ -27,3 +28,17 @@ pub trait Sink: Send {
 }
 
 pub type SharedBatch = Arc<Batch>;
+
+/// What `binlogd check` and startup verify about the sinks against the live source schema
+/// (and, with `contact`, by reaching each sink's server).
+pub async fn check(
+    cfg: &crate::config::Config,
+    conn: &mut mysql_async::Conn,
+    contact: bool,
+) -> Vec<crate::source::conn::Finding> {
+    let mut out = Vec::new();
+    for r in &cfg.sinks.redis {
+        out.extend(redis::check(conn, r, contact).await);
+    }
+    out
+}

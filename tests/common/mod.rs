@@ -388,3 +388,76 @@ impl Drop for PrivateServer {
             .status();
     }
 }
+
+pub fn redis_url() -> String {
+    env("BINLOGD_TEST_REDIS_URL")
+}
+
+pub fn redis_conn(url: &str) -> redis::Connection {
+    let c = redis::Client::open(url).unwrap();
+    let t0 = Instant::now();
+    loop {
+        match c.get_connection() {
+            Ok(c) => return c,
+            Err(e) if t0.elapsed() > Duration::from_secs(20) => panic!("redis {url}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A private redis-server child process with append-only persistence (fsync always), so a
+/// `kill -9` keeps the keys it confirmed: tests can restart it and see what is still there.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start(dir: &std::path::Path, port: u16) -> PrivateRedis {
+        let mut r = PrivateRedis {
+            port,
+            dir: dir.join("redis"),
+            child: None,
+        };
+        std::fs::create_dir_all(&r.dir).unwrap();
+        r.spawn();
+        r
+    }
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let _ = redis_conn(&self.url());
+    }
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+    pub fn conn(&self) -> redis::Connection {
+        redis_conn(&self.url())
+    }
+    /// SIGKILL (keys confirmed so far survive in the AOF).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,329 @@
+//! Redis sink: deletes the cache keys a row change makes stale.
+//!
+//! For each row change, every rule whose table pattern matches renders its key templates from
+//! the before image (updates, deletes) and the after image (inserts, updates), so a changed key
+//! column invalidates both the old and the new key. Keys are de-duplicated per batch and sent
+//! as variadic UNLINK/DEL commands ([`client`]); the batch is acknowledged only when Redis
+//! confirmed every command. Optional second deletes ([`second`]) run in the background after
+//! a fixed delay or once the read replicas applied the transaction.
+
+pub mod client;
+pub mod config;
+pub mod second;
+pub mod template;
+
+use futures_util::future::BoxFuture;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tracing::{debug, warn};
+
+use self::client::Deleter;
+use self::config::{RedisSinkConfig, Rule, SecondDelete};
+use self::second::{SecondDeletes, WaitFor};
+use self::template::{BoundTemplate, RenderSkip};
+use super::{Sink, SinkError};
+use crate::decode::table::TableSchema;
+use crate::event::Batch;
+use crate::source::conn::{Finding, Severity};
+
+/// Counters of one Redis sink (exported as metrics).
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// Keys sent in confirmed delete commands (first deletes).
+    pub keys_deleted: AtomicU64,
+    /// Keys not rendered because a template column was NULL.
+    pub keys_skipped_null: AtomicU64,
+    /// Failed attempts that were retried.
+    pub retries: AtomicU64,
+    /// Keys deleted a second time.
+    pub second_deletes: AtomicU64,
+    /// `after-replicas` waits that timed out or failed; the keys were deleted anyway.
+    pub replica_wait_fallbacks: AtomicU64,
+}
+
+struct BoundRule {
+    keys: Vec<BoundTemplate>,
+    second: Option<SecondDelete>,
+}
+
+pub struct RedisSink {
+    name: String,
+    rules: Vec<Rule>,
+    /// Bound rules per table schema (keyed by the schema's address; the Arc keeps it alive).
+    bound: HashMap<usize, (Arc<TableSchema>, Arc<[BoundRule]>)>,
+    deleter: Deleter,
+    second: Option<SecondDeletes>,
+    stats: Arc<RedisStats>,
+    key: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl RedisSink {
+    pub fn open(
+        cfg: &RedisSinkConfig,
+        password: Option<&str>,
+        stats: Arc<RedisStats>,
+    ) -> Result<RedisSink, SinkError> {
+        let rules = cfg.validate().map_err(|message| SinkError::Fatal {
+            sink: cfg.name.clone(),
+            message,
+        })?;
+        let deleter = Deleter::new(cfg, password, stats.clone())?;
+        let second = if rules.iter().any(|r| r.second_delete.is_some()) {
+            Some(SecondDeletes::start(cfg, deleter.fork(), stats.clone())?)
+        } else {
+            None
+        };
+        Ok(RedisSink {
+            name: cfg.name.clone(),
+            rules,
+            bound: HashMap::new(),
+            deleter,
+            second,
+            stats,
+            key: Vec::with_capacity(128),
+            scratch: Vec::with_capacity(128),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<RedisStats> {
+        self.stats.clone()
+    }
+
+    fn fatal(&self, message: String) -> SinkError {
+        SinkError::Fatal {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+
+    /// The rules that apply to `table`, bound to its columns (checked once per schema).
+    fn rules_for(&mut self, table: &Arc<TableSchema>) -> Result<Arc<[BoundRule]>, SinkError> {
+        let id = Arc::as_ptr(table) as usize;
+        if let Some((_, b)) = self.bound.get(&id) {
+            return Ok(b.clone());
+        }
+        let mut out = Vec::new();
+        for r in &self.rules {
+            if !r.pattern.matches(&table.db, &table.table) {
+                continue;
+            }
+            let keys = r
+                .keys
+                .iter()
+                .map(|k| k.bind(table))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| self.fatal(format!("rule for {:?}: {m}", r.table)))?;
+            out.push(BoundRule {
+                keys,
+                second: r.second_delete,
+            });
+        }
+        let b: Arc<[BoundRule]> = out.into();
+        if self.bound.len() >= 4096 {
+            self.bound.clear();
+        }
+        self.bound.insert(id, (table.clone(), b.clone()));
+        Ok(b)
+    }
+
+    /// Renders the keys of a batch: first deletes, and second deletes per mode.
+    fn collect(&mut self, batch: &Batch) -> Result<Collected, SinkError> {
+        let mut c = Collected::default();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        for txn in &batch.txns {
+            for chunk in &txn.chunks {
+                let rules = self.rules_for(&chunk.table)?;
+                if rules.is_empty() {
+                    continue;
+                }
+                let mut txn_has_second = false;
+                for row in 0..chunk.rows as usize {
+                    for (image, partial) in [(chunk.before(row), None), (chunk.after(row), Some(row))]
+                    {
+                        let Some(image) = image else { continue };
+                        for rule in rules.iter() {
+                            for t in &rule.keys {
+                                match t
+                                    .render(chunk, image, partial, &mut self.key, &mut self.scratch)
+                                    .map_err(|m| {
+                                        self.fatal(format!(
+                                            "{m} (at {}:{} row {})",
+                                            txn.file,
+                                            chunk.pos,
+                                            chunk.first_row as usize + row
+                                        ))
+                                    })? {
+                                    Ok(()) => {}
+                                    Err(RenderSkip::Null) => {
+                                        self.stats.keys_skipped_null.fetch_add(1, Ordering::Relaxed);
+                                        continue;
+                                    }
+                                }
+                                if let Some(mode) = rule.second {
+                                    txn_has_second = true;
+                                    c.second.entry(mode).or_default().insert(self.key.clone());
+                                }
+                                if !seen.contains(self.key.as_slice()) {
+                                    seen.insert(self.key.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+                if txn_has_second {
+                    if let Some(g) = &txn.gtid {
+                        c.wait.add(g);
+                    } else {
+                        c.wait.missing_gtid = true;
+                    }
+                }
+            }
+        }
+        c.first = seen.into_iter().collect();
+        Ok(c)
+    }
+}
+
+#[derive(Default)]
+struct Collected {
+    first: Vec<Vec<u8>>,
+    second: HashMap<SecondDelete, HashSet<Vec<u8>>>,
+    wait: WaitFor,
+}
+
+impl Sink for RedisSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            if let Some(s) = &self.second {
+                if let Some(e) = s.failed() {
+                    return Err(self.fatal(e));
+                }
+            }
+            let c = self.collect(batch)?;
+            if c.first.is_empty() && c.second.is_empty() {
+                return Ok(());
+            }
+            let existed = self.deleter.delete_all(&c.first).await?;
+            debug!(sink = %self.name, keys = c.first.len(), existed, "keys deleted");
+            if let Some(s) = &self.second {
+                for (mode, keys) in c.second {
+                    s.schedule(mode, keys.into_iter().collect(), c.wait.clone())
+                        .await
+                        .map_err(|e| self.fatal(e))?;
+                }
+            } else if !c.second.is_empty() {
+                warn!(sink = %self.name, "second deletes requested but no scheduler running");
+            }
+            Ok(())
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            if let Some(s) = self.second.take() {
+                // issue the second deletes still pending (bounded by their delay / wait timeout)
+                s.drain().await.map_err(|e| self.fatal(e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Checks every rule against the tables that exist on the server now, so a template naming a
+/// missing column fails at startup rather than when the table is first written. With
+/// `contact`, also checks that Redis answers.
+pub async fn check(
+    conn: &mut mysql_async::Conn,
+    cfg: &RedisSinkConfig,
+    contact: bool,
+) -> Vec<Finding> {
+    use mysql_async::prelude::Queryable;
+    let mut out = Vec::new();
+    let mut err = |severity, message| out.push(Finding { severity, message });
+    let Ok(rules) = cfg.validate() else {
+        return Vec::new(); // reported by config validation
+    };
+    let cols: Result<Vec<(String, String, String)>, _> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA NOT IN ('mysql','sys','information_schema','performance_schema') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION",
+        )
+        .await;
+    match cols {
+        Err(e) => err(
+            Severity::Warning,
+            format!("sinks.redis {:?}: cannot read information_schema.COLUMNS to check key templates: {e}", cfg.name),
+        ),
+        Ok(cols) => {
+            let mut tables: std::collections::BTreeMap<(String, String), Vec<String>> =
+                Default::default();
+            for (db, t, c) in cols {
+                tables.entry((db, t)).or_default().push(c);
+            }
+            for r in &rules {
+                let mut matched = false;
+                for ((db, t), columns) in &tables {
+                    if !r.pattern.matches(db, t) {
+                        continue;
+                    }
+                    matched = true;
+                    for k in &r.keys {
+                        for c in k.columns() {
+                            if !columns.iter().any(|x| x == c) {
+                                err(Severity::Error, format!(
+                                    "sinks.redis {:?}: key template {:?} names column {c:?}, which table {db}.{t} does not have (columns: {}); fix the template or the rule's table pattern",
+                                    cfg.name,
+                                    k.text,
+                                    columns.join(", ")
+                                ));
+                            }
+                        }
+                    }
+                }
+                if !matched {
+                    err(Severity::Warning, format!(
+                        "sinks.redis {:?}: rule table {:?} matches no existing table (fine if it will be created; check the spelling)",
+                        cfg.name, r.table
+                    ));
+                }
+            }
+        }
+    }
+    if contact {
+        let pw = cfg.password();
+        let res = match &pw {
+            Err(e) => Err(e.clone()),
+            Ok(pw) => match client::Deleter::new(
+                cfg,
+                pw.as_ref().map(|p| p.expose()),
+                Arc::new(RedisStats::default()),
+            ) {
+                Err(e) => Err(e.to_string()),
+                Ok(mut d) => d.ping().await,
+            },
+        };
+        if let Err(e) = res {
+            err(
+                Severity::Error,
+                format!(
+                    "sinks.redis {:?}: Redis at {} does not answer: {e}; start it or fix url",
+                    cfg.name,
+                    cfg.url
+                        .list()
+                        .iter()
+                        .map(|u| config::redact(u.expose()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
+    out
+}
