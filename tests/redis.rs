@@ -605,3 +605,130 @@ fn cache_consistency_mariadb() {
 fn cache_consistency_mysql() {
     cache_consistency(Flavor::MySql, (3352, 3353));
 }
+
+/// A 3-master Redis Cluster (private processes): keys spread over all slots are grouped by
+/// slot (hash tags respected), so every command goes to one node and all keys go.
+#[test]
+fn redis_cluster() {
+    let f = Flavor::MariaDb;
+    let rt = rt();
+    let name = "rcluster";
+    let dir = workdir(name);
+    let ports = [7101u16, 7102, 7103];
+    let mut nodes = Vec::new();
+    for port in ports {
+        let d = dir.join(format!("node{port}"));
+        std::fs::create_dir_all(&d).unwrap();
+        nodes.push(ChildGuard(
+            std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&d)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    for port in ports {
+        let _ = redis_conn(&format!("redis://127.0.0.1:{port}/"));
+    }
+    let st = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(ports.map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "redis-cli --cluster create");
+    let urls: Vec<String> = ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}/\"")).collect();
+    let cluster = redis::cluster::ClusterClient::new(
+        ports.iter().map(|p| format!("redis://127.0.0.1:{p}/")).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut rc = loop {
+        let ok = ports.iter().all(|p| {
+            let mut c = redis_conn(&format!("redis://127.0.0.1:{p}/"));
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap();
+            info.contains("cluster_state:ok")
+        });
+        if ok {
+            if let Ok(c) = cluster.get_connection() {
+                break c;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "cluster never became ok");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, name).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.users (id INT PRIMARY KEY, tenant INT)"
+        ))
+        .await
+        .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let cfg = config(f, name, name, &start, &dir, "")
+        + &format!(
+            "[[sinks.redis]]\nname = \"cache\"\nurl = [{}]\n[[sinks.redis.rules]]\ntable = \"{name}.users\"\nkeys = [\"user:{{id}}\", \"t:{{{{{{tenant}}}}}}:user:{{id}}\"]\n",
+            urls.join(", ")
+        );
+    const N: u32 = 2000;
+    let mut slots = std::collections::HashSet::new();
+    for i in 0..N {
+        let k1 = format!("user:{i}");
+        let k2 = format!("t:{{{}}}:user:{i}", i % 10);
+        let _: () = rc.set(&k1, 1).unwrap();
+        let _: () = rc.set(&k2, 1).unwrap();
+        slots.insert(binlogd::sinks::redis::client::slot(k1.as_bytes()));
+    }
+    assert!(slots.len() > 1000, "keys spread over many slots");
+    let mut d = Daemon::start(&dir, &cfg);
+    rt.block_on(async {
+        let values: Vec<String> = (0..N).map(|i| format!("({i}, {})", i % 10)).collect();
+        c.query_drop(format!(
+            "INSERT INTO `{name}`.users VALUES {}",
+            values.join(",")
+        ))
+        .await
+        .unwrap();
+    });
+    let t0 = Instant::now();
+    loop {
+        let left = (0..N)
+            .filter(|i| {
+                let a: bool = rc.exists(format!("user:{i}")).unwrap();
+                let b: bool = rc.exists(format!("t:{{{}}}:user:{i}", i % 10)).unwrap();
+                a || b
+            })
+            .count();
+        if left == 0 {
+            break;
+        }
+        if let Ok(Some(st)) = d.child.try_wait() {
+            panic!("binlogd exited ({st}); log:\n{}", d.log_text());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{left} keys left; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(!log.contains("CROSSSLOT"), "{}", d.log_text());
+    assert!(!log.contains("retrying"), "no failed command: {}", d.log_text());
+    assert_eq!(d.stop(), Some(0));
+}
+
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
