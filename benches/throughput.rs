@@ -4,7 +4,8 @@
 //! INSERTs, 500k in 1000-row UPDATEs, 5 statements per transaction) on the MariaDB test server,
 //! then runs `binlogd run --stop-at END` with a discarding file sink (`path = "/dev/null"`: every
 //! event is still rendered to JSON) and `mariadb-binlog --read-from-remote-server --raw` over the
-//! same range, each under `/usr/bin/time`. Prints figures; asserts nothing.
+//! same range, each under `/usr/bin/time`; and the same with a Redis sink invalidating one key
+//! per row change (500k cached keys, `DEBUG POPULATE`). Prints figures; asserts nothing.
 //!
 //! Run: `bash scripts/bench.sh` (starts the servers), or with BINLOGD_TEST_MARIADB_URL set:
 //! `cargo bench --bench throughput`.
@@ -130,24 +131,55 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let bin = env!("CARGO_BIN_EXE_binlogd");
     let mut results = Vec::new();
-    for (label, path) in [
-        ("binlogd → JSON, discarded", "/dev/null".to_string()),
+    let redis_url = std::env::var("BINLOGD_TEST_REDIS_URL").ok();
+    let redis_sink = |url: &str| {
+        format!(
+            "[[sinks.redis]]\nname = \"cache\"\nurl = \"{url}\"\n[[sinks.redis.rules]]\ntable = \"bench.t\"\nkeys = [\"bench:{{id}}\"]\n"
+        )
+    };
+    let mut runs = vec![
+        (
+            "binlogd → JSON, discarded",
+            "/dev/null".to_string(),
+            String::new(),
+        ),
         (
             "binlogd → JSON file",
             dir.join("out.jsonl").display().to_string(),
+            String::new(),
         ),
-    ] {
+    ];
+    if let Some(u) = &redis_url {
+        // one key per row change (an update's before and after key are the same: de-duplicated)
+        runs.push((
+            "binlogd → Redis UNLINK, 1 key/row",
+            "/dev/null".into(),
+            redis_sink(u),
+        ));
+    }
+    for (label, path, extra) in runs {
         let cfg = dir.join("bench.toml");
         std::fs::write(
             &cfg,
             format!(
                 "[source]\nurl = \"{cdc}\"\nserver_id = 9999\nname = \"bench\"\nstart = {{ file = \"{file}\", pos = {start} }}\n\
-                 include = [\"bench.*\"]\n[[sinks.file]]\nname = \"out\"\npath = \"{path}\"\n[log]\nlevel = \"warn\"\n"
+                 include = [\"bench.*\"]\n[[sinks.file]]\nname = \"out\"\npath = \"{path}\"\n[log]\nlevel = \"warn\"\n{extra}"
             ),
         )
         .unwrap();
         for _ in 0..2 {
-            let _ = std::fs::remove_file(dir.join("out.jsonl"));
+            if path != "/dev/null" {
+                let _ = std::fs::remove_file(dir.join("out.jsonl"));
+            }
+            if let (false, Some(u)) = (extra.is_empty(), &redis_url) {
+                // 500k cached rows to invalidate: keys bench:0 … bench:499999
+                let st = Command::new("redis-cli")
+                    .args(["-u", u, "DEBUG", "POPULATE", "500000", "bench"])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .expect("redis-cli");
+                assert!(st.success());
+            }
             let m = timed(
                 Command::new(bin)
                     .arg("run")

@@ -56,7 +56,11 @@ pub fn open_sinks(cfg: &Config, only: &[String]) -> Result<Vec<Box<dyn Sink>>, D
         if only.is_empty() || only.contains(&r.name) {
             let pw = r.password().map_err(other)?;
             let stats = Arc::new(RedisStats::default());
-            sinks.push(Box::new(RedisSink::open(r, pw.as_ref().map(|p| p.expose()), stats)?));
+            sinks.push(Box::new(RedisSink::open(
+                r,
+                pw.as_ref().map(|p| p.expose()),
+                stats,
+            )?));
         }
     }
     Ok(sinks)

@@ -123,7 +123,13 @@ keys = ["{p}:price:{{amount}}", "{p}:code:{{code}}"]
         "price:12.50",
         "code:AQI=",
     ];
-    let kept = ["user:999", "other:1", "user:email:", "user:email:null", "order:t1:6"];
+    let kept = [
+        "user:999",
+        "other:1",
+        "user:email:",
+        "user:email:null",
+        "order:t1:6",
+    ];
     for k in gone.iter().chain(kept.iter()) {
         let _: () = r.set(format!("{p}:{k}"), "cached").unwrap();
     }
@@ -141,8 +147,12 @@ keys = ["{p}:price:{{amount}}", "{p}:code:{{code}}"]
             .await
             .unwrap();
         // glob table pattern
-        c.query_drop("INSERT INTO items_a VALUES (7)").await.unwrap();
-        c.query_drop("INSERT INTO items_b VALUES (8)").await.unwrap();
+        c.query_drop("INSERT INTO items_a VALUES (7)")
+            .await
+            .unwrap();
+        c.query_drop("INSERT INTO items_b VALUES (8)")
+            .await
+            .unwrap();
         // rendering as in the event format: exact DECIMAL, binary as base64
         c.query_drop("INSERT INTO prices VALUES (1, 12.50, 0x0102)")
             .await
@@ -196,9 +206,11 @@ fn no_rule_no_traffic() {
         c.query_drop(format!("CREATE TABLE `{name}`.other (id INT PRIMARY KEY)"))
             .await
             .unwrap();
-        c.query_drop(format!("CREATE TABLE `{name}`.sentinel (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.sentinel (id INT PRIMARY KEY)"
+        ))
+        .await
+        .unwrap();
     });
     let start = rt.block_on(binlog_end(&mut c, f));
     let cfg = config(f, name, name, &start, &dir, "")
@@ -220,7 +232,11 @@ fn no_rule_no_traffic() {
     let before = unlink_calls(&mut r);
     barrier(&rt, &mut c, &mut r, &mut d, name, name, 1);
     assert_eq!(before, 0, "no UNLINK for a table without a rule");
-    assert_eq!(unlink_calls(&mut r), 1, "exactly one UNLINK for the sentinel row");
+    assert_eq!(
+        unlink_calls(&mut r),
+        1,
+        "exactly one UNLINK for the sentinel row"
+    );
     assert_eq!(d.stop(), Some(0));
 }
 
@@ -285,9 +301,11 @@ fn redis_restart(f: Flavor, port: u16) {
         ))
         .await
         .unwrap();
-        c.query_drop(format!("CREATE TABLE `{name}`.sentinel (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.sentinel (id INT PRIMARY KEY)"
+        ))
+        .await
+        .unwrap();
     });
     let start = rt.block_on(binlog_end(&mut c, f));
     let cfg = config(f, &name, &name, &start, &dir, "")
@@ -357,8 +375,15 @@ fn redis_restart(f: Flavor, port: u16) {
     let left: Vec<u32> = (0..N)
         .filter(|i| exists(&mut r, &format!("{p}:user:{i}")))
         .collect();
-    assert!(left.is_empty(), "keys still cached after catch-up: {left:?}");
-    assert_ne!(stored(&mut c), p2, "position moves again after Redis is back");
+    assert!(
+        left.is_empty(),
+        "keys still cached after catch-up: {left:?}"
+    );
+    assert_ne!(
+        stored(&mut c),
+        p2,
+        "position moves again after Redis is back"
+    );
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(log.contains("retrying"), "retries are logged");
     assert_eq!(d.stop(), Some(0));
@@ -385,12 +410,16 @@ fn second_delete_fixed_delay() {
     let mut c = rt.block_on(root(f));
     rt.block_on(async {
         fresh_db(&mut c, name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.users (id INT PRIMARY KEY, v INT)"))
-            .await
-            .unwrap();
-        c.query_drop(format!("CREATE TABLE `{name}`.sentinel (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.users (id INT PRIMARY KEY, v INT)"
+        ))
+        .await
+        .unwrap();
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.sentinel (id INT PRIMARY KEY)"
+        ))
+        .await
+        .unwrap();
     });
     let start = rt.block_on(binlog_end(&mut c, f));
     let url = redis_url();
@@ -551,7 +580,7 @@ fn cache_consistency(f: Flavor, ports: (u16, u16)) {
             }));
         }
         handles.remove(0).join().unwrap(); // the writer ran 4 s
-        // readers go on while the replica catches up (delay 1 s), then stop
+                                           // readers go on while the replica catches up (delay 1 s), then stop
         std::thread::sleep(Duration::from_secs(3));
         stop.store(true, Ordering::Relaxed);
         for h in handles {
@@ -622,7 +651,14 @@ fn redis_cluster() {
         nodes.push(ChildGuard(
             std::process::Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(&d)
                 .stdout(std::process::Stdio::null())
@@ -641,9 +677,15 @@ fn redis_cluster() {
         .status()
         .unwrap();
     assert!(st.success(), "redis-cli --cluster create");
-    let urls: Vec<String> = ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}/\"")).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("\"redis://127.0.0.1:{p}/\""))
+        .collect();
     let cluster = redis::cluster::ClusterClient::new(
-        ports.iter().map(|p| format!("redis://127.0.0.1:{p}/")).collect::<Vec<_>>(),
+        ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect::<Vec<_>>(),
     )
     .unwrap();
     let t0 = Instant::now();
@@ -658,7 +700,10 @@ fn redis_cluster() {
                 break c;
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "cluster never became ok");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "cluster never became ok"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut c = rt.block_on(root(f));
@@ -720,7 +765,11 @@ fn redis_cluster() {
     }
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(!log.contains("CROSSSLOT"), "{}", d.log_text());
-    assert!(!log.contains("retrying"), "no failed command: {}", d.log_text());
+    assert!(
+        !log.contains("retrying"),
+        "no failed command: {}",
+        d.log_text()
+    );
     assert_eq!(d.stop(), Some(0));
 }
 

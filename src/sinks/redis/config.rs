@@ -180,11 +180,12 @@ impl RedisSinkConfig {
                     redact(s)
                 )));
             }
-            redis::Client::open(s)
-                .map_err(|e| at(format!("url {:?}: {e}", redact(s))))?;
+            redis::Client::open(s).map_err(|e| at(format!("url {:?}: {e}", redact(s))))?;
         }
         if self.password.is_some() && self.password_file.is_some() {
-            return Err(at("password and password_file are both set; keep one".into()));
+            return Err(at(
+                "password and password_file are both set; keep one".into()
+            ));
         }
         if self.batch_keys == 0 || self.pipeline_depth == 0 {
             return Err(at("batch_keys and pipeline_depth must be at least 1".into()));
@@ -197,7 +198,8 @@ impl RedisSinkConfig {
         }
         let mut rules = Vec::new();
         for (i, r) in self.rules.iter().enumerate() {
-            let pattern = TablePattern::parse(&r.table).map_err(|e| at(format!("rules[{i}]: {e}")))?;
+            let pattern =
+                TablePattern::parse(&r.table).map_err(|e| at(format!("rules[{i}]: {e}")))?;
             if r.keys.is_empty() {
                 return Err(at(format!(
                     "rules[{i}] ({}): keys is empty; list at least one key template",
@@ -224,8 +226,7 @@ impl RedisSinkConfig {
             });
         }
         for u in &self.replicas {
-            crate::source::conn::parse_url(u.expose())
-                .map_err(|e| at(format!("replicas: {e}")))?;
+            crate::source::conn::parse_url(u.expose()).map_err(|e| at(format!("replicas: {e}")))?;
         }
         if let Some(ca) = &self.tls_ca_file {
             if self.is_cluster() {

@@ -140,7 +140,8 @@ impl RedisSink {
                 }
                 let mut txn_has_second = false;
                 for row in 0..chunk.rows as usize {
-                    for (image, partial) in [(chunk.before(row), None), (chunk.after(row), Some(row))]
+                    for (image, partial) in
+                        [(chunk.before(row), None), (chunk.after(row), Some(row))]
                     {
                         let Some(image) = image else { continue };
                         for rule in rules.iter() {
@@ -157,7 +158,9 @@ impl RedisSink {
                                     })? {
                                     Ok(()) => {}
                                     Err(RenderSkip::Null) => {
-                                        self.stats.keys_skipped_null.fetch_add(1, Ordering::Relaxed);
+                                        self.stats
+                                            .keys_skipped_null
+                                            .fetch_add(1, Ordering::Relaxed);
                                         continue;
                                     }
                                 }

@@ -383,9 +383,7 @@ async fn run_after_replicas(
             let t0 = Instant::now();
             let failed_replicas = replicas.wait(&wait).await;
             if failed_replicas > 0 {
-                stats
-                    .replica_wait_fallbacks
-                    .fetch_add(1, Ordering::Relaxed);
+                stats.replica_wait_fallbacks.fetch_add(1, Ordering::Relaxed);
             }
             debug!(waited = ?t0.elapsed(), keys = keys.len(), "replicas caught up");
         }
