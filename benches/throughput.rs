@@ -162,7 +162,7 @@ fn main() {
         std::fs::write(
             &cfg,
             format!(
-                "[source]\nurl = \"{cdc}\"\nserver_id = 9999\nname = \"bench\"\nstart = {{ file = \"{file}\", pos = {start} }}\n\
+                "[pipeline]\nname = \"bench\"\n[source]\nurl = \"{cdc}\"\nserver_id = 9999\nname = \"bench\"\nstart = {{ file = \"{file}\", pos = {start} }}\n\
                  include = [\"bench.*\"]\n[[sinks.file]]\nname = \"out\"\npath = \"{path}\"\n[log]\nlevel = \"warn\"\n{extra}"
             ),
         )
@@ -180,6 +180,14 @@ fn main() {
                     .expect("redis-cli");
                 assert!(st.success());
             }
+            // each run streams the whole range: forget the position the previous run stored
+            let st = Command::new(bin)
+                .args(["position", "reset", "-c"])
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("binlogd position reset");
+            assert!(st.success());
             let m = timed(
                 Command::new(bin)
                     .arg("run")
