@@ -14,6 +14,7 @@ use crate::decode::Flavor;
 use crate::event::{Batch, SourceInfo};
 use crate::pipeline::{Acked, Pipeline};
 use crate::sinks::file::FileSink;
+use crate::sinks::kafka::{KafkaSink, KafkaStats};
 use crate::sinks::redis::{RedisSink, RedisStats};
 use crate::sinks::{Sink, SinkError};
 use crate::source::conn::{self, Severity};
@@ -37,10 +38,11 @@ fn other(e: impl std::fmt::Display) -> DaemonError {
 }
 
 /// Opens the configured sinks (all, or those named in `only`).
-pub fn open_sinks(cfg: &Config, only: &[String]) -> Result<Vec<Box<dyn Sink>>, DaemonError> {
-    let info = SourceInfo {
-        name: cfg.source.name.clone(),
-    };
+pub fn open_sinks(
+    cfg: &Config,
+    only: &[String],
+    info: SourceInfo,
+) -> Result<Vec<Box<dyn Sink>>, DaemonError> {
     for n in only {
         if !cfg.sinks.names().any(|f| f == n) {
             return Err(other(format!("no sink named {n:?} in the config")));
@@ -63,7 +65,29 @@ pub fn open_sinks(cfg: &Config, only: &[String]) -> Result<Vec<Box<dyn Sink>>, D
             )?));
         }
     }
+    for k in &cfg.sinks.kafka {
+        if only.is_empty() || only.contains(&k.name) {
+            let stats = Arc::new(KafkaStats::default());
+            sinks.push(Box::new(KafkaSink::open(k, info.clone(), stats)?));
+        }
+    }
     Ok(sinks)
+}
+
+/// What the sinks are told about the stream.
+pub fn source_info(cfg: &Config, server: Option<&conn::ServerInfo>, replay: bool) -> SourceInfo {
+    SourceInfo {
+        name: cfg.source.name.clone(),
+        pipeline: cfg.pipeline.name.clone(),
+        server: server
+            .map(|s| {
+                s.server_uuid
+                    .clone()
+                    .unwrap_or_else(|| s.server_id.to_string())
+            })
+            .unwrap_or_default(),
+        replay,
+    }
 }
 
 async fn open_checkpoint(cfg: &Config) -> Result<Checkpoint, DaemonError> {
@@ -168,7 +192,7 @@ pub async fn run(
         server_id: src.info.server_id,
         server_uuid: src.info.server_uuid.clone(),
     };
-    let sinks = open_sinks(&cfg, &[])?;
+    let sinks = open_sinks(&cfg, &[], source_info(&cfg, Some(&src.info), false))?;
     let start = src
         .resolve_start(stored.as_ref().map(|s| &s.position))
         .await?;
@@ -524,7 +548,7 @@ pub async fn replay(
     };
     decoder.stop_at = Some(end.clone());
     drop(c);
-    let sinks = open_sinks(&cfg, &range.sinks)?;
+    let sinks = open_sinks(&cfg, &range.sinks, source_info(&cfg, Some(&src.info), true))?;
     let (tx, rx) = mpsc::channel(2);
     let (acked_tx, _acked_rx) = watch::channel(None);
     let (ptx, prx) = mpsc::channel::<Batch>(2);
@@ -636,7 +660,11 @@ pub async fn replay_files(
     let cfg = Arc::new(cfg);
     // the server, when reachable, supplies collations and schema hints
     let src = Source::connect(cfg.clone()).await.ok().map(|x| x.0);
-    let sinks = open_sinks(&cfg, &range.sinks)?;
+    let sinks = open_sinks(
+        &cfg,
+        &range.sinks,
+        source_info(&cfg, src.as_ref().map(|s| &s.info), true),
+    )?;
     let (ptx, prx) = mpsc::channel::<Batch>(2);
     let (acked_tx, _acked_rx) = watch::channel(None);
     let pipeline = tokio::spawn(

@@ -116,6 +116,8 @@ pub struct SinksConfig {
     pub file: Vec<crate::sinks::file::FileSinkConfig>,
     #[serde(default)]
     pub redis: Vec<crate::sinks::redis::config::RedisSinkConfig>,
+    #[serde(default)]
+    pub kafka: Vec<crate::sinks::kafka::config::KafkaSinkConfig>,
 }
 
 impl SinksConfig {
@@ -125,6 +127,7 @@ impl SinksConfig {
             .iter()
             .map(|f| f.name.as_str())
             .chain(self.redis.iter().map(|r| r.name.as_str()))
+            .chain(self.kafka.iter().map(|k| k.name.as_str()))
     }
 }
 
@@ -308,6 +311,9 @@ impl Config {
         }
         for r in &self.sinks.redis {
             r.validate()?;
+        }
+        for k in &self.sinks.kafka {
+            k.validate()?;
         }
         if names.is_empty() {
             return Err(

@@ -72,10 +72,18 @@ pub struct Change<'a> {
     pub row: usize,
 }
 
-/// Fixed fields of the `source` block.
-#[derive(Debug, Clone)]
+/// What sinks know about the stream they receive.
+#[derive(Debug, Clone, Default)]
 pub struct SourceInfo {
+    /// `source.name`: the logical server name in events and topic templates.
     pub name: String,
+    /// `pipeline.name`.
+    pub pipeline: String,
+    /// Identity of the server whose binlog is read (MySQL server_uuid, else server_id);
+    /// empty when unknown (replay from files without a server).
+    pub server: String,
+    /// An operator's replay: sinks re-send everything (no exactly-once skipping).
+    pub replay: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +174,33 @@ impl<'a> Change<'a> {
         let mut doc = crate::decode::value::mysql_json_value(bv).map_err(|m| self.err(name, m))?;
         crate::decode::jsondiff::apply(&mut doc, diff).map_err(|m| self.err(name, m))?;
         serde_json::to_writer(&mut *out, &doc).map_err(|e| self.err(name, e.to_string()))
+    }
+
+    /// Appends a JSON object of the columns `cols` (by index) from the after image, or the
+    /// before image for deletes: a message key such as `{"id":42}`.
+    pub fn write_key(&self, out: &mut Vec<u8>, cols: &[usize]) -> Result<(), Box<RenderError>> {
+        let cells = match self.chunk.after(self.row) {
+            Some(c) => c,
+            None => self.chunk.before(self.row).unwrap_or(&[]),
+        };
+        out.push(b'{');
+        for (n, &i) in cols.iter().enumerate() {
+            let (Some(col), Some(cell)) = (self.chunk.table.columns.get(i), cells.get(i)) else {
+                continue;
+            };
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(col.json_key.as_bytes());
+            if cell.is_null() || cell.is_absent() {
+                out.extend_from_slice(b"null");
+                continue;
+            }
+            let v = &self.chunk.data[cell.start as usize..(cell.start + cell.len) as usize];
+            push_value(out, col, v).map_err(|m| self.err(&col.name, m))?;
+        }
+        out.push(b'}');
+        Ok(())
     }
 
     /// Appends the event's JSON document (no trailing newline).

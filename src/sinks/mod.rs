@@ -2,6 +2,7 @@
 //! tests) behind the one small [`Sink`] trait; the pipeline runs each in its own task.
 
 pub mod file;
+pub mod kafka;
 pub mod redis;
 
 use futures_util::future::BoxFuture;
@@ -39,6 +40,11 @@ pub async fn check(
     let mut out = Vec::new();
     for r in &cfg.sinks.redis {
         out.extend(redis::check(conn, r, contact).await);
+    }
+    if contact {
+        for k in &cfg.sinks.kafka {
+            out.extend(kafka::check(k, &cfg.pipeline.name).await);
+        }
     }
     out
 }

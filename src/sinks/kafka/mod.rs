@@ -1,0 +1,620 @@
+//! Kafka sink: one message per row change, idempotent producer, per-key order.
+//!
+//! - value: the event JSON (as the file sink writes it); key: the primary key as a JSON object
+//!   (or configured columns, or null); headers `binlogd.file/pos/row/gtid/server/pipeline/
+//!   partitions`. Deletes may be followed by a tombstone (`tombstones = true`).
+//! - Partitions are chosen here (murmur2 of the key, as the Java client does), so the sink
+//!   knows where each row change goes: all changes of a row land in one partition in binlog
+//!   order.
+//! - A batch is acknowledged when every message of it has a successful delivery report. A fatal
+//!   producer error (e.g. the broker lost the producer's state) drops the producer, creates a
+//!   new one and resends the batch — the work after the last acknowledged position.
+//! - `exactly_once` ([`probe`]): the first time a run (or a new producer) writes to a topic,
+//!   the last message of each of its partitions is read; a row change at or before the
+//!   position found there is already in that partition and is skipped.
+
+pub mod config;
+pub mod probe;
+
+use futures_util::future::BoxFuture;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tracing::{debug, error, info, warn};
+
+use self::config::{KafkaSinkConfig, KeyMode};
+use self::probe::{MsgPos, Probed, Prober};
+use super::{Sink, SinkError};
+use crate::decode::table::TableSchema;
+use crate::event::{now_ms, Batch, SourceInfo};
+use crate::filter::TablePattern;
+use crate::source::conn::{Finding, Severity};
+
+/// Counters of one Kafka sink (exported as metrics).
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    pub messages_acked: AtomicU64,
+    /// Row changes not sent because their partition already held them (exactly-once).
+    pub skipped_present: AtomicU64,
+    pub producer_resets: AtomicU64,
+    pub delivery_errors: AtomicU64,
+}
+
+/// Delivery bookkeeping of one batch attempt.
+#[derive(Default)]
+pub struct BatchAck {
+    remaining: AtomicUsize,
+    error: Mutex<Option<KafkaError>>,
+    notify: Notify,
+}
+
+impl BatchAck {
+    fn done(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.notify.notify_one();
+        }
+    }
+}
+
+pub struct Ctx;
+
+impl ClientContext for Ctx {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        // binlogd sets enable.gapless.guarantee on purpose (see probe.rs); not worth a warning
+        if fac == "CONFWARN" && msg.contains("enable.gapless.guarantee") {
+            debug!(target: "librdkafka", "{fac} {msg}");
+            return;
+        }
+        match level {
+            Emerg | Alert | Critical | Error => error!(target: "librdkafka", "{fac} {msg}"),
+            Warning => warn!(target: "librdkafka", "{fac} {msg}"),
+            Notice | Info => info!(target: "librdkafka", "{fac} {msg}"),
+            Debug => debug!(target: "librdkafka", "{fac} {msg}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // transport errors repeat while a broker is down; the sink logs the backlog instead
+        debug!(%error, reason, "librdkafka");
+    }
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Arc<BatchAck>;
+    fn delivery(&self, r: &DeliveryResult<'_>, ack: Arc<BatchAck>) {
+        if let Err((e, _)) = r {
+            if let Ok(mut g) = ack.error.lock() {
+                g.get_or_insert_with(|| e.clone());
+            }
+        }
+        ack.done();
+    }
+}
+
+/// Where a table's row changes go.
+struct Route {
+    topic: String,
+    key_cols: Option<Vec<usize>>,
+    /// Partitioning input for a null key: `db.table`.
+    table_key: Vec<u8>,
+}
+
+pub struct KafkaSink {
+    name: String,
+    cfg: KafkaSinkConfig,
+    info: SourceInfo,
+    key_columns: Vec<(TablePattern, Vec<String>)>,
+    producer: ThreadedProducer<Ctx>,
+    prober: Option<Prober>,
+    /// Partition count per topic (known and checked in this producer's lifetime).
+    topics: HashMap<String, i32>,
+    /// Exactly-once: the last position each (topic, partition) held when first written.
+    probes: HashMap<(String, i32), Probed>,
+    routes: HashMap<usize, (Arc<TableSchema>, Arc<Route>)>,
+    stats: Arc<KafkaStats>,
+    value: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn fatal(sink: &str, message: String) -> SinkError {
+    SinkError::Fatal {
+        sink: sink.to_string(),
+        message,
+    }
+}
+
+impl KafkaSink {
+    /// Creates the producer and checks the brokers answer (a clear error at startup if not).
+    pub fn open(
+        cfg: &KafkaSinkConfig,
+        info: SourceInfo,
+        stats: Arc<KafkaStats>,
+    ) -> Result<KafkaSink, SinkError> {
+        let key_columns = cfg.validate().map_err(|m| fatal(&cfg.name, m))?;
+        let producer = create_producer(cfg, &info.pipeline)?;
+        let t = cfg.request_timeout.0;
+        tokio::task::block_in_place(|| producer.client().fetch_metadata(None, t)).map_err(|e| {
+            fatal(
+                &cfg.name,
+                format!(
+                    "Kafka brokers {} do not answer within {t:?} ({e}); start them or fix brokers",
+                    cfg.brokers
+                ),
+            )
+        })?;
+        let prober = if cfg.exactly_once && !info.replay {
+            Some(Prober::new(cfg, &info.pipeline).map_err(|m| fatal(&cfg.name, m))?)
+        } else {
+            None
+        };
+        Ok(KafkaSink {
+            name: cfg.name.clone(),
+            cfg: cfg.clone(),
+            info,
+            key_columns,
+            producer,
+            prober,
+            topics: HashMap::new(),
+            probes: HashMap::new(),
+            routes: HashMap::new(),
+            stats,
+            value: Vec::with_capacity(1024),
+            key: Vec::with_capacity(64),
+        })
+    }
+
+    fn route(&mut self, table: &Arc<TableSchema>) -> Result<Arc<Route>, SinkError> {
+        let id = Arc::as_ptr(table) as usize;
+        if let Some((_, r)) = self.routes.get(&id) {
+            return Ok(r.clone());
+        }
+        let topic = self
+            .cfg
+            .topic
+            .replace("{server}", &self.info.name)
+            .replace("{db}", &table.db)
+            .replace("{table}", &table.table);
+        let key_cols = match self.cfg.key {
+            KeyMode::None => None,
+            KeyMode::PrimaryKey if !table.primary_key.is_empty() => Some(table.primary_key.clone()),
+            KeyMode::PrimaryKey => match self
+                .key_columns
+                .iter()
+                .find(|(p, _)| p.matches(&table.db, &table.table))
+            {
+                Some((_, cols)) => Some(
+                    cols.iter()
+                        .map(|c| {
+                            table.columns.iter().position(|x| x.name == *c).ok_or_else(|| {
+                                fatal(
+                                    &self.name,
+                                    format!(
+                                        "key_columns names column {c:?}, which table {}.{} does not have",
+                                        table.db, table.table
+                                    ),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                None => None,
+            },
+        };
+        let r = Arc::new(Route {
+            topic,
+            key_cols,
+            table_key: format!("{}.{}", table.db, table.table).into_bytes(),
+        });
+        if self.routes.len() >= 4096 {
+            self.routes.clear();
+        }
+        self.routes.insert(id, (table.clone(), r.clone()));
+        Ok(r)
+    }
+
+    /// Partition count of `topic`, creating it when allowed; probes its partitions in
+    /// exactly-once mode. Once per topic per producer.
+    async fn ensure_topic(&mut self, topic: &str) -> Result<i32, SinkError> {
+        if let Some(&n) = self.topics.get(topic) {
+            return Ok(n);
+        }
+        let t = self.cfg.request_timeout.0;
+        let mut backoff = Duration::from_millis(200);
+        let n = loop {
+            let md = tokio::task::block_in_place(|| {
+                self.producer.client().fetch_metadata(Some(topic), t)
+            });
+            match md {
+                Ok(md) => {
+                    let parts = md
+                        .topics()
+                        .iter()
+                        .find(|x| x.name() == topic)
+                        .filter(|x| x.error().is_none())
+                        .map(|x| x.partitions().len() as i32)
+                        .unwrap_or(0);
+                    if parts > 0 {
+                        break parts;
+                    }
+                    if !self.cfg.create_topics {
+                        return Err(fatal(
+                            &self.name,
+                            format!(
+                                "topic {topic:?} does not exist; create it (e.g. {} partitions) or set create_topics = true",
+                                self.cfg.partitions
+                            ),
+                        ));
+                    }
+                    self.create_topic(topic).await?;
+                }
+                Err(e) => {
+                    warn!(sink = %self.name, topic, error = %e, retry_in = ?backoff, "cannot read topic metadata; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        if let Some(prober) = &mut self.prober {
+            let found = tokio::task::block_in_place(|| prober.probe(topic, n))
+                .map_err(|m| fatal(&self.name, m))?;
+            for (p, pr) in found {
+                if !pr.pipeline.is_empty() && pr.pipeline != self.info.pipeline {
+                    warn!(sink = %self.name, topic, partition = p, writer = %pr.pipeline, "exactly_once precondition violated: the partition's last message was written by another pipeline; duplicates are possible");
+                }
+                if pr.partitions != 0 && pr.partitions != n {
+                    warn!(sink = %self.name, topic, was = pr.partitions, now = n, "exactly_once precondition violated: the topic's partition count changed, keys moved partitions; duplicates are possible in the replay window");
+                }
+                if pr.server != self.info.server {
+                    warn!(sink = %self.name, topic, partition = p, was = %pr.server, now = %self.info.server, "exactly_once: the partition was last written from another source server (failover?); positions are not comparable, nothing is skipped (duplicates possible in the replay window)");
+                }
+                debug!(sink = %self.name, topic, partition = p, file = %pr.base, pos = ?pr.pos, "partition already holds up to");
+                self.probes.insert((topic.to_string(), p), pr);
+            }
+        }
+        self.topics.insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    async fn create_topic(&self, topic: &str) -> Result<(), SinkError> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let mut cc = ClientConfig::new();
+        for (k, v) in self.cfg.consumer_properties(&self.info.pipeline) {
+            if k != "group.id" && k != "enable.auto.commit" && k != "enable.partition.eof" {
+                cc.set(k, v);
+            }
+        }
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = cc
+            .create()
+            .map_err(|e| fatal(&self.name, format!("admin client: {e}")))?;
+        let nt = NewTopic::new(
+            topic,
+            self.cfg.partitions,
+            TopicReplication::Fixed(self.cfg.replication_factor),
+        );
+        let opts = AdminOptions::new().operation_timeout(Some(self.cfg.request_timeout.0));
+        let res = admin
+            .create_topics([&nt], &opts)
+            .await
+            .map_err(|e| fatal(&self.name, format!("creating topic {topic:?}: {e}")))?;
+        for r in res {
+            match r {
+                Ok(_) => {
+                    info!(sink = %self.name, topic, partitions = self.cfg.partitions, "created topic")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => {
+                    return Err(fatal(&self.name, format!("creating topic {t:?}: {e}")));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
+    }
+
+    /// Produces every row change of the batch and waits for all delivery reports.
+    async fn send_batch(&mut self, batch: &Batch) -> Result<Result<(), KafkaError>, SinkError> {
+        let ack = Arc::new(BatchAck::default());
+        ack.remaining.store(1, Ordering::Release); // held until everything is queued
+        let now = now_ms();
+        let mut sent = 0usize;
+        let mut bytes = 0usize;
+        for ch in batch.changes() {
+            let route = self.route(&ch.chunk.table)?;
+            let n = self.ensure_topic(&route.topic).await?;
+            self.key.clear();
+            let has_key = match &route.key_cols {
+                Some(cols) => {
+                    ch.write_key(&mut self.key, cols)
+                        .map_err(|e| fatal(&self.name, e.to_string()))?;
+                    true
+                }
+                None => false,
+            };
+            let part_input: &[u8] = if has_key { &self.key } else { &route.table_key };
+            let partition = ((probe::murmur2(part_input) & 0x7fff_ffff) % n as u32) as i32;
+            let pos = MsgPos {
+                file_seq: probe::file_seq(&ch.txn.file).1,
+                pos: ch.chunk.pos,
+                row: ch.row_index(),
+                tombstone: false,
+            };
+            let tombstone = self.cfg.tombstones && ch.op() == crate::event::Op::Delete;
+            let skip = |tomb: bool| -> bool {
+                self.probes
+                    .get(&(route.topic.clone(), partition))
+                    .is_some_and(|pr| {
+                        pr.server == self.info.server
+                            && !self.info.server.is_empty()
+                            && pr.base == probe::file_seq(&ch.txn.file).0
+                            && MsgPos {
+                                tombstone: tomb,
+                                ..pos
+                            } <= pr.pos
+                    })
+            };
+            for tomb in [false, true] {
+                if tomb && !tombstone {
+                    break;
+                }
+                if skip(tomb) {
+                    self.stats.skipped_present.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                self.value.clear();
+                if !tomb {
+                    ch.write_json(&mut self.value, &self.info, now)
+                        .map_err(|e| fatal(&self.name, e.to_string()))?;
+                }
+                let mut h = OwnedHeaders::new_with_capacity(8)
+                    .insert(Header {
+                        key: "binlogd.file",
+                        value: Some(ch.txn.file.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "binlogd.pos",
+                        value: Some(itoa::Buffer::new().format(pos.pos).as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "binlogd.row",
+                        value: Some(itoa::Buffer::new().format(pos.row).as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "binlogd.server",
+                        value: Some(self.info.server.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "binlogd.pipeline",
+                        value: Some(self.info.pipeline.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "binlogd.partitions",
+                        value: Some(itoa::Buffer::new().format(n).as_bytes()),
+                    });
+                if let Some(g) = &ch.txn.gtid {
+                    h = h.insert(Header {
+                        key: "binlogd.gtid",
+                        value: Some(g.as_bytes()),
+                    });
+                }
+                if tomb {
+                    h = h.insert(Header {
+                        key: "binlogd.tombstone",
+                        value: Some(b"1"),
+                    });
+                }
+                let mut rec: BaseRecord<'_, [u8], [u8], Arc<BatchAck>> =
+                    BaseRecord::with_opaque_to(&route.topic, ack.clone())
+                        .partition(partition)
+                        .headers(h);
+                if has_key {
+                    rec = rec.key(&self.key[..]);
+                }
+                if !tomb {
+                    rec = rec.payload(&self.value[..]);
+                }
+                ack.remaining.fetch_add(1, Ordering::AcqRel);
+                bytes += self.value.len() + self.key.len();
+                sent += 1;
+                loop {
+                    match self.producer.send(rec) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            rec = r;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err((e, _)) => {
+                            ack.done();
+                            return Ok(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+        ack.done(); // everything queued
+        let t0 = Instant::now();
+        let mut last_log = t0;
+        loop {
+            let notified = ack.notify.notified();
+            if ack.remaining.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            let every = self.cfg.backlog_log_interval.0;
+            // wake up now and then to notice a fatal producer error
+            if tokio::time::timeout(Duration::from_millis(200), notified)
+                .await
+                .is_err()
+                && last_log.elapsed() >= every
+            {
+                last_log = Instant::now();
+                warn!(
+                    sink = %self.name,
+                    unacknowledged = ack.remaining.load(Ordering::Acquire),
+                    of = sent,
+                    bytes,
+                    waiting = ?t0.elapsed(),
+                    "Kafka has not acknowledged these messages yet; waiting (reading from the binlog is paused)"
+                );
+            }
+            if self.producer.client().fatal_error().is_some() {
+                break;
+            }
+        }
+        let err = ack.error.lock().ok().and_then(|g| g.clone());
+        if let Some(e) = err {
+            return Ok(Err(e));
+        }
+        if let Some((code, msg)) = self.producer.client().fatal_error() {
+            return Ok(Err(KafkaError::MessageProduction(code)).map_err(|e| {
+                warn!(sink = %self.name, %msg, "fatal producer error");
+                e
+            }));
+        }
+        self.stats
+            .messages_acked
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        Ok(Ok(()))
+    }
+
+    /// Drops the producer and creates a new one; topics are looked up (and probed) again.
+    fn reset_producer(&mut self) -> Result<(), SinkError> {
+        self.producer = create_producer(&self.cfg, &self.info.pipeline)?;
+        self.topics.clear();
+        self.probes.clear();
+        self.stats.producer_resets.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn create_producer(
+    cfg: &KafkaSinkConfig,
+    pipeline: &str,
+) -> Result<ThreadedProducer<Ctx>, SinkError> {
+    let mut cc = ClientConfig::new();
+    for (k, v) in cfg.producer_properties(pipeline) {
+        cc.set(k, v);
+    }
+    cc.create_with_context(Ctx)
+        .map_err(|e| fatal(&cfg.name, format!("creating the Kafka producer: {e}")))
+}
+
+/// Errors a resend cannot fix: the configuration or the data must change.
+fn permanent(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | InvalidRecord
+        )
+    )
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match self.send_batch(batch).await? {
+                    Ok(()) => return Ok(()),
+                    Err(e) if permanent(&e) => {
+                        return Err(fatal(
+                            &self.name,
+                            format!("Kafka refused a message: {e}; the position was not advanced past it"),
+                        ));
+                    }
+                    Err(e) => {
+                        self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                        let fatal_err = self.producer.client().fatal_error();
+                        warn!(
+                            sink = %self.name, error = %e, fatal = ?fatal_err, retry_in = ?backoff,
+                            "delivery failed: dropping the producer, creating a new one and resending from the last acknowledged position"
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        self.reset_producer()?;
+                    }
+                }
+            }
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            // every batch was acknowledged before write returned; nothing is queued
+            Ok(())
+        })
+    }
+}
+
+/// `binlogd check`: brokers answer, and fixed topics exist (or may be created).
+pub async fn check(cfg: &KafkaSinkConfig, pipeline: &str) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if cfg.validate().is_err() {
+        return out;
+    }
+    let producer = match create_producer(cfg, pipeline) {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(Finding {
+                severity: Severity::Error,
+                message: e.to_string(),
+            });
+            return out;
+        }
+    };
+    let t = cfg.request_timeout.0;
+    let fixed = !cfg.topic.contains('{');
+    let topic = cfg.topic.clone();
+    let md = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(if fixed { Some(topic.as_str()) } else { None }, t)
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .find(|x| x.name() == topic)
+                    .is_some_and(|x| x.error().is_none() && !x.partitions().is_empty())
+            })
+    })
+    .await;
+    match md {
+        Ok(Ok(exists)) => {
+            if fixed && !exists && !cfg.create_topics {
+                out.push(Finding {
+                    severity: Severity::Error,
+                    message: format!(
+                        "sinks.kafka {:?}: topic {:?} does not exist; create it or set create_topics = true",
+                        cfg.name, cfg.topic
+                    ),
+                });
+            }
+        }
+        Ok(Err(e)) => out.push(Finding {
+            severity: Severity::Error,
+            message: format!(
+                "sinks.kafka {:?}: Kafka brokers {} do not answer ({e}); start them or fix brokers",
+                cfg.name, cfg.brokers
+            ),
+        }),
+        Err(e) => out.push(Finding {
+            severity: Severity::Error,
+            message: format!("sinks.kafka {:?}: {e}", cfg.name),
+        }),
+    }
+    out
+}

@@ -1,0 +1,232 @@
+//! Exactly-once without Kafka transactions: what each partition already holds.
+//!
+//! Every message carries its binlog coordinates in headers. Messages of one partition are in
+//! binlog order and, with an idempotent producer that turns any gap into a fatal error
+//! (`enable.gapless.guarantee`), a partition always holds a gap-free prefix of the row changes
+//! routed to it. So the last message of a partition says exactly which row changes for it are
+//! already there: those at or before its position. After a restart (resuming from the stored
+//! checkpoint, which may be behind what reached Kafka) or a producer reset, the sink skips
+//! those. Preconditions: one writer (pipeline) per topic, partition count unchanged, the same
+//! source server (binlog coordinates are per server); violations are logged at startup.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+use super::config::KafkaSinkConfig;
+
+/// A row change's place in the binlog of one server, comparable within a binlog base name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct MsgPos {
+    pub file_seq: u64,
+    pub pos: u64,
+    pub row: u64,
+    /// A tombstone follows its delete at the same coordinates.
+    pub tombstone: bool,
+}
+
+/// What the last message of a partition says.
+#[derive(Debug, Clone, Default)]
+pub struct Probed {
+    pub server: String,
+    pub pipeline: String,
+    pub base: String,
+    pub pos: MsgPos,
+    pub partitions: i32,
+}
+
+/// `binlog.000042` → (`binlog`, 42).
+pub fn file_seq(file: &str) -> (&str, u64) {
+    match file.rsplit_once('.') {
+        Some((base, n)) => (base, n.parse().unwrap_or(0)),
+        None => (file, 0),
+    }
+}
+
+/// Kafka's murmur2 (the Java client's default partitioner hash).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rem = chunks.remainder();
+    if rem.len() >= 3 {
+        h ^= (rem[2] as u32) << 16;
+    }
+    if rem.len() >= 2 {
+        h ^= (rem[1] as u32) << 8;
+    }
+    if !rem.is_empty() {
+        h ^= rem[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+pub struct Prober {
+    consumer: BaseConsumer,
+    timeout: Duration,
+}
+
+impl Prober {
+    pub fn new(cfg: &KafkaSinkConfig, pipeline: &str) -> Result<Prober, String> {
+        let mut cc = ClientConfig::new();
+        for (k, v) in cfg.consumer_properties(pipeline) {
+            cc.set(k, v);
+        }
+        let consumer: BaseConsumer = cc
+            .create()
+            .map_err(|e| format!("creating the exactly-once probe consumer: {e}"))?;
+        Ok(Prober {
+            consumer,
+            timeout: cfg.request_timeout.0,
+        })
+    }
+
+    /// Reads the last message of every partition of `topic` (blocking).
+    pub fn probe(&mut self, topic: &str, partitions: i32) -> Result<Vec<(i32, Probed)>, String> {
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            let (lo, hi) = self
+                .consumer
+                .fetch_watermarks(topic, p, self.timeout)
+                .map_err(|e| format!("exactly_once: reading the end of {topic}/{p}: {e}"))?;
+            if hi <= lo {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Offset(hi - 1))
+                .map_err(|e| e.to_string())?;
+            self.consumer
+                .assign(&tpl)
+                .map_err(|e| format!("exactly_once: assigning {topic}/{p}: {e}"))?;
+            // Real Kafka: hi-1 is the last record and a partition-EOF follows it. Some
+            // Kafka-protocol brokers (tansu 0.6) report the high watermark per record batch,
+            // so read on from there until EOF or a short silence and keep the last record.
+            let deadline = Instant::now() + self.timeout;
+            let mut last: Option<(i64, Probed)> = None;
+            let mut quiet_since = Instant::now();
+            loop {
+                if Instant::now() > deadline {
+                    if last.is_some() {
+                        break;
+                    }
+                    return Err(format!(
+                        "exactly_once: the last message of {topic}/{p} (offset {}) could not be read within {:?}",
+                        hi - 1,
+                        self.timeout
+                    ));
+                }
+                match self.consumer.poll(Duration::from_millis(50)) {
+                    Some(Ok(m)) if m.topic() == topic && m.partition() == p => {
+                        if last.as_ref().is_none_or(|(o, _)| m.offset() > *o) {
+                            last = Some((m.offset(), parse(&m)));
+                        }
+                        quiet_since = Instant::now();
+                    }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(ep))) if ep == p => {
+                        if last.is_some() {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+                    None => {
+                        if last.is_some() && quiet_since.elapsed() > Duration::from_millis(300) {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        return Err(format!("exactly_once: reading {topic}/{p}: {e}"));
+                    }
+                }
+            }
+            let Some((_, found)) = last else { continue };
+            out.push((p, found));
+        }
+        let _ = self.consumer.unassign();
+        Ok(out)
+    }
+}
+
+fn parse<M: Message>(m: &M) -> Probed {
+    let mut pr = Probed::default();
+    let mut file = String::new();
+    if let Some(h) = m.headers() {
+        for x in h.iter() {
+            let v = x
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            match x.key {
+                "binlogd.file" => file = v,
+                "binlogd.pos" => pr.pos.pos = v.parse().unwrap_or(0),
+                "binlogd.row" => pr.pos.row = v.parse().unwrap_or(0),
+                "binlogd.server" => pr.server = v,
+                "binlogd.pipeline" => pr.pipeline = v,
+                "binlogd.partitions" => pr.partitions = v.parse().unwrap_or(0),
+                "binlogd.tombstone" => pr.pos.tombstone = v == "1",
+                _ => {}
+            }
+        }
+    }
+    let (base, seq) = file_seq(&file);
+    pr.base = base.to_string();
+    pr.pos.file_seq = seq;
+    pr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // test vectors of org.apache.kafka.common.utils.UtilsTest
+        for (s, want) in [
+            ("21", -973932308i32),
+            ("foobar", -790332482),
+            ("a-little-bit-long-string", -985981536),
+            ("a-little-bit-longer-string", -1486304829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
+            ("abc", 479470107),
+        ] {
+            assert_eq!(murmur2(s.as_bytes()) as i32, want, "{s}");
+        }
+    }
+
+    #[test]
+    fn positions_order() {
+        assert_eq!(file_seq("binlog.000042"), ("binlog", 42));
+        let a = MsgPos {
+            file_seq: 1,
+            pos: 500,
+            row: 3,
+            tombstone: false,
+        };
+        let b = MsgPos {
+            tombstone: true,
+            ..a
+        };
+        let c = MsgPos {
+            file_seq: 2,
+            pos: 4,
+            row: 0,
+            tombstone: false,
+        };
+        assert!(a < b && b < c);
+    }
+}

@@ -1,0 +1,581 @@
+//! Kafka sink against a real Kafka-protocol broker (tansu) and real MariaDB / MySQL 9.7:
+//! message contents vs the file sink, keys, headers, tombstones, per-key order; kill -9
+//! crash tests (exactly-once and at-least-once); a broker restart that loses its state; and
+//! clear errors for bad settings.
+
+mod common;
+
+use common::*;
+use mysql_async::prelude::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn nonce() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+fn kafka_sink(brokers: &str, topic: &str, extra: &str) -> String {
+    format!(
+        "\n[[sinks.kafka]]\nname = \"events\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ncreate_topics = true\n{extra}\n"
+    )
+}
+
+/// Consumes until `topics` hold at least `n` messages in total (or times out).
+fn consume_until(brokers: &str, topics: &[String], n: usize, d: &mut Daemon) -> Vec<KMsg> {
+    let t0 = Instant::now();
+    loop {
+        let all: Vec<KMsg> = topics
+            .iter()
+            .flat_map(|t| consume_all(brokers, t))
+            .collect();
+        if all.len() >= n {
+            return all;
+        }
+        if let Ok(Some(st)) = d.child.try_wait() {
+            panic!("binlogd exited ({st}); log:\n{}", d.log_text());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{} of {n} messages ({:?}); log:\n{}",
+            all.len(),
+            topics
+                .iter()
+                .map(|t| (
+                    t,
+                    all.iter()
+                        .filter(|m| &m.topic == t)
+                        .map(|m| (m.partition, m.offset))
+                        .collect::<Vec<_>>()
+                ))
+                .collect::<Vec<_>>(),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn without_ts(mut v: Value) -> Value {
+    v.as_object_mut().unwrap().remove("ts_ms");
+    v
+}
+
+fn ops(f: Flavor) {
+    let rt = rt();
+    let name = format!("kops_{}", f.tag());
+    let dir = workdir(&name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, &name).await;
+        c.query_drop(format!("USE `{name}`")).await.unwrap();
+        for ddl in [
+            "CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(50))",
+            "CREATE TABLE orders (tenant VARCHAR(10), id INT, note VARCHAR(10), PRIMARY KEY (tenant, id))",
+            "CREATE TABLE logs (a INT, b VARCHAR(10))",
+            "CREATE TABLE nokey (x INT)",
+        ] {
+            c.query_drop(ddl).await.unwrap();
+        }
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let brokers = kafka_brokers();
+    let n = nonce();
+    let topic = format!("{{server}}.{{db}}.{{table}}.{n}");
+    let cfg = config(f, &name, &name, &start, &dir, "")
+        + &kafka_sink(
+            &brokers,
+            &topic,
+            &format!(
+                "tombstones = true\nexactly_once = true\n[sinks.kafka.key_columns]\n\"{name}.logs\" = [\"a\"]\n[sinks.kafka.producer]\n\"compression.type\" = \"lz4\"\n"
+            ),
+        );
+    let mut d = Daemon::start(&dir, &cfg);
+    rt.block_on(async {
+        c.query_drop(format!("USE `{name}`")).await.unwrap();
+        for q in [
+            "INSERT INTO users VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+            "UPDATE users SET email = 'b2' WHERE id = 2",
+            "DELETE FROM users WHERE id = 3",
+            "BEGIN",
+            "INSERT INTO orders VALUES ('t1', 1, 'x'), ('t2', 1, 'y')",
+            "UPDATE orders SET note = 'z' WHERE tenant = 't1'",
+            "COMMIT",
+            "INSERT INTO logs VALUES (1, 'one'), (2, 'two'), (1, 'again')",
+            "INSERT INTO nokey VALUES (7), (8)",
+            "UPDATE users SET email = 'a2' WHERE id = 1",
+            "DELETE FROM users WHERE id = 1",
+        ] {
+            c.query_drop(q).await.unwrap();
+        }
+    });
+    let events = d.wait_events(15, Duration::from_secs(30));
+    assert_eq!(events.len(), 15);
+    let deletes = events.iter().filter(|e| e["op"] == "d").count();
+    let topics: Vec<String> = ["users", "orders", "logs", "nokey"]
+        .iter()
+        .map(|t| format!("test.{name}.{t}.{n}"))
+        .collect();
+    let msgs = consume_until(&brokers, &topics, events.len() + deletes, &mut d);
+    assert_eq!(
+        msgs.len(),
+        events.len() + deletes,
+        "one message per row change plus tombstones"
+    );
+    let by_coord: HashMap<(String, u64, u64, bool), &KMsg> =
+        msgs.iter().map(|m| (m.coord(), m)).collect();
+    assert_eq!(by_coord.len(), msgs.len(), "no duplicates");
+    for e in &events {
+        let s = &e["source"];
+        let coord = (
+            s["file"].as_str().unwrap().to_string(),
+            s["pos"].as_u64().unwrap(),
+            s["row"].as_u64().unwrap(),
+            false,
+        );
+        let m = by_coord
+            .get(&coord)
+            .unwrap_or_else(|| panic!("no Kafka message for {e}"));
+        let table = s["table"].as_str().unwrap();
+        assert_eq!(m.topic, format!("test.{name}.{table}.{n}"));
+        assert_eq!(
+            without_ts(m.json().unwrap()),
+            without_ts(e.clone()),
+            "value = the file sink's event"
+        );
+        let img = if e["op"] == "d" {
+            &e["before"]
+        } else {
+            &e["after"]
+        };
+        let want_key = match table {
+            "users" => Some(format!("{{\"id\":{}}}", img["id"])),
+            "orders" => Some(format!(
+                "{{\"tenant\":{},\"id\":{}}}",
+                img["tenant"], img["id"]
+            )),
+            "logs" => Some(format!("{{\"a\":{}}}", img["a"])),
+            _ => None,
+        };
+        assert_eq!(
+            m.key
+                .as_ref()
+                .map(|k| String::from_utf8(k.clone()).unwrap()),
+            want_key,
+            "{table} key"
+        );
+        assert_eq!(
+            m.headers.get("binlogd.gtid").map(|s| s.as_str()),
+            s["gtid"].as_str()
+        );
+        assert_eq!(m.headers["binlogd.pipeline"], format!("{name}_{}", f.tag()));
+        if e["op"] == "d" {
+            let t = by_coord
+                .get(&(coord.0.clone(), coord.1, coord.2, true))
+                .expect("a tombstone after the delete");
+            assert!(t.value.is_none());
+            assert_eq!(t.key, m.key);
+            assert_eq!(t.partition, m.partition);
+            assert!(t.offset > m.offset);
+        }
+    }
+    // per key: one partition, offsets in binlog order
+    let mut per_key: BTreeMap<(String, Vec<u8>), Vec<&KMsg>> = BTreeMap::new();
+    for m in &msgs {
+        if let Some(k) = &m.key {
+            per_key
+                .entry((m.topic.clone(), k.clone()))
+                .or_default()
+                .push(m);
+        }
+    }
+    for ((t, k), ms) in &per_key {
+        let parts: HashSet<i32> = ms.iter().map(|m| m.partition).collect();
+        assert_eq!(parts.len(), 1, "{t} {k:?} in one partition");
+        let mut by_off = ms.clone();
+        by_off.sort_by_key(|m| m.offset);
+        let coords: Vec<_> = by_off.iter().map(|m| m.coord()).collect();
+        let mut sorted = coords.clone();
+        sorted.sort();
+        assert_eq!(coords, sorted, "{t} {k:?}: offsets follow binlog order");
+    }
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn ops_match_file_sink_mariadb() {
+    ops(Flavor::MariaDb);
+}
+
+#[test]
+fn ops_match_file_sink_mysql() {
+    ops(Flavor::MySql);
+}
+
+/// A steady write load; binlogd is `kill -9`ed 10 times at random moments and restarted.
+/// Every row change reaches Kafka: exactly once with `exactly_once = true`, at least once
+/// without. Returns (distinct row changes, duplicates).
+fn crash(f: Flavor, exactly_once: bool) {
+    let rt = rt();
+    let name = format!(
+        "kcrash_{}_{}",
+        f.tag(),
+        if exactly_once { "eo" } else { "alo" }
+    );
+    let dir = workdir(&name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, &name).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.a (id INT PRIMARY KEY, v INT)"
+        ))
+        .await
+        .unwrap();
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.b (id INT PRIMARY KEY, v INT)"
+        ))
+        .await
+        .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let brokers = kafka_brokers();
+    let n = nonce();
+    let topic = format!("{name}.{n}");
+    let cfg = config(f, &name, &name, &start, &dir, "")
+        + &kafka_sink(
+            &brokers,
+            &topic,
+            &format!("exactly_once = {exactly_once}\n"),
+        );
+    let mut d = Daemon::start(&dir, &cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let changes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, changes, name) = (stop.clone(), changes.clone(), name.clone());
+        std::thread::spawn(move || {
+            rt_small().block_on(async {
+                let mut c = root(f).await;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // a multi-row, two-table transaction: 3 inserts + 1 update
+                    c.query_drop("BEGIN").await.unwrap();
+                    c.query_drop(format!(
+                        "INSERT INTO `{name}`.a VALUES ({}, 0), ({}, 0)",
+                        2 * i,
+                        2 * i + 1
+                    ))
+                    .await
+                    .unwrap();
+                    c.query_drop(format!("INSERT INTO `{name}`.b VALUES ({i}, 0)"))
+                        .await
+                        .unwrap();
+                    c.query_drop(format!("UPDATE `{name}`.a SET v = 1 WHERE id = {}", 2 * i))
+                        .await
+                        .unwrap();
+                    c.query_drop("COMMIT").await.unwrap();
+                    changes.fetch_add(4, Ordering::Relaxed);
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            })
+        })
+    };
+    let mut seed = n as u64 | 1;
+    for _ in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(300 + seed % 900));
+        let _ = d.child.kill(); // SIGKILL
+        let _ = d.child.wait();
+        d.restart();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let total = changes.load(Ordering::Relaxed) as usize;
+    let msgs = consume_until(&brokers, &[topic.clone()], total, &mut d);
+    // all of it in: stop gracefully and read again (nothing more may arrive)
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.stop(), Some(0));
+    let msgs = if msgs.len() < total {
+        msgs
+    } else {
+        consume_all(&brokers, &topic)
+    };
+    let mut count: HashMap<(String, u64, u64, bool), usize> = HashMap::new();
+    for m in &msgs {
+        *count.entry(m.coord()).or_default() += 1;
+    }
+    let dups: usize = count.values().map(|c| c - 1).sum();
+    println!(
+        "kafka crash test ({f:?}, exactly_once = {exactly_once}): 10 kill -9, {total} row changes, {} distinct in Kafka, {dups} duplicate(s)",
+        count.len()
+    );
+    assert_eq!(count.len(), total, "every row change is in Kafka");
+    if exactly_once {
+        assert_eq!(dups, 0, "exactly once");
+        let log = std::fs::read_to_string(&d.log).unwrap();
+        assert!(!log.contains("precondition violated"), "{}", d.log_text());
+    }
+}
+
+fn rt_small() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn crash_exactly_once_mariadb() {
+    crash(Flavor::MariaDb, true);
+}
+
+#[test]
+fn crash_exactly_once_mysql() {
+    crash(Flavor::MySql, true);
+}
+
+#[test]
+fn crash_at_least_once_mariadb() {
+    crash(Flavor::MariaDb, false);
+}
+
+struct Tansu {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Tansu {
+    fn start(dir: &std::path::Path, port: u16) -> Tansu {
+        let t = Tansu {
+            dir: dir.to_path_buf(),
+            port,
+        };
+        t.run("start");
+        t
+    }
+    fn run(&self, verb: &str) {
+        let scripts = std::env::var("BINLOGD_TEST_SCRIPTS").unwrap();
+        let venv = std::env::var("BINLOGD_TEST_KAFKA_VENV").unwrap();
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(format!("{scripts}/kafka.sh")).arg(verb);
+        if verb == "start" {
+            cmd.arg(venv).arg(&self.dir).arg(self.port.to_string());
+        } else {
+            cmd.arg(&self.dir);
+        }
+        assert!(cmd.status().unwrap().success(), "kafka.sh {verb}");
+    }
+    fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("tansu.pid")).unwrap();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.run("stop");
+    }
+}
+
+/// The broker is killed mid-stream and restarted with its (memory) state lost: the idempotent
+/// producer goes fatal, binlogd recreates it (and the topic) and resends everything after the
+/// last acknowledged position: no row change after it is missing.
+#[test]
+fn broker_restart_state_lost() {
+    let f = Flavor::MariaDb;
+    let rt = rt();
+    let name = "kbroker";
+    let dir = workdir(name);
+    let tansu = Tansu::start(&dir.join("tansu"), 19095);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, name).await;
+        c.query_drop(format!("CREATE TABLE `{name}`.a (id INT PRIMARY KEY)"))
+            .await
+            .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let topic = format!("{name}.t");
+    let cfg = config(f, name, name, &start, &dir, "")
+        + &kafka_sink(
+            &tansu.brokers(),
+            &topic,
+            "exactly_once = true\nbacklog_log_interval = \"1s\"\n",
+        );
+    let mut d = Daemon::start(&dir, &cfg);
+    let pipeline = format!("{name}_{}", f.tag());
+    let writer = {
+        std::thread::spawn(move || {
+            rt_small().block_on(async {
+                let mut c = root(f).await;
+                for i in 0..1500 {
+                    c.query_drop(format!("INSERT INTO `{name}`.a VALUES ({i})"))
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    tansu.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    // nothing can be acknowledged while the broker is gone: this is where resending starts
+    let stored: Option<(String, u64)> = rt
+        .block_on(c.exec_first(
+            "SELECT binlog_file, binlog_pos FROM binlogd.checkpoint WHERE pipeline = ?",
+            (pipeline.as_str(),),
+        ))
+        .unwrap();
+    let (sfile, spos) = stored.expect("a position was stored before the broker died");
+    tansu.run("start");
+    writer.join().unwrap();
+    let events = d.wait_events(1500, Duration::from_secs(60));
+    let expected: HashSet<(String, u64, u64, bool)> = events
+        .iter()
+        .map(|e| {
+            let s = &e["source"];
+            (
+                s["file"].as_str().unwrap().to_string(),
+                s["pos"].as_u64().unwrap(),
+                s["row"].as_u64().unwrap(),
+                false,
+            )
+        })
+        .filter(|(file, pos, _, _)| (file.clone(), *pos) > (sfile.clone(), spos))
+        .collect();
+    assert!(
+        expected.len() > 500,
+        "most of the load came after the restart"
+    );
+    let t0 = Instant::now();
+    loop {
+        let got: HashSet<_> = consume_all(&tansu.brokers(), &topic)
+            .iter()
+            .map(|m| m.coord())
+            .collect();
+        let missing = expected.difference(&got).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{missing} row changes after the stored position are missing; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("creating a new one"),
+        "producer recreated: {}",
+        d.log_text()
+    );
+    assert!(
+        log.contains("has not acknowledged"),
+        "backlog logged while down"
+    );
+    assert_eq!(d.stop(), Some(0));
+}
+
+/// Broker unreachable at start, a missing topic with creation off, and settings that would
+/// break idempotence: each a clear error.
+#[test]
+fn bad_kafka_settings() {
+    let f = Flavor::MariaDb;
+    let rt = rt();
+    let name = "kbad";
+    let dir = workdir(name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, name).await;
+        c.query_drop(format!("CREATE TABLE `{name}`.a (id INT PRIMARY KEY)"))
+            .await
+            .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let base = config(f, name, name, &start, &dir, "");
+    let path = dir.join("binlogd.toml");
+    let p = path.to_str().unwrap();
+
+    // unreachable brokers
+    std::fs::write(
+        &path,
+        base.clone() + &kafka_sink("127.0.0.1:1", "x", "request_timeout = \"2s\"\n"),
+    )
+    .unwrap();
+    for verb in ["check", "run"] {
+        let (code, out) = run_binlogd(&[verb, "-c", p]);
+        assert_eq!(code, 1, "{verb}: {out}");
+        assert!(out.contains("127.0.0.1:1 do not answer"), "{verb}: {out}");
+    }
+
+    // a fixed topic that does not exist, creation off
+    let missing = format!("missing-{}", nonce());
+    std::fs::write(
+        &path,
+        base.clone()
+            + &kafka_sink(&kafka_brokers(), &missing, "")
+                .replace("create_topics = true", "create_topics = false"),
+    )
+    .unwrap();
+    let (code, out) = run_binlogd(&["check", "-c", p]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("topic {missing:?} does not exist")),
+        "{out}"
+    );
+    let mut d = Daemon::start(&dir, &std::fs::read_to_string(&path).unwrap());
+    rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.a VALUES (1)")))
+        .unwrap();
+    let t0 = Instant::now();
+    let code = loop {
+        if let Ok(Some(st)) = d.child.try_wait() {
+            break st.code();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(1));
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains(&format!("topic \\\"{missing}\\\" does not exist"))
+            || log.contains(&format!("topic {missing:?} does not exist")),
+        "{}",
+        d.log_text()
+    );
+
+    // overrides that break idempotence: configuration errors (exit 2)
+    for (k, v) in [
+        ("acks", "1"),
+        ("enable.idempotence", "false"),
+        ("transactional.id", "x"),
+    ] {
+        std::fs::write(
+            &path,
+            base.clone()
+                + &kafka_sink(
+                    &kafka_brokers(),
+                    "x",
+                    &format!("[sinks.kafka.producer]\n\"{k}\" = \"{v}\"\n"),
+                ),
+        )
+        .unwrap();
+        let (code, out) = run_binlogd(&["check", "-c", p]);
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains(k) && out.contains("not allowed"), "{out}");
+    }
+}
