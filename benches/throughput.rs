@@ -149,6 +149,16 @@ fn main() {
             String::new(),
         ),
     ];
+    if let Ok(b) = std::env::var("BINLOGD_TEST_KAFKA_BROKERS") {
+        let topic = format!("bench.{}", std::process::id());
+        runs.push((
+            "binlogd → Kafka (lz4, acked)",
+            "/dev/null".into(),
+            format!(
+                "[[sinks.kafka]]\nname = \"events\"\nbrokers = \"{b}\"\ntopic = \"{topic}\"\ncreate_topics = true\n[sinks.kafka.producer]\n\"compression.type\" = \"lz4\"\n"
+            ),
+        ));
+    }
     if let Some(u) = &redis_url {
         // one key per row change (an update's before and after key are the same: de-duplicated)
         runs.push((
@@ -171,7 +181,7 @@ fn main() {
             if path != "/dev/null" {
                 let _ = std::fs::remove_file(dir.join("out.jsonl"));
             }
-            if let (false, Some(u)) = (extra.is_empty(), &redis_url) {
+            if let (true, Some(u)) = (extra.contains("sinks.redis"), &redis_url) {
                 // 500k cached rows to invalidate: keys bench:0 … bench:499999
                 let st = Command::new("redis-cli")
                     .args(["-u", u, "DEBUG", "POPULATE", "500000", "bench"])

@@ -9,4 +9,4 @@ trap '[ "${BINLOGD_KEEP_SERVERS:-0}" = 1 ] || bash scripts/test-servers.sh stop 
 bash scripts/test-servers.sh start
 # shellcheck disable=SC1091
 . "${BINLOGD_TEST_DIR:-$REPO/target/ts}/env"
-cargo bench --bench throughput --bench redis_latency
+cargo bench --bench throughput --bench redis_latency --bench kafka_latency

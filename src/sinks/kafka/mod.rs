@@ -480,6 +480,7 @@ impl KafkaSink {
         self.stats
             .messages_acked
             .fetch_add(sent as u64, Ordering::Relaxed);
+        debug!(sink = %self.name, messages = sent, ack_wait = ?t0.elapsed(), "batch acknowledged");
         Ok(Ok(()))
     }
 

@@ -1,0 +1,178 @@
+//! Commit-to-Kafka latency of the Kafka sink at a steady write rate, and the daemon's RSS.
+//!
+//! On the MariaDB test server: 100 transactions/s of 100 single-row INSERTs each (10k rows/s)
+//! for 20 s, streamed by binlogd to a 3-partition topic (lz4, idempotent, acks=all). A consumer
+//! (partitions assigned, `fetch.wait.max.ms=1`) records, for the last row of every
+//! transaction, the time from COMMIT returning to the message being readable: an upper bound
+//! of commit → delivery acknowledgement. Prints p50/p90/p99/max and the daemon's peak RSS;
+//! asserts nothing.
+//!
+//! Run: `bash scripts/bench.sh`.
+
+use mysql_async::prelude::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SECONDS: u64 = 20;
+const TXN_PER_S: u64 = 100;
+const ROWS_PER_TXN: u64 = 100;
+
+fn main() {
+    let url = std::env::var("BINLOGD_TEST_MARIADB_URL").expect("BINLOGD_TEST_MARIADB_URL (run scripts/bench.sh)");
+    let cdc = std::env::var("BINLOGD_TEST_MARIADB_CDC_URL").expect("BINLOGD_TEST_MARIADB_CDC_URL");
+    let brokers = std::env::var("BINLOGD_TEST_KAFKA_BROKERS").expect("BINLOGD_TEST_KAFKA_BROKERS");
+    let topic = format!("benchlat.{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let a: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+        a.create_topics([&NewTopic::new(&topic, 3, TopicReplication::Fixed(1))], &AdminOptions::new())
+            .await
+            .unwrap();
+    });
+    let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap()).prefer_socket(false);
+    let mut c = rt.block_on(mysql_async::Conn::new(opts)).unwrap();
+    let (file, pos) = rt.block_on(async {
+        c.query_drop("DROP DATABASE IF EXISTS benchklat").await.unwrap();
+        c.query_drop("CREATE DATABASE benchklat").await.unwrap();
+        c.query_drop("CREATE TABLE benchklat.t (id BIGINT PRIMARY KEY, v VARCHAR(32))").await.unwrap();
+        let r: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+        (r.get::<String, _>(0).unwrap(), r.get::<u64, _>(1).unwrap())
+    });
+    let dir = std::env::temp_dir().join("binlogd-bench-klat");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bench.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nurl = \"{cdc}\"\nserver_id = 9997\nname = \"bench\"\nstart = {{ file = \"{file}\", pos = {pos} }}\n\
+             include = [\"benchklat.*\"]\n[pipeline]\nname = \"benchklat\"\n[[sinks.kafka]]\nname = \"events\"\nbrokers = \"{brokers}\"\n\
+             topic = \"{topic}\"\n[sinks.kafka.producer]\n\"compression.type\" = \"lz4\"\n[log]\nlevel = \"warn\"\n"
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_binlogd");
+    let _ = Command::new(bin).args(["position", "reset", "-c"]).arg(&cfg).stdout(Stdio::null()).status();
+    let time_out = dir.join("time");
+    let mut daemon = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&time_out)
+        .arg(bin)
+        .arg("run")
+        .arg("-c")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn,binlogd::sinks::kafka=debug")
+        .env("BINLOGD__LOG__FORMAT", "json")
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .expect("binlogd");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let commits: Arc<Mutex<Vec<Option<Instant>>>> =
+        Arc::new(Mutex::new(vec![None; (SECONDS * TXN_PER_S) as usize]));
+    let consumer = {
+        let (commits, brokers, topic) = (commits.clone(), brokers.clone(), topic.clone());
+        std::thread::spawn(move || {
+            let k: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "bench")
+                .set("fetch.wait.max.ms", "1")
+                .set("fetch.error.backoff.ms", "1")
+                .set("fetch.queue.backoff.ms", "1")
+                .create()
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in 0..3 {
+                tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning).unwrap();
+            }
+            k.assign(&tpl).unwrap();
+            let mut lat = Vec::new();
+            let want = SECONDS * TXN_PER_S;
+            let t0 = Instant::now();
+            while (lat.len() as u64) < want && t0.elapsed() < Duration::from_secs(SECONDS + 60) {
+                if let Some(Ok(m)) = k.poll(Duration::from_millis(100)) {
+                    let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                    let id = v["after"]["id"].as_u64().unwrap();
+                    if id % ROWS_PER_TXN == ROWS_PER_TXN - 1 {
+                        let c = commits.lock().unwrap()[(id / ROWS_PER_TXN) as usize];
+                        if let Some(c) = c {
+                            lat.push(c.elapsed());
+                        }
+                    }
+                }
+            }
+            lat
+        })
+    };
+    let t0 = Instant::now();
+    let mut id = 0u64;
+    rt.block_on(async {
+        for n in 0..SECONDS * TXN_PER_S {
+            let due = t0 + Duration::from_micros(n * 1_000_000 / TXN_PER_S);
+            tokio::time::sleep_until(due.into()).await;
+            let mut q = String::from("INSERT INTO benchklat.t VALUES ");
+            for k in 0..ROWS_PER_TXN {
+                if k > 0 {
+                    q.push(',');
+                }
+                q.push_str(&format!("({},'x')", id + k));
+            }
+            c.query_drop(q).await.unwrap();
+            commits.lock().unwrap()[n as usize] = Some(Instant::now());
+            id += ROWS_PER_TXN;
+        }
+    });
+    let rate = id as f64 / t0.elapsed().as_secs_f64();
+    let mut lat = consumer.join().unwrap();
+    // SIGTERM to binlogd, the child of /usr/bin/time
+    let _ = Command::new("pkill").args(["-TERM", "-P", &daemon.id().to_string()]).status();
+    let _ = daemon.wait();
+    let rss = std::fs::read_to_string(&time_out).ok().and_then(|s| s.trim().lines().last().and_then(|l| l.parse::<f64>().ok())).unwrap_or(0.0) / 1024.0;
+    // the sink's own figure: from handing a transaction's messages to the producer to the
+    // last successful delivery report (debug log "batch acknowledged")
+    let mut acks: Vec<f64> = std::fs::read_to_string(dir.join("daemon.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("batch acknowledged") && !l.contains("\"messages\":0"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["ack_wait"].as_str().map(parse_duration_ms))
+        .collect();
+    acks.sort_by(|a, b| a.total_cmp(b));
+    lat.sort();
+    if lat.is_empty() {
+        println!("no latencies measured");
+        return;
+    }
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    println!("\nKafka sink, commit → message readable, MariaDB → tansu, {rate:.0} rows/s steady ({} transactions of {ROWS_PER_TXN} rows):", lat.len());
+    println!("p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms   daemon peak RSS {rss:.1} MiB", q(0.5), q(0.9), q(0.99), q(1.0));
+    if !acks.is_empty() {
+        let a = |p: f64| acks[((acks.len() as f64 * p) as usize).min(acks.len() - 1)];
+        println!(
+            "transaction handed to the producer → every delivery report OK ({} transactions): p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+            acks.len(),
+            a(0.5),
+            a(0.9),
+            a(0.99),
+            a(1.0)
+        );
+    }
+}
+
+/// `"6.17ms"`, `"950µs"`, `"1.2s"` (Debug of Duration) → ms.
+fn parse_duration_ms(s: &str) -> f64 {
+    let i = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let n: f64 = s[..i].parse().unwrap_or(0.0);
+    n * match &s[i..] {
+        "ns" => 1e-6,
+        "µs" => 1e-3,
+        "ms" => 1.0,
+        "s" => 1000.0,
+        _ => 0.0,
+    }
+}
