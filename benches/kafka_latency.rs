@@ -21,25 +21,36 @@ const TXN_PER_S: u64 = 100;
 const ROWS_PER_TXN: u64 = 100;
 
 fn main() {
-    let url = std::env::var("BINLOGD_TEST_MARIADB_URL").expect("BINLOGD_TEST_MARIADB_URL (run scripts/bench.sh)");
+    let url = std::env::var("BINLOGD_TEST_MARIADB_URL")
+        .expect("BINLOGD_TEST_MARIADB_URL (run scripts/bench.sh)");
     let cdc = std::env::var("BINLOGD_TEST_MARIADB_CDC_URL").expect("BINLOGD_TEST_MARIADB_CDC_URL");
     let brokers = std::env::var("BINLOGD_TEST_KAFKA_BROKERS").expect("BINLOGD_TEST_KAFKA_BROKERS");
     let topic = format!("benchlat.{}", std::process::id());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let a: AdminClient<rdkafka::client::DefaultClientContext> =
-            rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-        a.create_topics([&NewTopic::new(&topic, 3, TopicReplication::Fixed(1))], &AdminOptions::new())
-            .await
+        let a: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
             .unwrap();
+        a.create_topics(
+            [&NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
     });
-    let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap()).prefer_socket(false);
+    let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
+        .prefer_socket(false);
     let mut c = rt.block_on(mysql_async::Conn::new(opts)).unwrap();
     let (file, pos) = rt.block_on(async {
-        c.query_drop("DROP DATABASE IF EXISTS benchklat").await.unwrap();
+        c.query_drop("DROP DATABASE IF EXISTS benchklat")
+            .await
+            .unwrap();
         c.query_drop("CREATE DATABASE benchklat").await.unwrap();
-        c.query_drop("CREATE TABLE benchklat.t (id BIGINT PRIMARY KEY, v VARCHAR(32))").await.unwrap();
+        c.query_drop("CREATE TABLE benchklat.t (id BIGINT PRIMARY KEY, v VARCHAR(32))")
+            .await
+            .unwrap();
         let r: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
         (r.get::<String, _>(0).unwrap(), r.get::<u64, _>(1).unwrap())
     });
@@ -57,7 +68,11 @@ fn main() {
     )
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_binlogd");
-    let _ = Command::new(bin).args(["position", "reset", "-c"]).arg(&cfg).stdout(Stdio::null()).status();
+    let _ = Command::new(bin)
+        .args(["position", "reset", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .status();
     let time_out = dir.join("time");
     let mut daemon = Command::new("/usr/bin/time")
         .args(["-f", "%M", "-o"])
@@ -88,7 +103,8 @@ fn main() {
                 .unwrap();
             let mut tpl = rdkafka::TopicPartitionList::new();
             for p in 0..3 {
-                tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning).unwrap();
+                tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
+                    .unwrap();
             }
             k.assign(&tpl).unwrap();
             let mut lat = Vec::new();
@@ -96,7 +112,8 @@ fn main() {
             let t0 = Instant::now();
             while (lat.len() as u64) < want && t0.elapsed() < Duration::from_secs(SECONDS + 60) {
                 if let Some(Ok(m)) = k.poll(Duration::from_millis(100)) {
-                    let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap()).unwrap();
                     let id = v["after"]["id"].as_u64().unwrap();
                     if id % ROWS_PER_TXN == ROWS_PER_TXN - 1 {
                         let c = commits.lock().unwrap()[(id / ROWS_PER_TXN) as usize];
@@ -130,9 +147,15 @@ fn main() {
     let rate = id as f64 / t0.elapsed().as_secs_f64();
     let mut lat = consumer.join().unwrap();
     // SIGTERM to binlogd, the child of /usr/bin/time
-    let _ = Command::new("pkill").args(["-TERM", "-P", &daemon.id().to_string()]).status();
+    let _ = Command::new("pkill")
+        .args(["-TERM", "-P", &daemon.id().to_string()])
+        .status();
     let _ = daemon.wait();
-    let rss = std::fs::read_to_string(&time_out).ok().and_then(|s| s.trim().lines().last().and_then(|l| l.parse::<f64>().ok())).unwrap_or(0.0) / 1024.0;
+    let rss = std::fs::read_to_string(&time_out)
+        .ok()
+        .and_then(|s| s.trim().lines().last().and_then(|l| l.parse::<f64>().ok()))
+        .unwrap_or(0.0)
+        / 1024.0;
     // the sink's own figure: from handing a transaction's messages to the producer to the
     // last successful delivery report (debug log "batch acknowledged")
     let mut acks: Vec<f64> = std::fs::read_to_string(dir.join("daemon.log"))
@@ -148,9 +171,16 @@ fn main() {
         println!("no latencies measured");
         return;
     }
-    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    let q =
+        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
     println!("\nKafka sink, commit → message readable, MariaDB → tansu, {rate:.0} rows/s steady ({} transactions of {ROWS_PER_TXN} rows):", lat.len());
-    println!("p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms   daemon peak RSS {rss:.1} MiB", q(0.5), q(0.9), q(0.99), q(1.0));
+    println!(
+        "p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms   daemon peak RSS {rss:.1} MiB",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(1.0)
+    );
     if !acks.is_empty() {
         let a = |p: f64| acks[((acks.len() as f64 * p) as usize).min(acks.len() - 1)];
         println!(
@@ -166,7 +196,9 @@ fn main() {
 
 /// `"6.17ms"`, `"950µs"`, `"1.2s"` (Debug of Duration) → ms.
 fn parse_duration_ms(s: &str) -> f64 {
-    let i = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let i = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let n: f64 = s[..i].parse().unwrap_or(0.0);
     n * match &s[i..] {
         "ns" => 1e-6,

@@ -348,17 +348,19 @@ impl KafkaSink {
             };
             let tombstone = self.cfg.tombstones && ch.op() == crate::event::Op::Delete;
             let skip = |tomb: bool| -> bool {
-                self.probes
-                    .get(&(route.topic.clone(), partition))
-                    .is_some_and(|pr| {
-                        pr.server == self.info.server
-                            && !self.info.server.is_empty()
-                            && pr.base == probe::file_seq(&ch.txn.file).0
-                            && MsgPos {
-                                tombstone: tomb,
-                                ..pos
-                            } <= pr.pos
-                    })
+                !self.probes.is_empty()
+                    && self
+                        .probes
+                        .get(&(route.topic.clone(), partition))
+                        .is_some_and(|pr| {
+                            pr.server == self.info.server
+                                && !self.info.server.is_empty()
+                                && pr.base == probe::file_seq(&ch.txn.file).0
+                                && MsgPos {
+                                    tombstone: tomb,
+                                    ..pos
+                                } <= pr.pos
+                        })
             };
             for tomb in [false, true] {
                 if tomb && !tombstone {
@@ -472,10 +474,8 @@ impl KafkaSink {
             return Ok(Err(e));
         }
         if let Some((code, msg)) = self.producer.client().fatal_error() {
-            return Ok(Err(KafkaError::MessageProduction(code)).map_err(|e| {
-                warn!(sink = %self.name, %msg, "fatal producer error");
-                e
-            }));
+            warn!(sink = %self.name, %msg, "fatal producer error");
+            return Ok(Err(KafkaError::MessageProduction(code)));
         }
         self.stats
             .messages_acked
