@@ -57,7 +57,7 @@ pub fn open_sinks(
     for r in &cfg.sinks.redis {
         if only.is_empty() || only.contains(&r.name) {
             let pw = r.password().map_err(other)?;
-            let stats = Arc::new(RedisStats::default());
+            let stats = Arc::new(RedisStats::for_sink(&r.name));
             sinks.push(Box::new(RedisSink::open(
                 r,
                 pw.as_ref().map(|p| p.expose()),
@@ -67,7 +67,7 @@ pub fn open_sinks(
     }
     for k in &cfg.sinks.kafka {
         if only.is_empty() || only.contains(&k.name) {
-            let stats = Arc::new(KafkaStats::default());
+            let stats = Arc::new(KafkaStats::for_sink(&k.name));
             sinks.push(Box::new(KafkaSink::open(k, info.clone(), stats)?));
         }
     }

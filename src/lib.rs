@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod decode;
 pub mod event;
 pub mod filter;
+pub mod metrics;
 pub mod pipeline;
 pub mod sinks;
 pub mod source;

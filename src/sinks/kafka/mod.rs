@@ -17,13 +17,15 @@ pub mod config;
 pub mod probe;
 
 use futures_util::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -37,14 +39,35 @@ use crate::event::{now_ms, Batch, SourceInfo};
 use crate::filter::TablePattern;
 use crate::source::conn::{Finding, Severity};
 
-/// Counters of one Kafka sink (exported as metrics).
-#[derive(Debug, Default)]
+/// Counters of one Kafka sink: handles into the process metrics (`binlogd_kafka_*`).
+#[derive(Debug)]
 pub struct KafkaStats {
-    pub messages_acked: AtomicU64,
+    pub sink: String,
+    pub messages_acked: Counter,
     /// Row changes not sent because their partition already held them (exactly-once).
-    pub skipped_present: AtomicU64,
-    pub producer_resets: AtomicU64,
-    pub delivery_errors: AtomicU64,
+    pub skipped_present: Counter,
+    pub producer_resets: Counter,
+    pub delivery_errors: Counter,
+    pub delivery_seconds: Histogram,
+}
+
+impl KafkaStats {
+    pub fn for_sink(name: &str) -> KafkaStats {
+        let m = crate::metrics::get();
+        let l = m.sink(name);
+        KafkaStats {
+            sink: name.to_string(),
+            messages_acked: m.kafka_messages.get_or_create(&l).clone(),
+            skipped_present: m.kafka_skipped_present.get_or_create(&l).clone(),
+            producer_resets: m.kafka_producer_resets.get_or_create(&l).clone(),
+            delivery_errors: m.sink_errors.get_or_create(&l).clone(),
+            delivery_seconds: m.kafka_delivery_seconds.get_or_create(&l).clone(),
+        }
+    }
+
+    fn ready(&self, ok: bool) {
+        crate::metrics::get().set_sink_ready(&self.sink, ok);
+    }
 }
 
 /// Delivery bookkeeping of one batch attempt.
@@ -326,9 +349,13 @@ impl KafkaSink {
         let now = now_ms();
         let mut sent = 0usize;
         let mut bytes = 0usize;
+        let mut batch_topics: Vec<String> = Vec::new();
         for ch in batch.changes() {
             let route = self.route(&ch.chunk.table)?;
             let n = self.ensure_topic(&route.topic).await?;
+            if batch_topics.last() != Some(&route.topic) && !batch_topics.contains(&route.topic) {
+                batch_topics.push(route.topic.clone());
+            }
             self.key.clear();
             let has_key = match &route.key_cols {
                 Some(cols) => {
@@ -367,7 +394,7 @@ impl KafkaSink {
                     break;
                 }
                 if skip(tomb) {
-                    self.stats.skipped_present.fetch_add(1, Ordering::Relaxed);
+                    self.stats.skipped_present.inc();
                     continue;
                 }
                 self.value.clear();
@@ -443,6 +470,7 @@ impl KafkaSink {
         ack.done(); // everything queued
         let t0 = Instant::now();
         let mut last_log = t0;
+        let mut last_topic_check = t0;
         loop {
             let notified = ack.notify.notified();
             if ack.remaining.load(Ordering::Acquire) == 0 {
@@ -456,6 +484,7 @@ impl KafkaSink {
                 && last_log.elapsed() >= every
             {
                 last_log = Instant::now();
+                self.stats.ready(false);
                 warn!(
                     sink = %self.name,
                     unacknowledged = ack.remaining.load(Ordering::Acquire),
@@ -468,6 +497,31 @@ impl KafkaSink {
             if self.producer.client().fatal_error().is_some() {
                 break;
             }
+            // A topic deleted under us (e.g. a broker that lost its state) makes librdkafka
+            // hold the messages forever (message.timeout.ms=0) without any error: look.
+            if t0.elapsed() > Duration::from_secs(3)
+                && last_topic_check.elapsed() > Duration::from_secs(2)
+            {
+                last_topic_check = Instant::now();
+                for topic in &batch_topics {
+                    let md = tokio::task::block_in_place(|| {
+                        self.producer
+                            .client()
+                            .fetch_metadata(Some(topic), Duration::from_secs(2))
+                    });
+                    if let Ok(md) = md {
+                        let present = md.topics().iter().any(|t| {
+                            t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                        });
+                        if !present {
+                            warn!(sink = %self.name, topic, "the topic disappeared while messages were waiting for it");
+                            return Ok(Err(KafkaError::MessageProduction(
+                                RDKafkaErrorCode::UnknownTopicOrPartition,
+                            )));
+                        }
+                    }
+                }
+            }
         }
         let err = ack.error.lock().ok().and_then(|g| g.clone());
         if let Some(e) = err {
@@ -477,9 +531,11 @@ impl KafkaSink {
             warn!(sink = %self.name, %msg, "fatal producer error");
             return Ok(Err(KafkaError::MessageProduction(code)));
         }
+        self.stats.messages_acked.inc_by(sent as u64);
         self.stats
-            .messages_acked
-            .fetch_add(sent as u64, Ordering::Relaxed);
+            .delivery_seconds
+            .observe(t0.elapsed().as_secs_f64());
+        self.stats.ready(true);
         debug!(sink = %self.name, messages = sent, ack_wait = ?t0.elapsed(), "batch acknowledged");
         Ok(Ok(()))
     }
@@ -489,7 +545,7 @@ impl KafkaSink {
         self.producer = create_producer(&self.cfg, &self.info.pipeline)?;
         self.topics.clear();
         self.probes.clear();
-        self.stats.producer_resets.fetch_add(1, Ordering::Relaxed);
+        self.stats.producer_resets.inc();
         Ok(())
     }
 }
@@ -539,7 +595,8 @@ impl Sink for KafkaSink {
                         ));
                     }
                     Err(e) => {
-                        self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                        self.stats.delivery_errors.inc();
+                        self.stats.ready(false);
                         let fatal_err = self.producer.client().fatal_error();
                         warn!(
                             sink = %self.name, error = %e, fatal = ?fatal_err, retry_in = ?backoff,

@@ -7,7 +7,6 @@
 //! block a call for ~9 s during an outage.
 
 use futures_util::stream::{self, StreamExt};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -209,9 +208,8 @@ impl Deleter {
             let (done, n, err) = self.try_commands(&cmds, &pending).await;
             deleted += n;
             if err.is_none() {
-                self.stats
-                    .keys_deleted
-                    .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                self.stats.keys_deleted.inc_by(keys.len() as u64);
+                self.stats.ready(true);
                 if attempt > 0 {
                     info!(sink = %self.sink, attempts = attempt + 1, "redis answered again; batch confirmed");
                 }
@@ -219,7 +217,8 @@ impl Deleter {
             }
             pending.retain(|i| !done.contains(i));
             attempt += 1;
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            self.stats.retries.inc();
+            self.stats.ready(false);
             let e = err.unwrap_or_default();
             if self.retry_max > 0 && attempt >= self.retry_max {
                 return Err(SinkError::Fatal {

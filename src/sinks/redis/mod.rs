@@ -13,8 +13,8 @@ pub mod second;
 pub mod template;
 
 use futures_util::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::{debug, warn};
 
@@ -27,19 +27,43 @@ use crate::decode::table::TableSchema;
 use crate::event::Batch;
 use crate::source::conn::{Finding, Severity};
 
-/// Counters of one Redis sink (exported as metrics).
+/// Counters of one Redis sink: handles into the process metrics (`binlogd_redis_*`,
+/// `binlogd_sink_retries`), or detached ones (`Default`, for `binlogd check`).
 #[derive(Debug, Default)]
 pub struct RedisStats {
+    pub sink: String,
     /// Keys sent in confirmed delete commands (first deletes).
-    pub keys_deleted: AtomicU64,
+    pub keys_deleted: Counter,
     /// Keys not rendered because a template column was NULL.
-    pub keys_skipped_null: AtomicU64,
+    pub keys_skipped_null: Counter,
     /// Failed attempts that were retried.
-    pub retries: AtomicU64,
+    pub retries: Counter,
     /// Keys deleted a second time.
-    pub second_deletes: AtomicU64,
+    pub second_deletes: Counter,
     /// `after-replicas` waits that timed out or failed; the keys were deleted anyway.
-    pub replica_wait_fallbacks: AtomicU64,
+    pub replica_wait_fallbacks: Counter,
+}
+
+impl RedisStats {
+    pub fn for_sink(name: &str) -> RedisStats {
+        let m = crate::metrics::get();
+        let l = m.sink(name);
+        RedisStats {
+            sink: name.to_string(),
+            keys_deleted: m.redis_keys_deleted.get_or_create(&l).clone(),
+            keys_skipped_null: m.redis_keys_skipped_null.get_or_create(&l).clone(),
+            retries: m.sink_retries.get_or_create(&l).clone(),
+            second_deletes: m.redis_second_deletes.get_or_create(&l).clone(),
+            replica_wait_fallbacks: m.redis_replica_wait_fallbacks.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Readiness of the sink (no-op for detached stats).
+    pub fn ready(&self, ok: bool) {
+        if !self.sink.is_empty() {
+            crate::metrics::get().set_sink_ready(&self.sink, ok);
+        }
+    }
 }
 
 struct BoundRule {
@@ -158,9 +182,7 @@ impl RedisSink {
                                     })? {
                                     Ok(()) => {}
                                     Err(RenderSkip::Null) => {
-                                        self.stats
-                                            .keys_skipped_null
-                                            .fetch_add(1, Ordering::Relaxed);
+                                        self.stats.keys_skipped_null.inc();
                                         continue;
                                     }
                                 }

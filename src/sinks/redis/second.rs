@@ -15,7 +15,6 @@
 use mysql_async::prelude::Queryable;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -215,9 +214,7 @@ async fn delete(
 ) -> bool {
     match deleter.delete_all(&keys).await {
         Ok(_) => {
-            stats
-                .second_deletes
-                .fetch_add(keys.len() as u64, Ordering::Relaxed);
+            stats.second_deletes.inc_by(keys.len() as u64);
             true
         }
         Err(e) => {
@@ -378,12 +375,12 @@ async fn run_after_replicas(
         }
         if wait.missing_gtid || wait.is_empty() {
             warn!("a transaction without a GTID: cannot wait for replicas (enable GTIDs); deleting again now");
-            stats.replica_wait_fallbacks.fetch_add(1, Ordering::Relaxed);
+            stats.replica_wait_fallbacks.inc();
         } else {
             let t0 = Instant::now();
             let failed_replicas = replicas.wait(&wait).await;
             if failed_replicas > 0 {
-                stats.replica_wait_fallbacks.fetch_add(1, Ordering::Relaxed);
+                stats.replica_wait_fallbacks.inc();
             }
             debug!(waited = ?t0.elapsed(), keys = keys.len(), "replicas caught up");
         }
