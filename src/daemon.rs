@@ -145,9 +145,15 @@ pub async fn run(
     cfg: Config,
     stop_at: Option<BinlogCoord>,
     shutdown: watch::Receiver<bool>,
+    filter_updates: Option<watch::Receiver<crate::source::FilterUpdate>>,
 ) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
-    let (src, mut findings) = Source::connect(cfg.clone()).await?;
+    let metrics = crate::metrics::get();
+    crate::admin::start(&cfg.admin.listen)
+        .await
+        .map_err(other)?;
+    let (mut src, mut findings) = Source::connect(cfg.clone()).await?;
+    src.filter_updates = filter_updates;
     {
         let mut c = src.conn().await?;
         findings.extend(crate::sinks::check(&cfg, &mut c, false).await);
@@ -175,6 +181,7 @@ pub async fn run(
     while !cp.try_lock().await? {
         if !waited {
             warn!(lock = %cp.lock_name(), "another binlogd holds the pipeline lock: standing by until it is released");
+            metrics.set_state("standby");
             waited = true;
         }
         tokio::select! {
@@ -183,6 +190,8 @@ pub async fn run(
         }
     }
     info!(lock = %cp.lock_name(), "holding the pipeline lock: active");
+    metrics.active.set(1);
+    metrics.set_state("active");
     let stored = cp.load().await?;
     if let Some(s) = &stored {
         validate_stored(&s.position, &src, s.server_uuid.as_deref())?;
@@ -222,6 +231,7 @@ pub async fn run(
             let _ = stop_tx.send(true);
         })
     };
+    let flavor = src.info.flavor;
     let source_task = {
         let stats = stats.clone();
         tokio::spawn(async move {
@@ -237,11 +247,15 @@ pub async fn run(
         interval: cfg.checkpoint.interval.0,
     };
     let checkpointer = tokio::spawn(store.run(cp, acked_rx, stop_tx));
+    let lag = tokio::spawn(watch_lag(cfg.clone(), flavor));
     let (sr, _src) = source_task.await.map_err(other)?;
     let pr = pipeline.await.map_err(other)?;
     // the pipeline has drained: store the last acknowledged position, then release the lock
     let cr = checkpointer.await.map_err(other)?;
     forward.abort();
+    lag.abort();
+    metrics.active.set(0);
+    metrics.set_state("stopped");
     if let Err(e) = &sr {
         error!("{e}");
     }
@@ -250,6 +264,71 @@ pub async fn run(
     pr?;
     info!("stopped");
     Ok(())
+}
+
+/// Measures the lag in bytes (acknowledged position → the server's current position) every
+/// `admin.lag_interval`; while the lag in time exceeds `admin.progress_threshold`, logs
+/// catch-up progress: position, rates and the estimated time to catch up.
+async fn watch_lag(cfg: Arc<Config>, flavor: crate::decode::Flavor) {
+    use std::sync::atomic::Ordering;
+    let m = crate::metrics::get();
+    let every = cfg.admin.lag_interval.0;
+    let mut c: Option<mysql_async::Conn> = None;
+    let mut last = (Instant::now(), m.bytes.get(), m.events.get());
+    loop {
+        tokio::time::sleep(every).await;
+        let file = m.acked_file.lock().map(|f| f.clone()).unwrap_or_default();
+        if file.is_empty() {
+            continue;
+        }
+        let at = BinlogCoord {
+            file,
+            pos: m.position_pos.get() as u64,
+        };
+        if c.is_none() {
+            let opts = cfg
+                .source_password()
+                .and_then(|pw| conn::opts_for(&cfg.source.url, pw.as_ref(), &cfg));
+            if let Ok(o) = opts {
+                c = mysql_async::Conn::new(o).await.ok();
+            }
+        }
+        let Some(conn_) = c.as_mut() else { continue };
+        let behind = match conn::bytes_behind(conn_, flavor, &at).await {
+            Ok((_, b)) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "measuring the lag failed");
+                c = None;
+                continue;
+            }
+        };
+        if let Some(b) = behind {
+            m.lag_bytes.set(b as i64);
+        }
+        m.refresh();
+        let lag = m.lag_seconds.get();
+        let (t, bytes, events) = (Instant::now(), m.bytes.get(), m.events.get());
+        let secs = t.duration_since(last.0).as_secs_f64().max(0.001);
+        let byte_rate = (bytes - last.1) as f64 / secs;
+        let event_rate = (events - last.2) as f64 / secs;
+        last = (t, bytes, events);
+        if lag > cfg.admin.progress_threshold.0.as_secs_f64() {
+            let eta = match behind {
+                Some(b) if byte_rate > 0.0 => format!("{:.0}s", b as f64 / byte_rate),
+                _ => "unknown".into(),
+            };
+            info!(
+                position = %at,
+                lag_seconds = lag,
+                lag_bytes = ?behind,
+                bytes_per_s = byte_rate as u64,
+                events_per_s = event_rate as u64,
+                eta = %eta,
+                in_flight = m.pipeline_in_flight.load(Ordering::Relaxed),
+                "catching up"
+            );
+        }
+    }
 }
 
 /// The store loop's settings.
@@ -313,10 +392,17 @@ impl Store {
                     match cp.store(&a.position, &self.id, a.event_ts_ms).await {
                         Ok(()) => {
                             tracing::debug!(position = %a.position.coord, "checkpoint stored");
+                            let m = crate::metrics::get();
+                            m.checkpoint_stores.inc();
+                            m.stored_at_ms.store(
+                                crate::event::now_ms(),
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                             stored = Some(a.clone());
                             break;
                         }
                         Err(e) => {
+                            crate::metrics::get().checkpoint_errors.inc();
                             warn!(error = %e, "storing the checkpoint failed; retrying on a new connection");
                             healthy = false;
                         }
@@ -371,29 +457,15 @@ pub async fn position_show(cfg: &Config) -> Result<String, DaemonError> {
     let cfg2 = Arc::new(cfg.clone());
     if let Ok((src, _)) = Source::connect(cfg2).await {
         if let Ok(mut c) = src.conn().await {
-            if let Ok((cur, _)) = conn::current_position(&mut c, src.info.flavor).await {
-                let behind = if cur.file == s.position.coord.file {
-                    format!("{} bytes", cur.pos.saturating_sub(s.position.coord.pos))
-                } else {
-                    let files = conn::binlog_files(&mut c).await.unwrap_or_default();
-                    let mut bytes = 0u64;
-                    let mut counting = false;
-                    for (f, size) in &files {
-                        if *f == s.position.coord.file {
-                            counting = true;
-                            bytes += size.saturating_sub(s.position.coord.pos);
-                        } else if counting {
-                            bytes += if *f == cur.file { cur.pos } else { *size };
-                        }
-                    }
-                    if counting {
-                        format!("{bytes} bytes")
-                    } else {
-                        format!(
-                            "unknown: {} is no longer on the server",
-                            s.position.coord.file
-                        )
-                    }
+            if let Ok((cur, behind)) =
+                conn::bytes_behind(&mut c, src.info.flavor, &s.position.coord).await
+            {
+                let behind = match behind {
+                    Some(b) => format!("{b} bytes"),
+                    None => format!(
+                        "unknown: {} is no longer on the server",
+                        s.position.coord.file
+                    ),
                 };
                 out.push_str(&format!("server position: {cur}\nbehind: {behind}\n"));
             }

@@ -4,6 +4,7 @@
 //! changes) → [`pipeline`] (batching, ordering, acknowledgements) → [`sinks`] → checkpoint.
 //! See docs/ARCHITECTURE.md.
 
+pub mod admin;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use binlogd::config::{Config, LogFormat};
 use binlogd::daemon;
@@ -133,7 +133,16 @@ fn parse_time(s: &Option<String>) -> Result<Option<u64>, String> {
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
-fn init_logging(cfg: Option<&Config>, quiet: bool) {
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// Changes the log filter at run time (SIGHUP).
+type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+fn init_logging(cfg: Option<&Config>, quiet: bool) -> Option<LogReload> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let level = cfg.map(|c| c.log.level.clone()).unwrap_or_else(|| {
@@ -143,21 +152,104 @@ fn init_logging(cfg: Option<&Config>, quiet: bool) {
             "info".into()
         }
     });
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // RUST_LOG wins over log.level; an empty RUST_LOG counts as unset
+    let filter = match rust_log() {
+        Some(v) => EnvFilter::try_new(v).unwrap_or_else(|_| EnvFilter::new(level)),
+        None => EnvFilter::new(level),
+    };
     let format = cfg.map(|c| c.log.format).unwrap_or_default();
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        let _ = b.json().flatten_event(true).try_init();
-    } else {
-        let _ = b.try_init();
+    fn reloader<S: Send + Sync + 'static>(
+        h: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+    ) -> LogReload {
+        Box::new(move |level: &str| {
+            let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            h.reload(f).map_err(|e| e.to_string())
+        })
     }
+    if json {
+        let b = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_filter_reloading();
+        let h = b.reload_handle();
+        b.try_init().ok().map(|_| reloader(h))
+    } else {
+        let b = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_filter_reloading();
+        let h = b.reload_handle();
+        b.try_init().ok().map(|_| reloader(h))
+    }
+}
+
+/// SIGHUP: re-reads the config file; applies `log.level` and `source.include/exclude`, and
+/// says which other changes need a restart.
+fn spawn_reload_handler(
+    path: PathBuf,
+    running: Config,
+    filters: watch::Sender<binlogd::source::FilterUpdate>,
+    log: Option<LogReload>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        let mut running = running;
+        let mut generation = 0u64;
+        while hup.recv().await.is_some() {
+            let new = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    error!("SIGHUP: {e}; keeping the running configuration");
+                    continue;
+                }
+            };
+            let mut applied = Vec::new();
+            if new.log.level != running.log.level {
+                if rust_log().is_some() {
+                    warn!("SIGHUP: log.level changed, but RUST_LOG is set and takes precedence");
+                } else if let Some(l) = &log {
+                    match l(&new.log.level) {
+                        Ok(()) => applied.push(format!("log.level = {:?}", new.log.level)),
+                        Err(e) => error!("SIGHUP: log.level {:?}: {e}", new.log.level),
+                    }
+                }
+            }
+            if new.source.include != running.source.include
+                || new.source.exclude != running.source.exclude
+            {
+                match binlogd::filter::TableFilter::new(
+                    new.source.include.as_deref(),
+                    &new.source.exclude,
+                ) {
+                    Ok(f) => {
+                        generation += 1;
+                        let _ = filters.send((generation, Some(f)));
+                        applied.push("source.include/exclude (from the next transaction)".into());
+                    }
+                    Err(e) => error!("SIGHUP: {e}"),
+                }
+            }
+            let restart = new.restart_needed(&running);
+            if !restart.is_empty() {
+                warn!(
+                    changed = %restart.join(", "),
+                    "SIGHUP: these settings changed and take effect only after a restart"
+                );
+            }
+            info!(applied = %applied.join(", "), "SIGHUP: configuration reloaded");
+            running = new;
+        }
+    })
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -192,14 +284,34 @@ fn main() -> ExitCode {
             Err(code) => return code,
         };
         let quiet = matches!(cli.cmd, Cmd::Check { .. } | Cmd::Position { .. });
-        init_logging(if quiet { None } else { Some(&cfg) }, quiet);
+        let log_reload = init_logging(if quiet { None } else { Some(&cfg) }, quiet);
         let result: Result<()> = match cli.cmd {
             Cmd::Check { .. } => return check(cfg).await,
             Cmd::Run { stop_at, .. } => {
                 let (stop_tx, stop_rx) = watch::channel(false);
+                let (filter_tx, filter_rx) = watch::channel((0u64, None));
                 let signals = spawn_signal_handler(stop_tx);
-                let r = daemon::run(cfg, stop_at, stop_rx).await.map_err(anyhow::Error::from);
+                let reload = spawn_reload_handler(config_path.clone(), cfg.clone(), filter_tx, log_reload);
+                let deadline = cfg.pipeline.shutdown_timeout.0;
+                let mut stopping = stop_rx.clone();
+                let run = daemon::run(cfg, stop_at, stop_rx, Some(filter_rx));
+                tokio::pin!(run);
+                let r = tokio::select! {
+                    r = &mut run => r.map_err(anyhow::Error::from),
+                    _ = async {
+                        while !*stopping.borrow() {
+                            if stopping.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        tokio::time::sleep(deadline).await;
+                    } => Err(anyhow::anyhow!(
+                        "the sinks did not drain within pipeline.shutdown_timeout ({deadline:?}); exiting anyway: \
+                         the stored position is the last one every sink acknowledged, the rest is sent again at the next start"
+                    )),
+                };
                 signals.abort();
+                reload.abort();
                 r
             }
             Cmd::Migrate { .. } => daemon::migrate(&cfg).await.map(|n| println!("migrations applied: {n}")).map_err(Into::into),

@@ -80,6 +80,8 @@ pub struct Metrics {
     /// Why the daemon is not ready, when it is a whole-process reason (standby, starting).
     pub state: Mutex<String>,
     sink_ok: Mutex<std::collections::BTreeMap<String, bool>>,
+    /// Binlog file of the last acknowledged position.
+    pub acked_file: Mutex<String>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -130,6 +132,7 @@ impl Metrics {
             pipeline_in_flight: AtomicU64::new(0),
             state: Mutex::new("starting".into()),
             sink_ok: Mutex::new(Default::default()),
+            acked_file: Mutex::new(String::new()),
         };
         r.register(
             "rows",
@@ -295,6 +298,11 @@ impl Metrics {
 
     /// Records a newly acknowledged position.
     pub fn set_acked(&self, file: &str, pos: u64, gtid: Option<String>, event_ms: u64) {
+        if let Ok(mut f) = self.acked_file.lock() {
+            if *f != file {
+                *f = file.to_string();
+            }
+        }
         self.position_info.clear();
         self.position_info
             .get_or_create(&PositionLabels {

@@ -39,6 +39,43 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub checkpoint: crate::checkpoint::CheckpointConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` of the HTTP endpoint (/metrics, /healthz, /readyz); "" disables it.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// How often the lag in bytes to the server's position is measured (and, while catching
+    /// up, progress is logged).
+    #[serde(default = "default_lag_interval")]
+    pub lag_interval: HumanDuration,
+    /// Log catch-up progress while the lag is above this.
+    #[serde(default = "default_progress_threshold")]
+    pub progress_threshold: HumanDuration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            lag_interval: default_lag_interval(),
+            progress_threshold: default_progress_threshold(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+fn default_lag_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5))
+}
+fn default_progress_threshold() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +177,10 @@ pub struct PipelineConfig {
     /// Maximum decoded-but-unacknowledged bytes between source and sinks (backpressure).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: ByteSize,
+    /// After SIGTERM/SIGINT, how long draining the sinks may take before binlogd exits anyway
+    /// (exit code 1; the stored position stays at the last fully acknowledged transaction).
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
 }
 
 impl Default for PipelineConfig {
@@ -147,6 +188,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             name: default_pipeline_name(),
             max_in_flight: default_max_in_flight(),
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
 }
@@ -201,6 +243,9 @@ fn default_pipeline_name() -> String {
 }
 fn default_max_in_flight() -> ByteSize {
     ByteSize(16 << 20)
+}
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 fn default_log_level() -> String {
     "info".into()
@@ -332,6 +377,58 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Settings that differ from `running` and only take effect after a restart (SIGHUP
+    /// applies `log.level` and `source.include/exclude` itself). Secrets compare by value.
+    pub fn restart_needed(&self, running: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let strip = |c: &Config| {
+            let mut s = c.source.clone();
+            s.include = None;
+            s.exclude = Vec::new();
+            (
+                format!("{s:?}"),
+                s.url.expose().to_string(),
+                s.password.map(|p| p.expose().to_string()),
+            )
+        };
+        if strip(self) != strip(running) {
+            out.push("source");
+        }
+        let pairs: [(&'static str, String, String); 5] = [
+            (
+                "sinks",
+                format!("{:?}", self.sinks),
+                format!("{:?}", running.sinks),
+            ),
+            (
+                "pipeline",
+                format!("{:?}", self.pipeline),
+                format!("{:?}", running.pipeline),
+            ),
+            (
+                "checkpoint",
+                format!("{:?}", self.checkpoint),
+                format!("{:?}", running.checkpoint),
+            ),
+            (
+                "admin",
+                format!("{:?}", self.admin),
+                format!("{:?}", running.admin),
+            ),
+            (
+                "log.format",
+                format!("{:?}", self.log.format),
+                format!("{:?}", running.log.format),
+            ),
+        ];
+        for (name, a, b) in pairs {
+            if a != b {
+                out.push(name);
+            }
+        }
+        out
     }
 
     /// Connection options for the checkpoint server (default: the source server).

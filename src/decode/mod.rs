@@ -100,10 +100,39 @@ struct Payload {
     rows: u32,
 }
 
+/// A statement as it may be logged: account statements (which can carry passwords in clear
+/// text, e.g. MariaDB's `CREATE USER … IDENTIFIED BY '…'`) are reduced to their verb.
+pub fn loggable_ddl(stmt: &str) -> String {
+    let words: Vec<String> = stmt
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let w = |i: usize| words.get(i).map(|s| s.as_str()).unwrap_or("");
+    let account = matches!(
+        (w(0), w(1)),
+        ("CREATE" | "ALTER" | "DROP" | "RENAME", "USER" | "ROLE")
+            | ("SET", "PASSWORD")
+            | ("GRANT", _)
+            | ("REVOKE", _)
+    ) || (w(0) == "CREATE" && w(1) == "OR" && w(2) == "REPLACE")
+        || stmt.to_ascii_uppercase().contains("IDENTIFIED");
+    if account {
+        format!("{} {} … (account statement: text withheld)", w(0), w(1))
+    } else {
+        stmt.chars().take(200).collect()
+    }
+}
+
 pub struct Decoder {
     flavor: Flavor,
     verify_checksums: bool,
     filter: TableFilter,
+    /// A reloaded filter waiting for the current transaction to end, and its generation.
+    pending_filter: Option<TableFilter>,
+    pub filter_generation: u64,
+    /// Tables excluded on top of the configured filter (binlogd's own tables).
+    extra_excludes: Vec<(String, String)>,
     collations: Arc<CollationMap>,
     tables: HashMap<u64, Arc<TableSchema>>,
     filtered: HashSet<u64>,
@@ -152,6 +181,9 @@ impl Decoder {
             flavor,
             verify_checksums,
             filter,
+            pending_filter: None,
+            filter_generation: 0,
+            extra_excludes: Vec::new(),
             collations,
             tables: HashMap::new(),
             filtered: HashSet::new(),
@@ -257,6 +289,22 @@ impl Decoder {
     /// Never stream this table (e.g. binlogd's own checkpoint table).
     pub fn exclude_table(&mut self, db: &str, table: &str) {
         self.filter.exclude_also(db, table);
+        self.extra_excludes
+            .push((db.to_string(), table.to_string()));
+    }
+
+    /// Replaces the include/exclude filter (SIGHUP reload) from the next transaction on; the
+    /// tables excluded with [`Self::exclude_table`] stay excluded.
+    pub fn set_filter(&mut self, mut f: TableFilter, generation: u64) {
+        for (d, t) in &self.extra_excludes {
+            f.exclude_also(d, t);
+        }
+        self.filter_generation = generation;
+        if self.in_txn {
+            self.pending_filter = Some(f);
+        } else {
+            self.filter = f;
+        }
     }
 
     pub fn set_hints(&mut self, db: &str, table: &str, hints: SchemaHints) {
@@ -540,7 +588,7 @@ impl Decoder {
             }
             _ => {
                 if !head.starts_with('#') && !first.is_empty() && first != "SAVEPOINT" {
-                    info!(schema, ddl = %head.chars().take(200).collect::<String>(), "DDL");
+                    info!(schema, ddl = %loggable_ddl(head), "DDL");
                     if first == "TRUNCATE" {
                         warn!(schema, "TRUNCATE removes rows without row events; consumers see no deletes for them");
                     }
@@ -718,6 +766,9 @@ impl Decoder {
     }
 
     fn commit(&mut self, ev: &Event, end: u64) -> Result<(), DecodeError> {
+        if let Some(f) = self.pending_filter.take() {
+            self.filter = f;
+        }
         // apply the transaction's GTID to the state
         if let Some((sid, gno)) = self.txn.mysql_gtid.take() {
             // Without a known starting set (PREVIOUS_GTIDS not seen) the state stays unknown
@@ -955,6 +1006,24 @@ impl<'a> Tokens<'a> {
 #[cfg(test)]
 mod statement_tests {
     use super::statement_target;
+
+    #[test]
+    fn account_statements_are_not_logged() {
+        for s in [
+            "CREATE USER 'u'@'%' IDENTIFIED BY 'pw'",
+            "ALTER USER u IDENTIFIED BY 'pw'",
+            "SET PASSWORD FOR u = PASSWORD('pw')",
+            "GRANT ALL ON *.* TO u IDENTIFIED BY 'pw'",
+            "create or replace user u identified by 'pw'",
+        ] {
+            let l = super::loggable_ddl(s);
+            assert!(!l.contains("pw"), "{l}");
+        }
+        assert_eq!(
+            super::loggable_ddl("ALTER TABLE t ADD c INT"),
+            "ALTER TABLE t ADD c INT"
+        );
+    }
 
     #[test]
     fn targets() {

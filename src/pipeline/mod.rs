@@ -55,26 +55,46 @@ impl Pipeline {
             let (atx, arx) = watch::channel(0u64);
             let etx = err_tx.clone();
             let name = sink.name().to_string();
+            let span = info_span!("sink", sink = %name);
             handles.push(tokio::spawn(
                 async move {
+                    let m = crate::metrics::get();
+                    let label = m.sink(&name);
+                    let (rows, batches, errors, in_flight, seconds) = (
+                        m.sink_rows.get_or_create(&label).clone(),
+                        m.sink_batches.get_or_create(&label).clone(),
+                        m.sink_errors.get_or_create(&label).clone(),
+                        m.sink_in_flight.get_or_create(&label).clone(),
+                        m.sink_batch_seconds.get_or_create(&label).clone(),
+                    );
+                    m.set_sink_ready(&name, true);
                     while let Some(b) = srx.recv().await {
+                        in_flight.set(srx.len() as i64 + 1);
+                        let t0 = std::time::Instant::now();
                         if let Err(e) = sink.write(&b).await {
+                            errors.inc();
+                            m.set_sink_ready(&name, false);
                             let _ = etx.send(e).await;
                             return;
                         }
+                        seconds.observe(t0.elapsed().as_secs_f64());
+                        rows.inc_by(b.rows() as u64);
+                        batches.inc();
+                        in_flight.set(srx.len() as i64);
                         let _ = atx.send(b.seq);
                     }
                     if let Err(e) = sink.close().await {
                         let _ = etx.send(e).await;
                     }
                 }
-                .instrument(info_span!("sink", sink = %name)),
+                .instrument(span),
             ));
             sink_txs.push(tx);
             ack_rxs.push(arx);
         }
         drop(err_tx);
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        let metrics = crate::metrics::get();
         let mut seq = 0u64;
         let mut source_open = true;
         let (any_ack_tx, mut any_ack_rx) = mpsc::channel::<()>(1);
@@ -114,8 +134,10 @@ impl Pipeline {
                 Some(()) = any_ack_rx.recv() => {
                     if let Some(p) = settle(&mut inflight) {
                         debug!(position = %p.position.coord, "acknowledged by all sinks");
+                        record_acked(&p);
                         let _ = acked.send(Some(p));
                     }
+                    metrics.pipeline_in_flight.store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 b = rx.recv(), if source_open => match b {
                     None => {
@@ -126,6 +148,7 @@ impl Pipeline {
                     Some(mut b) => {
                         seq += 1;
                         b.seq = seq;
+                        count_rows(&b);
                         let want = (b.bytes().min(self.max_in_flight)) as u32;
                         // backpressure: wait for room while still processing acks and errors
                         let permit = loop {
@@ -134,12 +157,13 @@ impl Pipeline {
                                 Some(e) = err_rx.recv() => return Err(e),
                                 p = budget.clone().acquire_many_owned(want) => break p.map_err(|_| SinkError::Fatal { sink: "pipeline".into(), message: "budget closed".into() })?,
                                 Some(()) = any_ack_rx.recv() => {
-                                    if let Some(p) = settle(&mut inflight) { let _ = acked.send(Some(p)); }
+                                    if let Some(p) = settle(&mut inflight) { record_acked(&p); let _ = acked.send(Some(p)); }
                                 }
                             }
                         };
                         let commit = b.commit.clone().map(|position| Acked { position, event_ts_ms: b.last_event_ms });
                         inflight.push_back(InFlight { seq, commit, _permit: permit });
+                        metrics.pipeline_in_flight.store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let b = Arc::new(b);
                         for tx in &sink_txs {
                             if tx.send(b.clone()).await.is_err() {
@@ -160,4 +184,30 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Row changes per table and op, and transactions, as they enter the pipeline.
+fn count_rows(b: &Batch) {
+    let m = crate::metrics::get();
+    m.transactions.inc_by(b.txns.len() as u64);
+    for t in &b.txns {
+        for c in &t.chunks {
+            m.rows
+                .get_or_create(&crate::metrics::TableOp {
+                    db: c.table.db.clone(),
+                    table: c.table.table.clone(),
+                    op: c.op.code().to_string(),
+                })
+                .inc_by(c.rows as u64);
+        }
+    }
+}
+
+fn record_acked(a: &Acked) {
+    crate::metrics::get().set_acked(
+        &a.position.coord.file,
+        a.position.coord.pos,
+        a.position.gtid.as_ref().map(|g| g.to_string()),
+        a.event_ts_ms,
+    );
 }

@@ -359,6 +359,32 @@ pub async fn current_position(
 }
 
 /// The binlog files the server has, oldest first.
+/// The server's current position and how many binlog bytes lie between `at` and it (None:
+/// `at`'s file is no longer on the server).
+pub async fn bytes_behind(
+    conn: &mut Conn,
+    flavor: Flavor,
+    at: &BinlogCoord,
+) -> Result<(BinlogCoord, Option<u64>), SourceError> {
+    let (cur, _) = current_position(conn, flavor).await?;
+    if cur.file == at.file {
+        let b = cur.pos.saturating_sub(at.pos);
+        return Ok((cur, Some(b)));
+    }
+    let files = binlog_files(conn).await?;
+    let mut bytes = 0u64;
+    let mut counting = false;
+    for (f, size) in &files {
+        if *f == at.file {
+            counting = true;
+            bytes += size.saturating_sub(at.pos);
+        } else if counting {
+            bytes += if *f == cur.file { cur.pos } else { *size };
+        }
+    }
+    Ok((cur, counting.then_some(bytes)))
+}
+
 pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<(String, u64)>, mysql_async::Error> {
     let rows: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await?;
     Ok(rows

@@ -79,7 +79,12 @@ pub struct Source {
     opts: Opts,
     pub info: ServerInfo,
     pub collations: Arc<CollationMap>,
+    /// Reloaded include/exclude filters (SIGHUP): applied from the next transaction.
+    pub filter_updates: Option<watch::Receiver<FilterUpdate>>,
 }
+
+/// A filter reload: generation number and the new filter.
+pub type FilterUpdate = (u64, Option<TableFilter>);
 
 fn classify(e: mysql_async::Error, at: &str) -> SourceError {
     if let mysql_async::Error::Server(s) = &e {
@@ -128,6 +133,7 @@ impl Source {
                 opts,
                 info,
                 collations,
+                filter_updates: None,
             },
             findings,
         ))
@@ -344,6 +350,7 @@ impl Source {
                 if sp.by_gtid {
                     decoder.expect_gtid_continuity();
                 }
+                crate::metrics::get().connected.set(1);
                 self.pump(
                     decoder,
                     stream,
@@ -359,6 +366,10 @@ impl Source {
             }
             .instrument(span)
             .await;
+            let m = crate::metrics::get();
+            m.connected.set(0);
+            m.source_idle
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             match result {
                 Ok(()) => return Ok(()), // shutdown
                 Err(e) if is_fatal(&e) => {
@@ -380,6 +391,7 @@ impl Source {
                     stats
                         .reconnects
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::metrics::get().reconnects.inc();
                     warn!(error = %e, retry_in = ?backoff, attempt = failures, "replication stream lost; reconnecting");
                     // hand on whatever complete transactions were decoded
                     if let Some(b) = decoder.take_batch() {
@@ -416,6 +428,7 @@ impl Source {
         backoff: &mut Duration,
     ) -> Result<(), SourceError> {
         let read_timeout = self.cfg.source.read_timeout.0;
+        let metrics = crate::metrics::get();
         loop {
             if *shutdown.borrow() || decoder.reached_stop() {
                 if let Some(b) = decoder.take_batch() {
@@ -433,6 +446,10 @@ impl Source {
                             return Ok(());
                         }
                     }
+                    // nothing pending: caught up unless the server has more (lag = 0)
+                    metrics
+                        .source_idle
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     tokio::select! {
                         r = tokio::time::timeout(read_timeout, stream.next()) => match r {
                             Ok(n) => n,
@@ -462,6 +479,26 @@ impl Source {
             stats
                 .events
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.events.inc();
+            if let Some(rx) = &self.filter_updates {
+                let u = rx.borrow();
+                if u.0 != decoder.filter_generation {
+                    if let Some(f) = &u.1 {
+                        info!(
+                            generation = u.0,
+                            "include/exclude filter reloaded; applies from the next transaction"
+                        );
+                        decoder.set_filter(f.clone(), u.0);
+                    }
+                }
+            }
+            metrics.bytes.inc_by(ev.header().event_size() as u64);
+            if ev.header().event_type_raw() != 27 {
+                // anything but a heartbeat means the server had more for us
+                metrics
+                    .source_idle
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
             loop {
                 match decoder.handle(&ev)? {
                     Step::Continue => break,

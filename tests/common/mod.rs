@@ -286,6 +286,9 @@ name = "{name}"
 [checkpoint]
 interval = "200ms"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[sinks.file]]
 name = "out"
 path = "{out}"
@@ -411,14 +414,24 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    password: Option<String>,
 }
 
 impl PrivateRedis {
     pub fn start(dir: &std::path::Path, port: u16) -> PrivateRedis {
+        Self::start_with_password(dir, port, None)
+    }
+
+    pub fn start_with_password(
+        dir: &std::path::Path,
+        port: u16,
+        password: Option<&str>,
+    ) -> PrivateRedis {
         let mut r = PrivateRedis {
             port,
             dir: dir.join("redis"),
             child: None,
+            password: password.map(|p| p.to_string()),
         };
         std::fs::create_dir_all(&r.dir).unwrap();
         r.spawn();
@@ -437,6 +450,11 @@ impl PrivateRedis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_string(), p.clone()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -445,7 +463,10 @@ impl PrivateRedis {
         let _ = redis_conn(&self.url());
     }
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
     pub fn conn(&self) -> redis::Connection {
         redis_conn(&self.url())
@@ -572,4 +593,89 @@ pub fn consume_all(brokers: &str, topic: &str) -> Vec<KMsg> {
         }
     }
     out
+}
+
+/// `GET path` on the daemon's admin endpoint: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+impl Daemon {
+    /// The admin endpoint's address, from the "admin endpoint listening" log line.
+    pub fn admin_addr(&mut self) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(a) = log
+                .lines()
+                .filter(|l| l.contains("admin endpoint listening"))
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| v["addr"].as_str().map(|s| s.to_string()))
+                .last()
+            {
+                return a;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("binlogd exited ({st}); log:\n{}", self.log_text());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no admin endpoint");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts `binlogd run` with extra environment variables.
+    pub fn start_with_env(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Daemon {
+        let cfg = dir.join("binlogd.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.join("binlogd.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_binlogd"));
+        cmd.args(["run", "-c"])
+            .arg(&cfg)
+            .env("RUST_LOG", "binlogd=debug")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().expect("spawn binlogd"),
+            out: dir.join("out.jsonl"),
+            log,
+            config: cfg,
+        }
+    }
+}
+
+/// A metric's value from Prometheus text (`name{labels} value`), matching a line prefix.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
