@@ -628,10 +628,10 @@ impl Daemon {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             if let Some(a) = log
                 .lines()
+                .rev()
                 .filter(|l| l.contains("admin endpoint listening"))
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter_map(|v| v["addr"].as_str().map(|s| s.to_string()))
-                .last()
+                .find_map(|v| v["addr"].as_str().map(|s| s.to_string()))
             {
                 return a;
             }
