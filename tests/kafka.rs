@@ -416,6 +416,7 @@ fn broker_restart_state_lost() {
             "exactly_once = true\nbacklog_log_interval = \"1s\"\n",
         );
     let mut d = Daemon::start(&dir, &cfg);
+    let admin = d.admin_addr();
     let pipeline = format!("{name}_{}", f.tag());
     let writer = {
         std::thread::spawn(move || {
@@ -431,8 +432,16 @@ fn broker_restart_state_lost() {
         })
     };
     std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        http_get(&admin, "/readyz").0,
+        200,
+        "ready while Kafka answers"
+    );
     tansu.kill9();
     std::thread::sleep(Duration::from_secs(3));
+    let (code, body) = http_get(&admin, "/readyz");
+    assert_eq!(code, 503, "unready while Kafka is down: {body}");
+    assert!(body.contains("events"), "{body}");
     // nothing can be acknowledged while the broker is gone: this is where resending starts
     let stored: Option<(String, u64)> = rt
         .block_on(c.exec_first(
@@ -477,6 +486,14 @@ fn broker_restart_state_lost() {
             d.log_text()
         );
         std::thread::sleep(Duration::from_millis(500));
+    }
+    let t0 = Instant::now();
+    while http_get(&admin, "/readyz").0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "ready again after the broker returned"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(
