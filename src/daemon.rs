@@ -353,13 +353,23 @@ impl Store {
         let mut stored: Option<Acked> = None;
         let mut healthy = true;
         loop {
-            let closed = tokio::select! {
+            let mut closed = tokio::select! {
                 r = acked.changed() => r.is_err(),
                 _ = tokio::time::sleep(self.interval) => false,
             };
             if !closed {
-                // at most one store per interval
-                tokio::time::sleep(self.interval).await;
+                // at most one store per interval, but the final store (the pipeline ended)
+                // happens at once: a graceful stop does not wait out the interval
+                let until = tokio::time::Instant::now() + self.interval;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        r = acked.changed() => if r.is_err() {
+                            closed = true;
+                            break;
+                        },
+                    }
+                }
             }
             let cur = acked.borrow_and_update().clone();
             let attempts = if closed { 3 } else { 1 };
