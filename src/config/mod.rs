@@ -177,6 +177,10 @@ pub struct PipelineConfig {
     /// Maximum decoded-but-unacknowledged bytes between source and sinks (backpressure).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: ByteSize,
+    /// A batch is handed to the sinks when the stream has nothing more ready, or at this size.
+    /// Larger batches amortise per-batch acknowledgements (Kafka, Redis) when catching up.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: ByteSize,
     /// After SIGTERM/SIGINT, how long draining the sinks may take before binlogd exits anyway
     /// (exit code 1; the stored position stays at the last fully acknowledged transaction).
     #[serde(default = "default_shutdown_timeout")]
@@ -189,6 +193,7 @@ impl Default for PipelineConfig {
             name: default_pipeline_name(),
             max_in_flight: default_max_in_flight(),
             shutdown_timeout: default_shutdown_timeout(),
+            batch_max_bytes: default_batch_max_bytes(),
         }
     }
 }
@@ -243,6 +248,9 @@ fn default_pipeline_name() -> String {
 }
 fn default_max_in_flight() -> ByteSize {
     ByteSize(16 << 20)
+}
+fn default_batch_max_bytes() -> ByteSize {
+    ByteSize(1 << 20)
 }
 fn default_shutdown_timeout() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(30))
@@ -364,6 +372,14 @@ impl Config {
             return Err(
                 "no sink configured; add e.g. [[sinks.file]] name = \"debug\" path = \"-\"".into(),
             );
+        }
+        if self.pipeline.batch_max_bytes.0 < 4096
+            || self.pipeline.batch_max_bytes.0 > self.pipeline.max_in_flight.0
+        {
+            return Err(format!(
+                "pipeline.batch_max_bytes ({:?}) must be at least 4KiB and at most pipeline.max_in_flight ({:?})",
+                self.pipeline.batch_max_bytes, self.pipeline.max_in_flight
+            ));
         }
         if !self
             .pipeline

@@ -428,6 +428,7 @@ impl Source {
         backoff: &mut Duration,
     ) -> Result<(), SourceError> {
         let read_timeout = self.cfg.source.read_timeout.0;
+        let batch_max = self.cfg.pipeline.batch_max_bytes.0 as usize;
         let metrics = crate::metrics::get();
         loop {
             if *shutdown.borrow() || decoder.reached_stop() {
@@ -522,7 +523,7 @@ impl Source {
                     }
                 }
             }
-            if decoder.pending_bytes() >= 1 << 20 {
+            if decoder.pending_bytes() >= batch_max {
                 if let Some(b) = decoder.take_batch() {
                     if tx.send(b).await.is_err() {
                         return Ok(());
