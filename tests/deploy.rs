@@ -25,7 +25,7 @@ fn dockerfile_is_multi_stage_and_non_root() {
     let user = d
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("a USER line");
     assert!(
         !user.starts_with("root") && !user.starts_with('0'),
