@@ -81,7 +81,10 @@ fn main() {
         .arg("run")
         .arg("-c")
         .arg(&cfg)
-        .env("RUST_LOG", "warn,binlogd::sinks::kafka=debug")
+        .env(
+            "RUST_LOG",
+            "warn,binlogd::sinks::kafka=debug,binlogd::pipeline=debug",
+        )
         .env("BINLOGD__LOG__FORMAT", "json")
         .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
         .spawn()
@@ -128,6 +131,7 @@ fn main() {
     };
     let t0 = Instant::now();
     let mut id = 0u64;
+    let mut committed: Vec<(u64, std::time::SystemTime)> = Vec::new();
     rt.block_on(async {
         for n in 0..SECONDS * TXN_PER_S {
             let due = t0 + Duration::from_micros(n * 1_000_000 / TXN_PER_S);
@@ -141,6 +145,12 @@ fn main() {
             }
             c.query_drop(q).await.unwrap();
             commits.lock().unwrap()[n as usize] = Some(Instant::now());
+            let wall = std::time::SystemTime::now();
+            // the GTID of this commit, to find the moment every sink acknowledged it
+            let g: Option<String> = c.query_first("SELECT @@last_gtid").await.unwrap();
+            if let Some(seq) = g.as_deref().and_then(gtid_seq) {
+                committed.push((seq, wall));
+            }
             id += ROWS_PER_TXN;
         }
     });
@@ -166,6 +176,33 @@ fn main() {
         .filter_map(|v| v["ack_wait"].as_str().map(parse_duration_ms))
         .collect();
     acks.sort_by(|a, b| a.total_cmp(b));
+    // commit → acknowledged by every sink: the first "acknowledged by all sinks" log line whose
+    // GTID state includes the transaction (log timestamps are wall-clock UTC)
+    let all_acked: Vec<(u64, f64)> = std::fs::read_to_string(dir.join("daemon.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("acknowledged by all sinks"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let seq = v["gtid"].as_str().and_then(gtid_seq)?;
+            let ts = v["timestamp"].as_str().and_then(rfc3339_day_seconds)?;
+            Some((seq, ts))
+        })
+        .collect();
+    let mut commit_ack: Vec<f64> = committed
+        .iter()
+        .filter_map(|(seq, wall)| {
+            let at = all_acked.iter().find(|(s, _)| s >= seq)?.1;
+            let c = wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs_f64()
+                % 86_400.0;
+            Some((at - c) * 1000.0)
+        })
+        .filter(|ms| *ms >= 0.0)
+        .collect();
+    commit_ack.sort_by(|a, b| a.total_cmp(b));
     lat.sort();
     if lat.is_empty() {
         println!("no latencies measured");
@@ -181,6 +218,18 @@ fn main() {
         q(0.99),
         q(1.0)
     );
+    if !commit_ack.is_empty() {
+        let a =
+            |p: f64| commit_ack[((commit_ack.len() as f64 * p) as usize).min(commit_ack.len() - 1)];
+        println!(
+            "COMMIT returned → acknowledged by every sink (Kafka delivery reports OK) ({} transactions): p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+            commit_ack.len(),
+            a(0.5),
+            a(0.9),
+            a(0.99),
+            a(1.0)
+        );
+    }
     if !acks.is_empty() {
         let a = |p: f64| acks[((acks.len() as f64 * p) as usize).min(acks.len() - 1)];
         println!(
@@ -207,4 +256,19 @@ fn parse_duration_ms(s: &str) -> f64 {
         "s" => 1000.0,
         _ => 0.0,
     }
+}
+
+/// Sequence number of a single-domain MariaDB GTID state (`0-1-42` → 42).
+fn gtid_seq(g: &str) -> Option<u64> {
+    g.split(',').next()?.rsplit('-').next()?.trim().parse().ok()
+}
+
+/// Seconds since midnight UTC of an RFC 3339 timestamp (`2026-11-23T03:13:56.123456Z`).
+fn rfc3339_day_seconds(ts: &str) -> Option<f64> {
+    let t = ts.split('T').nth(1)?.trim_end_matches('Z');
+    let mut it = t.split(':');
+    let h: f64 = it.next()?.parse().ok()?;
+    let m: f64 = it.next()?.parse().ok()?;
+    let s: f64 = it.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }

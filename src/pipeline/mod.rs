@@ -133,9 +133,7 @@ impl Pipeline {
                 Some(e) = err_rx.recv() => return Err(e),
                 Some(()) = any_ack_rx.recv() => {
                     if let Some(p) = settle(&mut inflight) {
-                        debug!(position = %p.position.coord, "acknowledged by all sinks");
-                        record_acked(&p);
-                        let _ = acked.send(Some(p));
+                        publish(p, &acked);
                     }
                     metrics.pipeline_in_flight.store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -157,7 +155,7 @@ impl Pipeline {
                                 Some(e) = err_rx.recv() => return Err(e),
                                 p = budget.clone().acquire_many_owned(want) => break p.map_err(|_| SinkError::Fatal { sink: "pipeline".into(), message: "budget closed".into() })?,
                                 Some(()) = any_ack_rx.recv() => {
-                                    if let Some(p) = settle(&mut inflight) { record_acked(&p); let _ = acked.send(Some(p)); }
+                                    if let Some(p) = settle(&mut inflight) { publish(p, &acked); }
                                 }
                             }
                         };
@@ -201,6 +199,17 @@ fn count_rows(b: &Batch) {
                 .inc_by(c.rows as u64);
         }
     }
+}
+
+/// A transaction end every sink acknowledged: metrics, then the checkpoint task.
+fn publish(p: Acked, acked: &watch::Sender<Option<Acked>>) {
+    debug!(
+        position = %p.position.coord,
+        gtid = p.position.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default(),
+        "acknowledged by all sinks"
+    );
+    record_acked(&p);
+    let _ = acked.send(Some(p));
 }
 
 fn record_acked(a: &Acked) {
