@@ -23,11 +23,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Two arenas (binlogd is busy on about two threads) and prompt return of freed pages keep the
 /// resident set small; `MALLOC_CONF` in the environment still overrides this.
 #[export_name = "malloc_conf"]
-static MALLOC_CONF: ConfPtr = ConfPtr(b"narenas:2,dirty_decay_ms:500,muzzy_decay_ms:0\0".as_ptr());
+static MALLOC_CONF: ConfPtr = ConfPtr(c"narenas:2,dirty_decay_ms:500,muzzy_decay_ms:0".as_ptr());
 
 /// A C `const char *` jemalloc reads at startup.
 #[repr(transparent)]
-struct ConfPtr(*const u8);
+struct ConfPtr(*const std::ffi::c_char);
 // SAFETY: points at an immutable static byte string.
 unsafe impl Sync for ConfPtr {}
 
