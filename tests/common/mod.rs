@@ -375,6 +375,73 @@ impl PrivateServer {
     pub fn cdc_url(&self) -> String {
         format!("mysql://cdc:cdc@127.0.0.1:{}", self.port)
     }
+    fn script(&self) -> (String, Vec<String>) {
+        let scripts = env("BINLOGD_TEST_SCRIPTS");
+        match self.flavor {
+            Flavor::MariaDb => (format!("{scripts}/mariadb.sh"), vec![]),
+            Flavor::MySql => (
+                format!("{scripts}/mysql.sh"),
+                vec![env("BINLOGD_MYSQL_DIR")],
+            ),
+        }
+    }
+    /// The server process id (from the datadir's pid file).
+    pub fn pid(&self) -> u32 {
+        let mut pidfile = self.data.join("mysqld.pid");
+        if !pidfile.exists() {
+            pidfile = self.data.join("mysql.pid");
+        }
+        std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+    /// Clean shutdown (SIGTERM, waits).
+    pub fn stop(&self) {
+        let (script, _) = self.script();
+        let st = Command::new("bash")
+            .arg(script)
+            .arg("stop")
+            .arg(&self.data)
+            .status()
+            .unwrap();
+        assert!(st.success(), "stopping the private server");
+    }
+    /// `kill -9` and wait until the process is gone.
+    pub fn kill9(&self) {
+        let pid = self.pid();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let t0 = Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "server did not die");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    /// Sends a signal (e.g. "STOP", "CONT") to the server process.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    /// Starts the server again on its existing datadir.
+    pub fn start_again(&self, opts: &[&str]) {
+        let (script, pre) = self.script();
+        let st = Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .args(pre)
+            .arg(&self.data)
+            .arg(self.port.to_string())
+            .arg("--")
+            .args(opts)
+            .status()
+            .unwrap();
+        assert!(st.success(), "restarting the private server");
+    }
 }
 
 impl Drop for PrivateServer {
