@@ -214,8 +214,12 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel(2);
     let (acked_tx, acked_rx) = watch::channel::<Option<Acked>>(None);
-    let pipeline =
-        tokio::spawn(Pipeline::new(cfg.pipeline.max_in_flight.0 as usize).run(rx, sinks, acked_tx));
+    let (gate_tx, gate_rx) = watch::channel(true);
+    let pipeline = tokio::spawn(
+        Pipeline::new(cfg.pipeline.max_in_flight.0 as usize)
+            .gated(gate_rx)
+            .run(rx, sinks, acked_tx),
+    );
     let stats = Arc::new(SourceStats::default());
     // the source stops on an external signal or when the checkpointer loses the lock
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -245,6 +249,9 @@ pub async fn run(
         pipeline: cfg.pipeline.name.clone(),
         id: identity,
         interval: cfg.checkpoint.interval.0,
+        max_unstored: cfg.checkpoint.max_unstored.0,
+        store_timeout: cfg.checkpoint.store_timeout.0,
+        gate: gate_tx,
     };
     let checkpointer = tokio::spawn(store.run(cp, acked_rx, stop_tx));
     let lag = tokio::spawn(watch_lag(cfg.clone(), flavor));
@@ -338,6 +345,10 @@ struct Store {
     pipeline: String,
     id: SourceIdentity,
     interval: Duration,
+    max_unstored: Duration,
+    store_timeout: Duration,
+    /// Open while the pipeline may read from the source.
+    gate: watch::Sender<bool>,
 }
 
 impl Store {
@@ -352,6 +363,8 @@ impl Store {
     ) -> Result<(), DaemonError> {
         let mut stored: Option<Acked> = None;
         let mut healthy = true;
+        // since when an acknowledged position is waiting to be stored (stores failing)
+        let mut unstored_since: Option<Instant> = None;
         loop {
             let mut closed = tokio::select! {
                 r = acked.changed() => r.is_err(),
@@ -379,13 +392,35 @@ impl Store {
                     break;
                 }
                 if !healthy {
-                    match Checkpoint::connect(self.opts.clone(), &self.schema, &self.pipeline).await
-                    {
+                    let fresh = tokio::time::timeout(
+                        self.store_timeout,
+                        Checkpoint::connect(self.opts.clone(), &self.schema, &self.pipeline),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(CheckpointError::Invalid(format!(
+                            "no answer within {:?} (checkpoint.store_timeout)",
+                            self.store_timeout
+                        )))
+                    });
+                    match fresh {
                         Ok(mut fresh) => {
-                            if !fresh.try_lock().await.unwrap_or(false) {
+                            let previous = cp.lock_session();
+                            let relocked = tokio::time::timeout(
+                                self.store_timeout + Duration::from_secs(10),
+                                fresh.retake_lock(previous),
+                            )
+                            .await;
+                            if matches!(relocked, Err(_) | Ok(Err(_))) {
+                                warn!(result = ?relocked.map(|r| r.map_err(|e| e.to_string())), "taking the pipeline lock again failed; retrying");
+                                continue;
+                            }
+                            if !matches!(relocked, Ok(Ok(true))) {
                                 let _ = stop.send(true);
+                                // let the pipeline drain so the source sees the stop
+                                let _ = self.gate.send(true);
                                 return Err(other(format!(
-                                    "lost the pipeline lock binlogd:{} (the checkpoint connection dropped and another                                      binlogd took over); stopping this one",
+                                    "lost the pipeline lock binlogd:{} (the checkpoint connection dropped and another binlogd took over); stopping this one",
                                     self.pipeline
                                 )));
                             }
@@ -399,8 +434,25 @@ impl Store {
                     }
                 }
                 if healthy {
-                    match cp.store(&a.position, &self.id, a.event_ts_ms).await {
+                    let r = tokio::time::timeout(
+                        self.store_timeout,
+                        cp.store(&a.position, &self.id, a.event_ts_ms),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(CheckpointError::Invalid(format!(
+                            "no answer within {:?} (checkpoint.store_timeout)",
+                            self.store_timeout
+                        )))
+                    });
+                    match r {
                         Ok(()) => {
+                            unstored_since = None;
+                            if !*self.gate.borrow() {
+                                info!("checkpoint stored again; reading from the binlog resumes");
+                                let _ = self.gate.send(true);
+                                crate::metrics::get().set_sink_ready("checkpoint", true);
+                            }
                             tracing::debug!(position = %a.position.coord, "checkpoint stored");
                             let m = crate::metrics::get();
                             m.checkpoint_stores.inc();
@@ -420,6 +472,17 @@ impl Store {
                 }
                 if attempt + 1 < attempts {
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            if cur.is_some() && stored != cur {
+                let since = *unstored_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.max_unstored && *self.gate.borrow() && !closed {
+                    warn!(
+                        unstored_for = ?since.elapsed(),
+                        "the checkpoint could not be stored for checkpoint.max_unstored; pausing reading from the binlog until it can"
+                    );
+                    let _ = self.gate.send(false);
+                    crate::metrics::get().set_sink_ready("checkpoint", false);
                 }
             }
             if closed {

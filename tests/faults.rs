@@ -375,3 +375,108 @@ fn rotate_and_purge_while_keeping_up() {
     eprintln!("rotate+purge ×5: {n} transactions, {distinct} row changes, 0 lost");
     assert_eq!(d.stop(), Some(0));
 }
+
+async fn stored_pos(url: &str, pipeline: &str) -> Option<(String, u64)> {
+    let mut c = root_at(url).await;
+    c.exec_first(
+        "SELECT binlog_file, binlog_pos FROM binlogd.checkpoint WHERE pipeline = ?",
+        (pipeline,),
+    )
+    .await
+    .unwrap()
+}
+
+/// The checkpoint server (here a separate one) stops answering: binlogd keeps streaming to the
+/// sinks for `checkpoint.max_unstored`, then pauses reading; when the server answers again it
+/// stores and resumes. The stored position never moves backwards.
+#[test]
+fn checkpoint_server_unreachable() {
+    let f = Flavor::MariaDb;
+    let name = "fault_cpdown";
+    let s = setup(f, name, 3375, "");
+    let cp = PrivateServer::start(f, &workdir("fault_cpdown_store"), 3374, &[]);
+    let cfg = s.cfg.replace(
+        "[checkpoint]\ninterval = \"200ms\"",
+        &format!(
+            "[checkpoint]\ninterval = \"200ms\"\nurl = \"{}\"\nmax_unstored = \"5s\"\nstore_timeout = \"2s\"",
+            cp.cdc_url()
+        ),
+    );
+    assert!(cfg.contains("max_unstored"));
+    let pipeline = format!("{name}_{}", f.tag());
+    let mut d = Daemon::start(&s.dir, &cfg);
+    let mut load = Load::start(s.srv.root_url(), s.db.clone());
+    wait_commits(&load, 50, "before the checkpoint server hangs");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = s.rt.block_on(stored_pos(&cp.root_url(), &pipeline));
+    assert!(before.is_some(), "a position was stored");
+    cp.signal("STOP");
+    let t_stop = Instant::now();
+    // streaming goes on for a while …
+    let n0 = d.events().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let n1 = d.events().len();
+    assert!(
+        n1 > n0,
+        "still streaming 3 s after the checkpoint server hung ({n0} → {n1})"
+    );
+    // … then pauses (max_unstored 5 s after the first failed store, which takes up to 2 s)
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&d.log)
+        .unwrap_or_default()
+        .contains("pausing reading from the binlog")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "paused: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let paused_after = t_stop.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let p0 = d.events().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let p1 = d.events().len();
+    assert_eq!(p0, p1, "no row changes handed on while paused");
+    assert!(
+        load.commits() > 0 && d.child.try_wait().unwrap().is_none(),
+        "the daemon waits"
+    );
+    cp.signal("CONT");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&d.log)
+        .unwrap_or_default()
+        .contains("reading from the binlog resumes")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "resumed: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_commits(&load, 30, "after the checkpoint server is back");
+    let n = load.finish();
+    let (distinct, repeats) = settle(&mut d, &s.srv.root_url(), &s.db, &s.rt);
+    assert_eq!(repeats, 0);
+    assert_eq!(d.stop(), Some(0));
+    let after = s.rt.block_on(stored_pos(&cp.root_url(), &pipeline));
+    let (b, a) = (before.unwrap(), after.unwrap());
+    assert!(
+        a >= b,
+        "the stored position never moves backwards: {b:?} → {a:?}"
+    );
+    let (end_file, end_pos) = s.rt.block_on(async {
+        let mut c = root_at(&s.srv.root_url()).await;
+        binlog_end(&mut c, f).await
+    });
+    assert!(
+        a <= (end_file.clone(), end_pos),
+        "stored position {a:?} not past the server's end {end_file}:{end_pos}"
+    );
+    eprintln!(
+        "checkpoint server hung: streaming continued, paused {:.1} s after the hang; {n} transactions, {distinct} row changes, 0 lost; stored {b:?} → {a:?}",
+        paused_after.as_secs_f64()
+    );
+}

@@ -38,6 +38,14 @@ pub struct CheckpointConfig {
     /// Store the acknowledged position at most this often.
     #[serde(default = "default_interval")]
     pub interval: HumanDuration,
+    /// While the checkpoint server cannot be written, keep streaming to the sinks for this
+    /// long; then pause reading the binlog until a store succeeds (bounds what a crash would
+    /// replay, and the time without the pipeline lock).
+    #[serde(default = "default_max_unstored")]
+    pub max_unstored: HumanDuration,
+    /// A store (or reconnect) that takes longer than this counts as failed.
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout: HumanDuration,
 }
 
 impl Default for CheckpointConfig {
@@ -48,6 +56,8 @@ impl Default for CheckpointConfig {
             password_file: None,
             schema: default_schema(),
             interval: default_interval(),
+            max_unstored: default_max_unstored(),
+            store_timeout: default_store_timeout(),
         }
     }
 }
@@ -57,6 +67,12 @@ fn default_schema() -> String {
 }
 fn default_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
+}
+fn default_max_unstored() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_store_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 #[derive(Debug, Error)]
@@ -93,6 +109,8 @@ pub struct Checkpoint {
     conn: Conn,
     schema: String,
     pipeline: String,
+    /// Server connection id of the session holding the pipeline lock, once taken.
+    lock_session: Option<u64>,
 }
 
 fn valid_ident(s: &str) -> bool {
@@ -115,6 +133,7 @@ impl Checkpoint {
             conn,
             schema: schema.to_string(),
             pipeline: pipeline.to_string(),
+            lock_session: None,
         })
     }
 
@@ -259,11 +278,61 @@ impl Checkpoint {
 
     /// Tries to take the pipeline lock on this connection (held until it closes).
     pub async fn try_lock(&mut self) -> Result<bool, CheckpointError> {
-        let got: Option<Option<i64>> = self
+        let got: Option<(Option<i64>, u64)> = self
             .conn
-            .exec_first("SELECT GET_LOCK(?, 0)", (self.lock_name(),))
+            .exec_first(
+                "SELECT GET_LOCK(?, 0), CONNECTION_ID()",
+                (self.lock_name(),),
+            )
             .await?;
-        Ok(got.flatten() == Some(1))
+        match got {
+            Some((Some(1), id)) => {
+                self.lock_session = Some(id);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The session that held the lock (see [`Checkpoint::retake_lock`]).
+    pub fn lock_session(&self) -> Option<u64> {
+        self.lock_session
+    }
+
+    /// On a new connection after the old one failed: takes the pipeline lock again. When the
+    /// lock is still held by `previous` — this daemon's own old session, which the server has
+    /// not noticed is gone (e.g. the server hung and resumed) — that session is killed first.
+    /// `false`: another session (another binlogd) holds it.
+    pub async fn retake_lock(&mut self, previous: Option<u64>) -> Result<bool, CheckpointError> {
+        if self.try_lock().await? {
+            return Ok(true);
+        }
+        let holder: Option<Option<u64>> = self
+            .conn
+            .exec_first("SELECT IS_USED_LOCK(?)", (self.lock_name(),))
+            .await?;
+        match (holder.flatten(), previous) {
+            (Some(h), Some(p)) if h == p => {
+                tracing::info!(session = p, "the pipeline lock is held by this daemon's previous checkpoint session; ending that session");
+                let _ = self.conn.query_drop(format!("KILL {p}")).await;
+                let got: Option<(Option<i64>, u64)> = self
+                    .conn
+                    .exec_first(
+                        "SELECT GET_LOCK(?, 10), CONNECTION_ID()",
+                        (self.lock_name(),),
+                    )
+                    .await?;
+                match got {
+                    Some((Some(1), id)) => {
+                        self.lock_session = Some(id);
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            }
+            (None, _) => self.try_lock().await,
+            _ => Ok(false),
+        }
     }
 
     /// `true` when another session holds the pipeline lock.

@@ -14,6 +14,7 @@ use crate::source::position::Position;
 /// Sink tasks and the acknowledged position of the whole pipeline.
 pub struct Pipeline {
     max_in_flight: usize,
+    gate: Option<watch::Receiver<bool>>,
 }
 
 /// A transaction end every sink has acknowledged.
@@ -31,9 +32,17 @@ struct InFlight {
 }
 
 impl Pipeline {
+    /// Reads from the source only while `gate` is true (the checkpoint store closes it when
+    /// the checkpoint server has been unwritable too long).
+    pub fn gated(mut self, gate: watch::Receiver<bool>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
     pub fn new(max_in_flight: usize) -> Self {
         Pipeline {
             max_in_flight: max_in_flight.clamp(1 << 16, u32::MAX as usize),
+            gate: None,
         }
     }
 
@@ -97,6 +106,7 @@ impl Pipeline {
         let metrics = crate::metrics::get();
         let mut seq = 0u64;
         let mut source_open = true;
+        let mut gate = self.gate.clone();
         let (any_ack_tx, mut any_ack_rx) = mpsc::channel::<()>(1);
         // one watcher per sink forwards "something was acked" to a single channel
         for mut arx in ack_rxs.clone() {
@@ -137,7 +147,8 @@ impl Pipeline {
                     }
                     metrics.pipeline_in_flight.store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
-                b = rx.recv(), if source_open => match b {
+                Ok(()) = gate_changed(&mut gate) => {}
+                b = rx.recv(), if source_open && gate_open(&gate) => match b {
                     None => {
                         source_open = false;
                         sink_txs.clear();
@@ -181,6 +192,17 @@ impl Pipeline {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+fn gate_open(gate: &Option<watch::Receiver<bool>>) -> bool {
+    gate.as_ref().is_none_or(|g| *g.borrow())
+}
+
+async fn gate_changed(gate: &mut Option<watch::Receiver<bool>>) -> Result<(), ()> {
+    match gate {
+        Some(g) => g.changed().await.map_err(|_| ()),
+        None => std::future::pending().await,
     }
 }
 
