@@ -335,10 +335,20 @@ pub async fn check(
             },
         };
         if let Err(e) = res {
+            let l = e.to_ascii_lowercase();
+            let tls = ["certificate", "tls", "ssl", "handshake"]
+                .iter()
+                .any(|w| l.contains(w));
+            let fix = if tls {
+                "the TLS handshake failed: the server certificate must be signed by tls_ca_file \
+                 (or a CA in the system trust store) and list the url's host"
+            } else {
+                "start it or fix url"
+            };
             err(
                 Severity::Error,
                 format!(
-                    "sinks.redis {:?}: Redis at {} does not answer: {e}; start it or fix url",
+                    "sinks.redis {:?}: Redis at {} does not answer: {e}; {fix}",
                     cfg.name,
                     cfg.url
                         .list()
