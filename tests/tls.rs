@@ -593,6 +593,15 @@ fn redis_wrong_ca_is_a_clear_error() {
         "{out}"
     );
     assert!(out.contains("tls_ca_file"), "names the fix: {out}");
+    // `run` stops at startup (exit 1) with the same reason, rather than retrying forever
+    let path = dir.join("run.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let (code, out) = run_binlogd(&["run", "-c", p(&path)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot start") && out.contains("tls_ca_file"),
+        "{out}"
+    );
 }
 
 // ---------------------------------------------------------------- Kafka
