@@ -6,7 +6,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BINLOGD_CACHE=${BINLOGD_CACHE:-$REPO/.cache}
 PKGS=(mariadb-server mariadb-client redis-server cmake libcurl4-openssl-dev libssl-dev pkg-config
-      python3-venv build-essential zlib1g-dev time)
+      python3-venv build-essential zlib1g-dev time socat openssl)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

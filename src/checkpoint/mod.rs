@@ -32,6 +32,9 @@ pub struct CheckpointConfig {
     pub password: Option<Secret>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS to the checkpoint server given by `url`; default: the settings of `[source.tls]`.
+    #[serde(default)]
+    pub tls: Option<crate::config::TlsConfig>,
     /// Schema of the checkpoint table (created if missing).
     #[serde(default = "default_schema")]
     pub schema: String,
@@ -54,6 +57,7 @@ impl Default for CheckpointConfig {
             url: None,
             password: None,
             password_file: None,
+            tls: None,
             schema: default_schema(),
             interval: default_interval(),
             max_unstored: default_max_unstored(),
@@ -128,7 +132,23 @@ impl Checkpoint {
                 "checkpoint.schema {schema:?} may only contain letters, digits and '_'"
             )));
         }
-        let conn = Conn::new(opts).await?;
+        let hint = crate::source::conn::plain_auth_hint(&opts, "checkpoint.tls");
+        let conn = Conn::new(opts).await.map_err(|e| {
+            match (crate::source::conn::tls_problem(&e), &e) {
+                // the checkpoint server's TLS settings: [checkpoint.tls], else [source.tls]
+                (Some(p), _) => CheckpointError::Invalid(format!(
+                    "checkpoint server: {}",
+                    p.describe("checkpoint.tls (default: source.tls)")
+                )),
+                (None, mysql_async::Error::Server(s)) if s.code == 1045 && !hint.is_empty() => {
+                    CheckpointError::Invalid(format!(
+                        "checkpoint server: {}. Fix: check the user and password in checkpoint.url / checkpoint.password{hint}",
+                        s.message
+                    ))
+                }
+                (None, _) => CheckpointError::Mysql(e),
+            }
+        })?;
         Ok(Checkpoint {
             conn,
             schema: schema.to_string(),

@@ -346,13 +346,15 @@ impl Config {
                 s.read_timeout, s.heartbeat
             ));
         }
-        if s.tls.mode != TlsMode::Disabled
-            && s.tls.mode != TlsMode::Required
-            && s.tls.ca_file.is_none()
-        {
-            return Err(
-                "source.tls.mode verifies the server certificate: set source.tls.ca_file".into(),
-            );
+        let tls = std::iter::once(("source.tls", &s.tls))
+            .chain(self.checkpoint.tls.iter().map(|t| ("checkpoint.tls", t)));
+        for (key, t) in tls {
+            if matches!(t.mode, TlsMode::VerifyCa | TlsMode::VerifyIdentity) && t.ca_file.is_none()
+            {
+                return Err(format!(
+                    "{key}.mode verifies the server certificate: set {key}.ca_file"
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for n in self.sinks.names() {
@@ -457,7 +459,11 @@ impl Config {
                 } else {
                     cp.password.clone()
                 };
-                crate::source::conn::plain_opts(url, pw.as_ref())
+                let (tls, key) = match &cp.tls {
+                    Some(t) => (t, "checkpoint.tls"),
+                    None => (&self.source.tls, "source.tls"),
+                };
+                crate::source::conn::plain_opts_tls(url, pw.as_ref(), tls, key)
                     .map_err(|e| format!("checkpoint.url: {e}"))
             }
             None => crate::source::conn::opts_for(

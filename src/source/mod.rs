@@ -38,10 +38,12 @@ pub enum SourceError {
         "replica id clash: {0}. Fix: give this binlogd a source.server_id no other replica uses"
     )]
     ServerIdClash(String),
-    #[error("cannot log in to the source server: {0}. Fix: check the user and password in source.url / source.password")]
-    Auth(String),
+    #[error("cannot log in to the source server: {0}. Fix: check the user and password in source.url / source.password{1}")]
+    Auth(String, &'static str),
     #[error("cannot connect to the source server {url}: {message}")]
     Connect { url: String, message: String },
+    #[error("cannot connect to the source server {url}: {message}")]
+    Tls { url: String, message: String },
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("gave up after {attempts} failed reconnects; last error: {last}")]
@@ -93,7 +95,7 @@ fn classify(e: mysql_async::Error, at: &str) -> SourceError {
             return SourceError::ServerIdClash(s.message.clone());
         }
         if s.code == 1045 || s.code == 1698 {
-            return SourceError::Auth(s.message.clone());
+            return SourceError::Auth(s.message.clone(), "");
         }
         if s.code == 1236 {
             return SourceError::Purged {
@@ -111,7 +113,7 @@ fn is_fatal(e: &SourceError) -> bool {
         SourceError::Mysql(mysql_async::Error::Server(s)) => {
             matches!(s.code, 1227 | 1044 | 1142 | 1047)
         }
-        SourceError::Mysql(_) | SourceError::Connect { .. } => false,
+        SourceError::Mysql(_) | SourceError::Connect { .. } | SourceError::Tls { .. } => false,
         _ => true,
     }
 }
@@ -548,9 +550,15 @@ async fn connect_conn(opts: &Opts, cfg: &Config) -> Result<Conn, SourceError> {
             url,
             message: format!("no answer within {:?}", cfg.source.connect_timeout.0),
         }),
-        Ok(Err(mysql_async::Error::Server(s))) if s.code == 1045 || s.code == 1698 => {
-            Err(SourceError::Auth(s.message))
-        }
+        Ok(Err(mysql_async::Error::Server(s))) if s.code == 1045 || s.code == 1698 => Err(
+            SourceError::Auth(s.message, conn::plain_auth_hint(opts, "source.tls")),
+        ),
+        Ok(Err(e)) if conn::tls_problem(&e).is_some() => Err(SourceError::Tls {
+            url,
+            message: conn::tls_problem(&e)
+                .map(|p| p.describe("source.tls"))
+                .unwrap_or_default(),
+        }),
         Ok(Err(e)) => Err(SourceError::Connect {
             url,
             message: e.to_string(),

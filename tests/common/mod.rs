@@ -355,7 +355,11 @@ impl PrivateServer {
                 .arg("start")
                 .arg(env("BINLOGD_MYSQL_DIR")),
         };
+        // a private tmpdir: concurrent mariadb-install-db runs collide on /tmp/#sql-temptable-*
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let st = cmd
+            .env("TMPDIR", &tmp)
             .arg(&data)
             .arg(port.to_string())
             .arg("--")
@@ -594,15 +598,22 @@ impl KMsg {
 /// came for a second (tansu 0.6 reports high watermarks per record batch, so the end is not
 /// trusted alone). An unknown topic yields nothing.
 pub fn consume_all(brokers: &str, topic: &str) -> Vec<KMsg> {
+    consume_all_with(brokers, topic, &[])
+}
+
+/// As [`consume_all`], with extra client properties (e.g. TLS).
+pub fn consume_all_with(brokers: &str, topic: &str, props: &[(&str, &str)]) -> Vec<KMsg> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut cc = rdkafka::ClientConfig::new();
+    cc.set("bootstrap.servers", brokers)
         .set("group.id", "binlogd-tests")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
+        .set("enable.partition.eof", "true");
+    for (k, v) in props {
+        cc.set(*k, *v);
+    }
+    let c: BaseConsumer = cc.create().unwrap();
     let md = match c.fetch_metadata(Some(topic), Duration::from_secs(10)) {
         Ok(m) => m,
         Err(_) => return Vec::new(),

@@ -210,16 +210,33 @@ impl KafkaSinkConfig {
             ("enable.partition.eof".to_string(), "true".to_string()),
         ];
         for (k, val) in &self.producer {
-            if k.starts_with("security.")
-                || k.starts_with("ssl.")
-                || k.starts_with("sasl.")
-                || k == "client.dns.lookup"
-            {
+            if is_connection_property(k) {
                 v.push((k.clone(), val.clone()));
             }
         }
         v
     }
+}
+
+/// librdkafka properties about reaching and authenticating to the brokers (TLS, SASL, sockets):
+/// every client binlogd creates (producer, probe consumer, admin client) needs the same ones.
+fn is_connection_property(k: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "security.",
+        "ssl.",
+        "ssl_",
+        "sasl.",
+        "enable.ssl.",
+        "enable.sasl.",
+        "https.",
+        "socket.",
+        "broker.address.",
+    ];
+    PREFIXES.iter().any(|p| k.starts_with(p))
+        || matches!(
+            k,
+            "client.dns.lookup" | "resolve.canonical.bootstrap.servers.only"
+        )
 }
 
 #[cfg(test)]
@@ -245,6 +262,32 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn probe_and_admin_clients_get_the_connection_settings() {
+        let c = cfg(&[
+            ("security.protocol", "sasl_ssl"),
+            ("ssl.ca.location", "/ca.pem"),
+            ("enable.ssl.certificate.verification", "false"),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.password", "pw"),
+            ("broker.address.family", "v4"),
+            ("compression.type", "lz4"),
+        ]);
+        let props: std::collections::HashMap<_, _> =
+            c.consumer_properties("p").into_iter().collect();
+        for k in [
+            "security.protocol",
+            "ssl.ca.location",
+            "enable.ssl.certificate.verification",
+            "sasl.mechanism",
+            "sasl.password",
+            "broker.address.family",
+        ] {
+            assert!(props.contains_key(k), "{k} missing");
+        }
+        assert!(!props.contains_key("compression.type"));
     }
 
     #[test]

@@ -86,7 +86,26 @@ impl BatchAck {
     }
 }
 
-pub struct Ctx;
+#[derive(Default)]
+pub struct Ctx {
+    /// The latest client-level error (e.g. a failed TLS handshake or SASL authentication): a
+    /// metadata timeout alone does not say why the brokers did not answer.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Ctx {
+    fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+/// Why the brokers did not answer: the metadata error, plus the client's last error if any.
+fn unreachable(e: &KafkaError, ctx: &Ctx) -> String {
+    match ctx.last_error() {
+        Some(last) => format!("{e}; last client error: {last}"),
+        None => e.to_string(),
+    }
+}
 
 impl ClientContext for Ctx {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
@@ -107,6 +126,9 @@ impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         // transport errors repeat while a broker is down; the sink logs the backlog instead
         debug!(%error, reason, "librdkafka");
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = Some(reason.to_string());
+        }
     }
 }
 
@@ -168,8 +190,10 @@ impl KafkaSink {
             fatal(
                 &cfg.name,
                 format!(
-                    "Kafka brokers {} do not answer within {t:?} ({e}); start them or fix brokers",
-                    cfg.brokers
+                    "Kafka brokers {} do not answer within {t:?} ({}); start them or fix brokers \
+                     (and the TLS/SASL properties in [sinks.kafka.producer])",
+                    cfg.brokers,
+                    unreachable(&e, producer.context())
                 ),
             )
         })?;
@@ -558,7 +582,7 @@ fn create_producer(
     for (k, v) in cfg.producer_properties(pipeline) {
         cc.set(k, v);
     }
-    cc.create_with_context(Ctx)
+    cc.create_with_context(Ctx::default())
         .map_err(|e| fatal(&cfg.name, format!("creating the Kafka producer: {e}")))
 }
 
@@ -648,6 +672,7 @@ pub async fn check(cfg: &KafkaSinkConfig, pipeline: &str) -> Vec<Finding> {
                     .find(|x| x.name() == topic)
                     .is_some_and(|x| x.error().is_none() && !x.partitions().is_empty())
             })
+            .map_err(|e| unreachable(&e, producer.context()))
     })
     .await;
     match md {
@@ -665,7 +690,8 @@ pub async fn check(cfg: &KafkaSinkConfig, pipeline: &str) -> Vec<Finding> {
         Ok(Err(e)) => out.push(Finding {
             severity: Severity::Error,
             message: format!(
-                "sinks.kafka {:?}: Kafka brokers {} do not answer ({e}); start them or fix brokers",
+                "sinks.kafka {:?}: Kafka brokers {} do not answer ({e}); start them or fix brokers \
+                 (and the TLS/SASL properties in [sinks.kafka.producer])",
                 cfg.name, cfg.brokers
             ),
         }),

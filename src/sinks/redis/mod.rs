@@ -321,7 +321,14 @@ pub async fn check(
             }
         }
     }
-    if contact {
+    // At startup (`contact` false) Redis may be down (the sink waits for it), but a server
+    // certificate that does not verify is a configuration error: rediss:// is tried once.
+    let tls_url = cfg
+        .url
+        .list()
+        .iter()
+        .any(|u| u.expose().starts_with("rediss://"));
+    if contact || tls_url {
         let pw = cfg.password();
         let res = match &pw {
             Err(e) => Err(e.clone()),
@@ -335,10 +342,23 @@ pub async fn check(
             },
         };
         if let Err(e) = res {
+            let l = e.to_ascii_lowercase();
+            let tls = ["certificate", "tls", "ssl", "handshake"]
+                .iter()
+                .any(|w| l.contains(w));
+            if !contact && !tls {
+                return out;
+            }
+            let fix = if tls {
+                "the TLS handshake failed: the server certificate must be signed by tls_ca_file \
+                 (or a CA in the system trust store) and list the url's host"
+            } else {
+                "start it or fix url"
+            };
             err(
                 Severity::Error,
                 format!(
-                    "sinks.redis {:?}: Redis at {} does not answer: {e}; start it or fix url",
+                    "sinks.redis {:?}: Redis at {} does not answer: {e}; {fix}",
                     cfg.name,
                     cfg.url
                         .list()
