@@ -282,6 +282,7 @@ fn mariadb_wrong_ca_is_a_clear_error() {
             &source_tls(mode, &certs.other_ca),
         );
         let (code, out) = check(&dir, &cfg);
+        eprintln!("{mode}, wrong CA:\n{out}");
         assert_eq!(code, 1, "{mode}: {out}");
         assert!(
             out.contains("TLS handshake failed") && out.contains("certificate"),
@@ -338,6 +339,7 @@ fn mariadb_host_not_in_certificate_is_a_clear_error() {
         &source_tls("verify_identity", &certs.ca),
     );
     let (code, out) = check(&dir, &cfg);
+    eprintln!("host not in the certificate:\n{out}");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("TLS handshake failed"), "{out}");
     assert!(
@@ -399,6 +401,7 @@ fn mariadb_require_secure_transport_source_and_checkpoint() {
         "[source.tls]\nmode = \"disabled\"\n",
     );
     let (code, out) = check(&dir, &cfg);
+    eprintln!("plain TCP, require_secure_transport:\n{out}");
     assert_eq!(code, 1, "{out}");
     // MariaDB 10.11 answers a plain connection under require_secure_transport with "access
     // denied" (MySQL: error 3159, "insecure transport"): the message points at both fixes
@@ -423,6 +426,7 @@ fn mariadb_require_secure_transport_source_and_checkpoint() {
     let path = dir.join("nocp.toml");
     std::fs::write(&path, &without).unwrap();
     let (code, out) = run_binlogd(&["position", "show", "-c", p(&path)]);
+    eprintln!("checkpoint server, plain TCP:\n{out}");
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains("checkpoint server")
@@ -587,6 +591,7 @@ fn redis_wrong_ca_is_a_clear_error() {
             name,
         );
     let (code, out) = check(&dir, &cfg);
+    eprintln!("redis, wrong CA:\n{out}");
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("sinks.redis \"cache\"") && out.to_ascii_lowercase().contains("certificate"),
@@ -766,6 +771,7 @@ fn kafka_wrong_ca_is_a_clear_error() {
     let cfg = config(f, name, name, &start, &dir, "")
         + &kafka_sink(&k.brokers, "tls_wrong", &certs.other_ca);
     let (code, out) = check(&dir, &cfg);
+    eprintln!("kafka, wrong CA:\n{out}");
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("sinks.kafka \"events\"") && out.contains("certificate"),
