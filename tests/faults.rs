@@ -485,7 +485,6 @@ fn checkpoint_server_unreachable() {
 /// with an error naming the sink and the cause, and the stored position does not move past
 /// what was never written.
 #[test]
-#[ignore = "fails: binlogd did not stop within 90 s on /dev/full in a private-server run (under investigation)"]
 fn file_sink_disk_full() {
     let f = Flavor::MariaDb;
     let name = "fault_diskfull";

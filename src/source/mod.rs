@@ -464,6 +464,8 @@ impl Source {
                             }
                         },
                         _ = shutdown.changed() => continue,
+                        // the pipeline ended (a sink failed): stop now, not at the next batch
+                        () = tx.closed() => return Ok(()),
                     }
                 }
             };
