@@ -352,6 +352,21 @@ struct Store {
 }
 
 impl Store {
+    /// A checkpoint call that does not answer within `store_timeout` counts as failed.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, CheckpointError>>,
+    ) -> Result<T, CheckpointError> {
+        tokio::time::timeout(self.store_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(CheckpointError::Invalid(format!(
+                    "no answer within {:?} (checkpoint.store_timeout)",
+                    self.store_timeout
+                )))
+            })
+    }
+
     /// Stores the acknowledged position at most every `interval`, and once more when the
     /// pipeline ends. A failed store is retried on a fresh connection, which must take the
     /// pipeline lock again: if another daemon holds it now, this one stops (`stop`).
@@ -392,17 +407,13 @@ impl Store {
                     break;
                 }
                 if !healthy {
-                    let fresh = tokio::time::timeout(
-                        self.store_timeout,
-                        Checkpoint::connect(self.opts.clone(), &self.schema, &self.pipeline),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(CheckpointError::Invalid(format!(
-                            "no answer within {:?} (checkpoint.store_timeout)",
-                            self.store_timeout
-                        )))
-                    });
+                    let fresh = self
+                        .bounded(Checkpoint::connect(
+                            self.opts.clone(),
+                            &self.schema,
+                            &self.pipeline,
+                        ))
+                        .await;
                     match fresh {
                         Ok(mut fresh) => {
                             let previous = cp.lock_session();
@@ -434,17 +445,9 @@ impl Store {
                     }
                 }
                 if healthy {
-                    let r = tokio::time::timeout(
-                        self.store_timeout,
-                        cp.store(&a.position, &self.id, a.event_ts_ms),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(CheckpointError::Invalid(format!(
-                            "no answer within {:?} (checkpoint.store_timeout)",
-                            self.store_timeout
-                        )))
-                    });
+                    let r = self
+                        .bounded(cp.store(&a.position, &self.id, a.event_ts_ms))
+                        .await;
                     match r {
                         Ok(()) => {
                             unstored_since = None;

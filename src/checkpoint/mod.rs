@@ -298,11 +298,16 @@ impl Checkpoint {
 
     /// Tries to take the pipeline lock on this connection (held until it closes).
     pub async fn try_lock(&mut self) -> Result<bool, CheckpointError> {
+        self.get_lock(0).await
+    }
+
+    /// `GET_LOCK` waiting up to `wait_secs`; remembers this session as the holder.
+    async fn get_lock(&mut self, wait_secs: u32) -> Result<bool, CheckpointError> {
         let got: Option<(Option<i64>, u64)> = self
             .conn
             .exec_first(
-                "SELECT GET_LOCK(?, 0), CONNECTION_ID()",
-                (self.lock_name(),),
+                "SELECT GET_LOCK(?, ?), CONNECTION_ID()",
+                (self.lock_name(), wait_secs),
             )
             .await?;
         match got {
@@ -335,20 +340,7 @@ impl Checkpoint {
             (Some(h), Some(p)) if h == p => {
                 tracing::info!(session = p, "the pipeline lock is held by this daemon's previous checkpoint session; ending that session");
                 let _ = self.conn.query_drop(format!("KILL {p}")).await;
-                let got: Option<(Option<i64>, u64)> = self
-                    .conn
-                    .exec_first(
-                        "SELECT GET_LOCK(?, 10), CONNECTION_ID()",
-                        (self.lock_name(),),
-                    )
-                    .await?;
-                match got {
-                    Some((Some(1), id)) => {
-                        self.lock_session = Some(id);
-                        Ok(true)
-                    }
-                    _ => Ok(false),
-                }
+                self.get_lock(10).await
             }
             (None, _) => self.try_lock().await,
             _ => Ok(false),
