@@ -802,9 +802,7 @@ pub async fn replay_files(
     paths: Vec<std::path::PathBuf>,
     range: ReplayRange,
 ) -> Result<u64, DaemonError> {
-    use mysql_common::binlog::consts::BinlogVersion;
-    use mysql_common::binlog::events::TransactionPayloadEvent;
-    use mysql_common::binlog::BinlogFile;
+    use crate::source::binlog_file::BinlogFileReader;
     let cfg = Arc::new(cfg);
     // the server, when reachable, supplies collations and schema hints
     let src = Source::connect(cfg.clone()).await.ok().map(|x| x.0);
@@ -831,34 +829,16 @@ pub async fn replay_files(
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| other(format!("{} is not a file", path.display())))?;
         let f = std::fs::File::open(path).map_err(|e| other(format!("{}: {e}", path.display())))?;
-        let mut file = BinlogFile::new(BinlogVersion::Version4, std::io::BufReader::new(f))
-            .map_err(|e| other(format!("{}: not a binlog file ({e})", path.display())))?;
-        let mut events: std::collections::VecDeque<mysql_common::binlog::events::Event> =
-            Default::default();
+        // errors name the file as given and the byte offset of the event
+        let mut file = BinlogFileReader::new(
+            &path.display().to_string(),
+            std::io::BufReader::with_capacity(1 << 20, f),
+        )
+        .map_err(SourceError::from)?;
         loop {
-            let ev = match events.pop_front() {
+            let ev = match file.next_event().map_err(SourceError::from)? {
+                None => break,
                 Some(e) => e,
-                None => match file.next() {
-                    None => break,
-                    Some(Err(e)) => return Err(other(format!("{}: {e}", path.display()))),
-                    Some(Ok(e)) => {
-                        if e.header().event_type_raw() == 40 {
-                            // expand a compressed MySQL transaction in place
-                            let tpe: TransactionPayloadEvent<'_> = e.read_event().map_err(other)?;
-                            let mut reader = tpe.decompressed().map_err(other)?;
-                            let mut inner = Vec::new();
-                            while let Some(x) = file
-                                .reader_mut()
-                                .read_decompressed(&mut reader)
-                                .map_err(other)?
-                            {
-                                inner.push(x);
-                            }
-                            events.extend(inner);
-                        }
-                        e
-                    }
-                },
             };
             if decoder.is_none() {
                 let flavor = if ev.header().event_type_raw() == 15 {

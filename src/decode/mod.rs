@@ -7,6 +7,8 @@
 //! [`Step::NeedHints`], and the source answers with [`Decoder::set_hints`].
 
 pub mod charset;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod jsondiff;
 pub mod mariadb;
 pub mod rows;
@@ -36,6 +38,14 @@ pub enum DecodeError {
     Schema { table: String, message: String },
     #[error("{0}")]
     Malformed(String),
+    /// An event that could not be cut out of a binlog file or the stream (corrupt or
+    /// truncated framing): `pos` is the byte offset where it starts.
+    #[error("{file}:{pos}: {message}")]
+    Framing {
+        file: String,
+        pos: u64,
+        message: String,
+    },
     #[error("event type {event_type} at {file}:{pos}: {inner}")]
     At {
         file: String,
@@ -48,7 +58,7 @@ pub enum DecodeError {
 impl DecodeError {
     fn at(self, file: &str, pos: u64, event_type: u8) -> DecodeError {
         match self {
-            e @ DecodeError::At { .. } => e,
+            e @ (DecodeError::At { .. } | DecodeError::Framing { .. }) => e,
             e => DecodeError::At {
                 file: file.to_string(),
                 pos,
@@ -165,6 +175,8 @@ pub struct Decoder {
     /// After a MariaDB resume by GTID: the first GTID_LIST must not be ahead of our state, or
     /// the server skipped purged transactions.
     check_gtid_list: bool,
+    /// Offset after the last event read (where the next one starts), 0 before the first.
+    next_pos: u64,
     /// Statistics
     pub events: u64,
     pub bytes_read: u64,
@@ -206,6 +218,7 @@ impl Decoder {
             from_time_ms: None,
             stopped: false,
             check_gtid_list: false,
+            next_pos: 0,
             events: 0,
             bytes_read: 0,
         }
@@ -265,6 +278,11 @@ impl Decoder {
         self.gtid_state = p.gtid.clone();
         self.file = Arc::from(p.coord.file.as_str());
         self.committed = Some(p);
+    }
+
+    /// Where the next event of the current file starts (after the last one read).
+    pub fn next_event_pos(&self) -> u64 {
+        self.next_pos
     }
 
     pub fn current_file(&self) -> &str {
@@ -339,6 +357,9 @@ impl Decoder {
         let size = h.event_size() as u64;
         let end = h.log_pos() as u64;
         let start = end.saturating_sub(size);
+        if end != 0 {
+            self.next_pos = end;
+        }
         let r = self.handle_inner(ev, t, start, end, size);
         r.map_err(|e| e.at(&self.file, start, t))
     }
@@ -409,6 +430,8 @@ impl Decoder {
                     debug!(file = %name, pos = re.position(), "rotate");
                 }
                 self.file = Arc::from(name.as_str());
+                // the next event is the first of the named file, at the named offset
+                self.next_pos = re.position();
                 // a real rotate between transactions moves the resume point to the new file
                 if end != 0 && !self.in_txn {
                     if let Some(c) = self.committed.as_mut() {

@@ -173,41 +173,59 @@ fn lenenc(buf: &[u8], p: &mut usize) -> Option<u64> {
 const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
 
 pub(crate) fn decimal_bin_size(precision: u8, scale: u8) -> usize {
-    let intg = (precision - scale) as usize;
+    // saturating: a scale above the precision is rejected by the callers, never an overflow
+    let intg = precision.saturating_sub(scale) as usize;
     let s = scale as usize;
     (intg / 9) * 4 + DIG2BYTES[intg % 9] + (s / 9) * 4 + DIG2BYTES[s % 9]
+}
+
+/// Byte length of a fixed-size value (`None` for length-prefixed kinds).
+#[inline]
+pub(crate) fn fixed_size(kind: ColKind) -> Option<usize> {
+    Some(match kind {
+        ColKind::Int(n) => n as usize,
+        ColKind::Year => 1,
+        ColKind::Float => 4,
+        ColKind::Double => 8,
+        ColKind::Decimal { precision, scale } => decimal_bin_size(precision, scale),
+        ColKind::Date | ColKind::TimeOld => 3,
+        ColKind::Time2 { fsp } => 3 + (fsp as usize).div_ceil(2),
+        ColKind::DateTimeOld => 8,
+        ColKind::DateTime2 { fsp } => 5 + (fsp as usize).div_ceil(2),
+        ColKind::TimestampOld => 4,
+        ColKind::Timestamp2 { fsp } => 4 + (fsp as usize).div_ceil(2),
+        ColKind::Enum { bytes } | ColKind::Set { bytes } => bytes as usize,
+        ColKind::Bit { bits } => (bits as usize).div_ceil(8),
+        ColKind::Str { .. }
+        | ColKind::Blob { .. }
+        | ColKind::Json { .. }
+        | ColKind::Geometry { .. }
+        | ColKind::Vector { .. } => return None,
+    })
 }
 
 /// Length of a value in the row image: (bytes before the value, value length).
 #[inline]
 fn value_len(kind: ColKind, b: &[u8]) -> Option<(usize, usize)> {
-    let fixed = |n: usize| Some((0, n));
-    let prefixed = |lb: u8| {
-        let lb = lb as usize;
-        let len = le_uint(b.get(..lb)?) as usize;
-        Some((lb, len))
-    };
-    match kind {
-        ColKind::Int(n) => fixed(n as usize),
-        ColKind::Year => fixed(1),
-        ColKind::Float => fixed(4),
-        ColKind::Double => fixed(8),
-        ColKind::Decimal { precision, scale } => fixed(decimal_bin_size(precision, scale)),
-        ColKind::Date | ColKind::TimeOld => fixed(3),
-        ColKind::Time2 { fsp } => fixed(3 + (fsp as usize).div_ceil(2)),
-        ColKind::DateTimeOld => fixed(8),
-        ColKind::DateTime2 { fsp } => fixed(5 + (fsp as usize).div_ceil(2)),
-        ColKind::TimestampOld => fixed(4),
-        ColKind::Timestamp2 { fsp } => fixed(4 + (fsp as usize).div_ceil(2)),
-        ColKind::Str { len_bytes } => prefixed(len_bytes),
-        ColKind::Blob { len_bytes }
+    if let Some(n) = fixed_size(kind) {
+        return Some((0, n));
+    }
+    let lb = match kind {
+        ColKind::Str { len_bytes }
+        | ColKind::Blob { len_bytes }
         | ColKind::Json { len_bytes }
         | ColKind::Geometry { len_bytes }
-        | ColKind::Vector { len_bytes } => prefixed(len_bytes),
-        ColKind::Enum { bytes } | ColKind::Set { bytes } => fixed(bytes as usize),
-        ColKind::Bit { bits } => fixed((bits as usize).div_ceil(8)),
-    }
+        | ColKind::Vector { len_bytes } => len_bytes as usize,
+        _ => return None,
+    };
+    let len = le_uint(b.get(..lb)?) as usize;
+    Some((lb, len))
 }
+
+/// The most zlib can expand (deflate's maximum ratio is 1032:1).
+const MAX_ZLIB_RATIO: usize = 1032;
+/// The buffer for inflated data starts at most this large and grows as data arrives.
+const INITIAL_INFLATE_CAPACITY: usize = 1 << 20;
 
 /// Decompresses a MariaDB compressed rows part: `0x80|lenlen`, big-endian length, zlib stream.
 pub fn mariadb_uncompress(comp: &[u8]) -> Result<Vec<u8>, String> {
@@ -226,7 +244,15 @@ pub fn mariadb_uncompress(comp: &[u8]) -> Result<Vec<u8>, String> {
     if ulen > 1 << 30 {
         return Err(format!("uncompressed length {ulen} exceeds 1 GiB"));
     }
-    let mut out = Vec::with_capacity(ulen);
+    // zlib cannot expand more than 1032:1: a larger claim is a corrupt header, refused before
+    // allocating; the buffer then grows with the data actually inflated.
+    let zlen = comp.len() - 1 - lenlen;
+    if ulen > zlen.saturating_mul(MAX_ZLIB_RATIO) {
+        return Err(format!(
+            "header says {ulen} bytes uncompressed, more than {zlen} compressed bytes can hold"
+        ));
+    }
+    let mut out = Vec::with_capacity(ulen.min(INITIAL_INFLATE_CAPACITY));
     flate2::read::ZlibDecoder::new(&comp[1 + lenlen..])
         .take(ulen as u64 + 1)
         .read_to_end(&mut out)
@@ -385,6 +411,7 @@ pub fn split_rows(
     let mut rows = 0u32;
     let m = |e: String| DecodeError::Malformed(format!("{}.{}: {e}", t.db, t.table));
     while p < data.len() {
+        let row_start = p;
         match op {
             Op::Insert => read_image(t, &hdr.present_after, na, data, &mut p, cells).map_err(m)?,
             Op::Delete => read_image(t, &hdr.present_before, nb, data, &mut p, cells).map_err(m)?,
@@ -410,7 +437,17 @@ pub fn split_rows(
                 read_image(t, &hdr.present_after, na, data, &mut p, cells).map_err(m)?;
             }
         }
-        rows += 1;
+        if p == row_start {
+            // A row image with no present column takes no bytes: the rest of the event would
+            // repeat it forever (an endless loop filling memory with cells).
+            return Err(m(format!(
+                "row {rows} takes no bytes (no column is present in its image); {} bytes left",
+                data.len() - p
+            )));
+        }
+        rows = rows
+            .checked_add(1)
+            .ok_or_else(|| m("more than 4G rows in one event".into()))?;
     }
     Ok(rows)
 }

@@ -309,7 +309,7 @@ fn fsp(m: &[u8]) -> Result<u8, String> {
 }
 
 /// Derives the layout from the TABLE_MAP column type and its metadata bytes.
-fn col_kind(raw: ColumnType, real: ColumnType, m: &[u8]) -> Result<ColKind, String> {
+pub(crate) fn col_kind(raw: ColumnType, real: ColumnType, m: &[u8]) -> Result<ColKind, String> {
     use ColumnType::*;
     Ok(match raw {
         MYSQL_TYPE_TINY => ColKind::Int(1),

@@ -6,7 +6,7 @@
 use base64::Engine;
 
 use super::charset::{transcode_into, TextEncoding};
-use super::rows::{decimal_bin_size, le_uint};
+use super::rows::{decimal_bin_size, fixed_size, le_uint};
 use super::table::{ColKind, ColumnSchema};
 
 /// Why a value could not be rendered (names the column where the caller adds context).
@@ -182,6 +182,21 @@ pub fn decimal_to_string(
     out: &mut Vec<u8>,
 ) -> Result<(), ValueError> {
     const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+    const POW10: [u64; 10] = [
+        1,
+        10,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        1_000_000,
+        10_000_000,
+        100_000_000,
+        1_000_000_000,
+    ];
+    if precision == 0 || precision > 65 || scale > 30 || scale > precision {
+        return Err(format!("bad DECIMAL({precision},{scale})"));
+    }
     let size = decimal_bin_size(precision, scale);
     if b.len() != size || size == 0 {
         return Err(format!(
@@ -202,17 +217,25 @@ pub fn decimal_to_string(
     let (frac0, frac0x) = (scale as usize / 9, scale as usize % 9);
     let mut p = 0usize;
     let mut digits = String::with_capacity(precision as usize + 2);
-    let take = |n: usize, p: &mut usize| {
-        let v = be_uint(&buf[*p..*p + n]);
+    // A group of `d` digits is stored in DIG2BYTES[d] bytes; a stored value of `d + 1` or more
+    // digits is not a DECIMAL the server wrote (MySQL's bin2decimal rejects it too).
+    let take = |d: usize, p: &mut usize| -> Result<u64, ValueError> {
+        let n = DIG2BYTES[d];
+        let v = be_uint(buf.get(*p..*p + n).ok_or("DECIMAL too short")?);
         *p += n;
-        v
+        if v >= POW10[d] {
+            return Err(format!(
+                "corrupt DECIMAL({precision},{scale}): a {d}-digit group holds {v}"
+            ));
+        }
+        Ok(v)
     };
     if intg0x > 0 {
-        let v = take(DIG2BYTES[intg0x], &mut p);
+        let v = take(intg0x, &mut p)?;
         digits.push_str(&format!("{v:0w$}", w = intg0x));
     }
     for _ in 0..intg0 {
-        let v = take(4, &mut p);
+        let v = take(9, &mut p)?;
         digits.push_str(&format!("{v:09}"));
     }
     let int_part = digits.trim_start_matches('0');
@@ -224,11 +247,11 @@ pub fn decimal_to_string(
     if scale > 0 {
         s.push('.');
         for _ in 0..frac0 {
-            let v = take(4, &mut p);
+            let v = take(9, &mut p)?;
             s.push_str(&format!("{v:09}"));
         }
         if frac0x > 0 {
-            let v = take(DIG2BYTES[frac0x], &mut p);
+            let v = take(frac0x, &mut p)?;
             s.push_str(&format!("{v:0w$}", w = frac0x));
         }
     }
@@ -289,6 +312,28 @@ pub fn mysql_json_value(v: &[u8]) -> Result<serde_json::Value, ValueError> {
 
 /// Appends the JSON rendering of one non-NULL value.
 pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(), ValueError> {
+    // The row splitter cuts fixed-size values to their size; checked again here so that no
+    // caller can make the decoders below index past a value.
+    if let Some(n) = fixed_size(col.kind) {
+        if v.len() != n {
+            return Err(format!(
+                "{} bytes for a {:?} value, which takes {n}",
+                v.len(),
+                col.kind
+            ));
+        }
+    }
+    match col.kind {
+        ColKind::Int(n) if !(1..=8).contains(&n) => {
+            return Err(format!("integer of {n} bytes"));
+        }
+        ColKind::Time2 { fsp } | ColKind::DateTime2 { fsp } | ColKind::Timestamp2 { fsp }
+            if fsp > 6 =>
+        {
+            return Err(format!("fractional-seconds precision {fsp} (at most 6)"));
+        }
+        _ => {}
+    }
     match col.kind {
         ColKind::Int(n) => {
             let raw = le_uint(v);

@@ -3,6 +3,7 @@
 //! pipeline, and reconnects with backoff on any connection loss, resuming from the last
 //! position it handed on.
 
+pub mod binlog_file;
 pub mod conn;
 pub mod position;
 
@@ -441,7 +442,7 @@ impl Source {
                 return Ok(());
             }
             // Take what is ready without waiting; when nothing is, hand on the pending batch.
-            let next = match stream.next().now_or_never() {
+            let next = match next_event(&mut stream).now_or_never() {
                 Some(n) => n,
                 None => {
                     if let Some(b) = decoder.take_batch() {
@@ -454,7 +455,7 @@ impl Source {
                         .source_idle
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                     tokio::select! {
-                        r = tokio::time::timeout(read_timeout, stream.next()) => match r {
+                        r = tokio::time::timeout(read_timeout, next_event(&mut stream)) => match r {
                             Ok(n) => n,
                             Err(_) => {
                                 return Err(SourceError::Connect {
@@ -467,6 +468,16 @@ impl Source {
                         // the pipeline ended (a sink failed): stop now, not at the next batch
                         () = tx.closed() => return Ok(()),
                     }
+                }
+            };
+            let next = match next {
+                Ok(n) => n,
+                Err(message) => {
+                    return Err(SourceError::Decode(DecodeError::Framing {
+                        file: decoder.current_file().to_string(),
+                        pos: decoder.next_event_pos(),
+                        message: format!("malformed event from the server: {message}"),
+                    }))
                 }
             };
             let ev = match next {
@@ -536,6 +547,25 @@ impl Source {
             }
         }
     }
+}
+
+/// The next event of the stream. mysql_async/mysql_common cut events out of packets trusting
+/// the size in the event header and panic on a malformed one (e.g. a size larger than the
+/// packet, or smaller than the checksum): that panic is caught here and returned as `Err` with
+/// its message, so it stops the stream with an error naming the position instead of killing
+/// the task.
+async fn next_event(
+    stream: &mut BinlogStream,
+) -> Result<Option<Result<mysql_async::binlog::events::Event, mysql_async::Error>>, String> {
+    std::panic::AssertUnwindSafe(stream.next())
+        .catch_unwind()
+        .await
+        .map_err(|p| {
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the event reader panicked".into())
+        })
 }
 
 /// Counters shared with metrics and progress reporting.
