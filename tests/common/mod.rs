@@ -757,3 +757,22 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A process's memory from /proc: `VmRSS` (now) or `VmHWM` (peak), in MiB.
+pub fn proc_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+pub fn vm_rss_mib(pid: u32) -> f64 {
+    proc_mib(pid, "VmRSS")
+}
+
+pub fn vm_hwm_mib(pid: u32) -> f64 {
+    proc_mib(pid, "VmHWM")
+}

@@ -12,6 +12,7 @@
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::config::KafkaSinkConfig;
@@ -94,67 +95,84 @@ impl Prober {
         })
     }
 
-    /// Reads the last message of every partition of `topic` (blocking).
+    /// Reads the last message of every partition of `topic` (blocking). All non-empty
+    /// partitions are read at once, so a restart costs one round of reads, not one per partition.
     pub fn probe(&mut self, topic: &str, partitions: i32) -> Result<Vec<(i32, Probed)>, String> {
-        let mut out = Vec::new();
+        let mut tpl = TopicPartitionList::new();
+        let mut pending: Vec<(i32, i64)> = Vec::new();
         for p in 0..partitions {
             let (lo, hi) = self
                 .consumer
                 .fetch_watermarks(topic, p, self.timeout)
                 .map_err(|e| format!("exactly_once: reading the end of {topic}/{p}: {e}"))?;
-            if hi <= lo {
-                continue;
+            if hi > lo {
+                tpl.add_partition_offset(topic, p, Offset::Offset(hi - 1))
+                    .map_err(|e| e.to_string())?;
+                pending.push((p, hi - 1));
             }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, p, Offset::Offset(hi - 1))
-                .map_err(|e| e.to_string())?;
-            self.consumer
-                .assign(&tpl)
-                .map_err(|e| format!("exactly_once: assigning {topic}/{p}: {e}"))?;
-            // Real Kafka: hi-1 is the last record and a partition-EOF follows it. Some
-            // Kafka-protocol brokers (tansu 0.6) report the high watermark per record batch,
-            // so read on from there until EOF or a short silence and keep the last record.
-            let deadline = Instant::now() + self.timeout;
-            let mut last: Option<(i64, Probed)> = None;
-            let mut quiet_since = Instant::now();
-            loop {
-                if Instant::now() > deadline {
-                    if last.is_some() {
+        }
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| format!("exactly_once: assigning {topic}: {e}"))?;
+        // Real Kafka: hi-1 is the last record and a partition-EOF follows it. Some
+        // Kafka-protocol brokers (tansu 0.6) report the high watermark per record batch, so
+        // read on from there until EOF or a short silence and keep the last record.
+        let deadline = Instant::now() + self.timeout;
+        let mut last: HashMap<i32, (i64, Probed)> = HashMap::new();
+        let mut at_end: HashSet<i32> = HashSet::new();
+        let mut quiet_since = Instant::now();
+        let all_read =
+            |last: &HashMap<i32, (i64, Probed)>| pending.iter().all(|(p, _)| last.contains_key(p));
+        loop {
+            if pending.iter().all(|(p, _)| at_end.contains(p)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                if all_read(&last) {
+                    break;
+                }
+                let (p, off) = pending
+                    .iter()
+                    .find(|(p, _)| !last.contains_key(p))
+                    .copied()
+                    .unwrap_or_default();
+                let _ = self.consumer.unassign();
+                return Err(format!(
+                    "exactly_once: the last message of {topic}/{p} (offset {off}) could not be read within {:?}",
+                    self.timeout
+                ));
+            }
+            match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) if m.topic() == topic => {
+                    let p = m.partition();
+                    if last.get(&p).is_none_or(|(o, _)| m.offset() > *o) {
+                        last.insert(p, (m.offset(), parse(&m)));
+                    }
+                    quiet_since = Instant::now();
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    if last.contains_key(&p) {
+                        at_end.insert(p);
+                    }
+                }
+                Some(Ok(_)) => {}
+                None => {
+                    if all_read(&last) && quiet_since.elapsed() > Duration::from_millis(300) {
                         break;
                     }
-                    return Err(format!(
-                        "exactly_once: the last message of {topic}/{p} (offset {}) could not be read within {:?}",
-                        hi - 1,
-                        self.timeout
-                    ));
                 }
-                match self.consumer.poll(Duration::from_millis(50)) {
-                    Some(Ok(m)) if m.topic() == topic && m.partition() == p => {
-                        if last.as_ref().is_none_or(|(o, _)| m.offset() > *o) {
-                            last = Some((m.offset(), parse(&m)));
-                        }
-                        quiet_since = Instant::now();
-                    }
-                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(ep))) if ep == p => {
-                        if last.is_some() {
-                            break;
-                        }
-                    }
-                    Some(Ok(_)) | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
-                    None => {
-                        if last.is_some() && quiet_since.elapsed() > Duration::from_millis(300) {
-                            break;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        return Err(format!("exactly_once: reading {topic}/{p}: {e}"));
-                    }
+                Some(Err(e)) => {
+                    let _ = self.consumer.unassign();
+                    return Err(format!("exactly_once: reading {topic}: {e}"));
                 }
             }
-            let Some((_, found)) = last else { continue };
-            out.push((p, found));
         }
         let _ = self.consumer.unassign();
+        let mut out: Vec<(i32, Probed)> = last.into_iter().map(|(p, (_, pr))| (p, pr)).collect();
+        out.sort_by_key(|(p, _)| *p);
         Ok(out)
     }
 }
