@@ -339,6 +339,23 @@ fn no_secret_in_logs_check_or_metrics() {
         wrong_out.contains("***"),
         "the URL is shown redacted: {wrong_out}"
     );
+    // the password in a file (`password_file`, e.g. a mounted Kubernetes secret)
+    let pw_file = dir.join("mysql.pw");
+    std::fs::write(&pw_file, format!("{mysql_pw}\n")).unwrap();
+    let with_file = base.replacen(
+        "[source]\n",
+        &format!("[source]\npassword_file = \"{}\"\n", pw_file.display()),
+        1,
+    );
+    assert!(with_file.contains("password_file"));
+    std::fs::write(&path, &with_file).unwrap();
+    let (code, file_out) = run_binlogd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "check with password_file: {file_out}");
+    // a missing password file is named, with the fix
+    std::fs::write(&path, with_file.replace("mysql.pw", "missing.pw")).unwrap();
+    let (code, missing_out) = run_binlogd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{missing_out}");
+    assert!(missing_out.contains("missing.pw"), "{missing_out}");
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(
         log.len() > 1000 && log.contains("DEBUG"),
@@ -348,6 +365,7 @@ fn no_secret_in_logs_check_or_metrics() {
         ("log", &log),
         ("check", &check_out),
         ("check with a wrong password", &wrong_out),
+        ("check with password_file", &file_out),
         ("metrics", &metrics),
     ] {
         for pw in [mysql_pw, redis_pw, wrong_pw] {

@@ -318,6 +318,9 @@ impl Config {
         if s.password.is_some() && s.password_file.is_some() {
             return Err("source.password and source.password_file are both set; keep one".into());
         }
+        // a missing or unreadable password file is a config mistake, found before connecting
+        self.source_password()?;
+        self.checkpoint_opts()?;
         if let Some(inc) = &s.include {
             if inc.is_empty() {
                 return Err("source.include is an empty list, which would match no table; remove it to stream every table, or list db.table globs".into());

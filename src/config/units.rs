@@ -71,7 +71,12 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// Reads a password file (trailing newline stripped); `what` names the setting in errors.
 pub fn read_secret_file(p: &std::path::Path, what: &str) -> Result<Secret, String> {
-    let s = std::fs::read_to_string(p).map_err(|e| format!("{what} {}: {e}", p.display()))?;
+    let s = std::fs::read_to_string(p).map_err(|e| {
+        format!(
+            "{what} {}: {e}; fix the path, or create the file (readable by binlogd) holding only the password",
+            p.display()
+        )
+    })?;
     Ok(Secret::new(s.trim_end_matches(['\n', '\r'])))
 }
 

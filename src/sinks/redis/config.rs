@@ -187,6 +187,7 @@ impl RedisSinkConfig {
                 "password and password_file are both set; keep one".into()
             ));
         }
+        self.password()?;
         if self.batch_keys == 0 || self.pipeline_depth == 0 {
             return Err(at("batch_keys and pipeline_depth must be at least 1".into()));
         }
