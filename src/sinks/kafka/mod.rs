@@ -99,6 +99,35 @@ impl Ctx {
     }
 }
 
+/// The message for brokers that could not be used, with the fix that fits the cause: a refused
+/// SASL login, a failed TLS handshake, or no answer at all.
+fn brokers_failed(brokers: &str, within: &str, detail: &str) -> String {
+    let within = if within.is_empty() {
+        String::new()
+    } else {
+        format!(" {within}")
+    };
+    if detail.contains("SASL authentication error") || detail.contains("SASL authentication failed")
+    {
+        format!(
+            "Kafka brokers {brokers} refused the SASL login ({detail}); fix sasl.mechanism, \
+             sasl.username and sasl.password in [sinks.kafka.producer], or create the user on the brokers"
+        )
+    } else if detail.contains("SSL handshake failed")
+        || detail.contains("certificate verify failed")
+    {
+        format!(
+            "Kafka brokers {brokers}: TLS handshake failed ({detail}); fix ssl.ca.location (the CA that \
+             signed the brokers' certificates) or the broker address in [sinks.kafka.producer]"
+        )
+    } else {
+        format!(
+            "Kafka brokers {brokers} do not answer{within} ({detail}); start them or fix brokers \
+             (and the TLS/SASL properties in [sinks.kafka.producer])"
+        )
+    }
+}
+
 /// Why the brokers did not answer: the metadata error, plus the client's last error if any.
 fn unreachable(e: &KafkaError, ctx: &Ctx) -> String {
     match ctx.last_error() {
@@ -189,11 +218,10 @@ impl KafkaSink {
         tokio::task::block_in_place(|| producer.client().fetch_metadata(None, t)).map_err(|e| {
             fatal(
                 &cfg.name,
-                format!(
-                    "Kafka brokers {} do not answer within {t:?} ({}); start them or fix brokers \
-                     (and the TLS/SASL properties in [sinks.kafka.producer])",
-                    cfg.brokers,
-                    unreachable(&e, producer.context())
+                brokers_failed(
+                    &cfg.brokers,
+                    &format!("within {t:?}"),
+                    &unreachable(&e, producer.context()),
                 ),
             )
         })?;
@@ -690,9 +718,9 @@ pub async fn check(cfg: &KafkaSinkConfig, pipeline: &str) -> Vec<Finding> {
         Ok(Err(e)) => out.push(Finding {
             severity: Severity::Error,
             message: format!(
-                "sinks.kafka {:?}: Kafka brokers {} do not answer ({e}); start them or fix brokers \
-                 (and the TLS/SASL properties in [sinks.kafka.producer])",
-                cfg.name, cfg.brokers
+                "sinks.kafka {:?}: {}",
+                cfg.name,
+                brokers_failed(&cfg.brokers, "", &e)
             ),
         }),
         Err(e) => out.push(Finding {
