@@ -31,6 +31,9 @@ pub enum DaemonError {
     Checkpoint(#[from] CheckpointError),
     #[error("{0}")]
     Other(String),
+    /// A config mistake found against the server (exit code 2).
+    #[error("{0}")]
+    Config(String),
 }
 
 fn other(e: impl std::fmt::Display) -> DaemonError {
@@ -140,6 +143,114 @@ fn validate_stored(
     Ok(())
 }
 
+/// `binlogd check`: the stored position (if any) against the server it would resume on — a GTID
+/// mode mismatch, a file:pos of another server, or a binlog purged since it was stored. Each
+/// problem is an error finding naming the fix; not being able to read the position is a warning.
+pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
+    let finding = |severity, message: String| conn::Finding { severity, message };
+    let cannot = |e: &dyn std::fmt::Display| {
+        vec![finding(
+            Severity::Warning,
+            format!("cannot read the stored position ({e}); it is checked again at startup"),
+        )]
+    };
+    let opts = match cfg.checkpoint_opts() {
+        Ok(o) => o,
+        Err(e) => return cannot(&e),
+    };
+    let loaded = match Checkpoint::connect(opts, &cfg.checkpoint.schema, &cfg.pipeline.name).await {
+        Ok(mut cp) => cp.load().await,
+        Err(e) => Err(e),
+    };
+    let stored = match loaded {
+        Ok(Some(s)) => s,
+        Ok(None) => return Vec::new(),
+        // no checkpoint table yet (first start): nothing stored
+        Err(CheckpointError::Mysql(mysql_async::Error::Server(e))) if e.code == 1146 => {
+            return Vec::new()
+        }
+        Err(e) => return cannot(&e),
+    };
+    if let Err(e) = validate_stored(&stored.position, src, stored.server_uuid.as_deref()) {
+        return vec![finding(Severity::Error, e.to_string())];
+    }
+    let p = &stored.position;
+    let purged = |what: String| {
+        finding(
+            Severity::Error,
+            format!(
+                "the stored position {what} is no longer on the server (purged); binlogd cannot resume without \
+                 skipping changes. Fix: replay the missing range from archived binlog files \
+                 (`binlogd replay --binlog-file …`), then accept the gap with `binlogd position set --latest`"
+            ),
+        )
+    };
+    let mut c = match src.conn().await {
+        Ok(c) => c,
+        Err(e) => return cannot(&e),
+    };
+    let files = match conn::binlog_files(&mut c).await {
+        Ok(f) => f,
+        Err(e) => return cannot(&e),
+    };
+    let sp = src.resume_point(p);
+    let out = match (&p.gtid, sp.by_gtid) {
+        (Some(GtidSet::MySql(set)), true) => {
+            let covered: Result<Option<i64>, _> = mysql_async::prelude::Queryable::exec_first(
+                &mut c,
+                "SELECT GTID_SUBSET(@@GLOBAL.gtid_purged, ?)",
+                (set.to_string(),),
+            )
+            .await;
+            match covered {
+                Ok(Some(0)) => vec![purged(format!("(GTID set {set})"))],
+                Ok(_) => Vec::new(),
+                Err(e) => cannot(&e),
+            }
+        }
+        (Some(GtidSet::MariaDb(have)), true) => {
+            let oldest = match files.first() {
+                Some((f, _)) => f.clone(),
+                None => return Vec::new(),
+            };
+            let start: Result<Option<String>, _> = mysql_async::prelude::Queryable::exec_first(
+                &mut c,
+                "SELECT BINLOG_GTID_POS(?, 4)",
+                (oldest.as_str(),),
+            )
+            .await;
+            match start.map(|s| {
+                s.unwrap_or_default()
+                    .parse::<crate::source::position::MariaGtidPos>()
+            }) {
+                Ok(Ok(first)) if !have.covers(&first) => vec![purged(format!(
+                    "(GTID position {have}; the oldest binlog {oldest} starts after {first})"
+                ))],
+                Ok(Ok(_)) => Vec::new(),
+                Ok(Err(e)) => cannot(&e),
+                Err(e) => cannot(&e),
+            }
+        }
+        _ => {
+            if files.iter().any(|(f, _)| *f == p.coord.file) {
+                Vec::new()
+            } else {
+                vec![purged(format!(
+                    "{} (the server has {})",
+                    p.coord,
+                    files
+                        .iter()
+                        .map(|f| f.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))]
+            }
+        }
+    };
+    let _ = c.disconnect().await;
+    out
+}
+
 /// `binlogd run`.
 pub async fn run(
     cfg: Config,
@@ -161,17 +272,23 @@ pub async fn run(
     }
     let fatal: Vec<String> = findings
         .iter()
-        .filter(|f| f.severity == Severity::Error)
+        .filter(|f| f.severity != Severity::Warning)
         .map(|f| f.message.clone())
         .collect();
     for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
         warn!("{}", f.message);
     }
     if !fatal.is_empty() {
-        return Err(other(format!(
+        let msg = format!(
             "cannot start: the source server or a sink is not set up for binlogd:\n  - {}",
             fatal.join("\n  - ")
-        )));
+        );
+        // only config mistakes: exit code 2, as for any other config mistake
+        return Err(if findings.iter().any(|f| f.severity == Severity::Error) {
+            other(msg)
+        } else {
+            DaemonError::Config(msg)
+        });
     }
     info!(server = %src.info.version, flavor = ?src.info.flavor, "connected to source");
 

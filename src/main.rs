@@ -400,7 +400,11 @@ fn main() -> ExitCode {
             Err(e) => {
                 error!("{e:#}");
                 eprintln!("binlogd: {e:#}");
-                ExitCode::from(EXIT_RUNTIME)
+                if matches!(e.downcast_ref::<daemon::DaemonError>(), Some(daemon::DaemonError::Config(_))) {
+                    ExitCode::from(EXIT_CONFIG)
+                } else {
+                    ExitCode::from(EXIT_RUNTIME)
+                }
             }
         }
     })
@@ -431,6 +435,7 @@ async fn check(cfg: Config) -> ExitCode {
         src.info.version, src.info.server_id
     );
     let mut errors = 0;
+    let mut config_errors = 0;
     let mut all = findings;
     match src.conn().await {
         Ok(mut c) => {
@@ -453,6 +458,7 @@ async fn check(cfg: Config) -> ExitCode {
                 }),
             }
             all.extend(binlogd::sinks::check(&cfg, &mut c, true).await);
+            all.extend(daemon::check_stored(&cfg, &src).await);
             if let Err(e) = conn::binlog_files(&mut c).await {
                 all.push(conn::Finding {
                     severity: Severity::Error,
@@ -471,15 +477,24 @@ async fn check(cfg: Config) -> ExitCode {
                 errors += 1;
                 println!("error: {}", f.message);
             }
+            Severity::ConfigError => {
+                config_errors += 1;
+                println!("error: {}", f.message);
+            }
             Severity::Warning => println!("warning: {}", f.message),
         }
     }
-    if errors == 0 {
+    if errors + config_errors == 0 {
         println!("check: ok");
         ExitCode::SUCCESS
     } else {
-        println!("check: {errors} problem(s)");
-        ExitCode::from(EXIT_RUNTIME)
+        println!("check: {} problem(s)", errors + config_errors);
+        // exit 2 when the config alone is at fault
+        ExitCode::from(if errors == 0 {
+            EXIT_CONFIG
+        } else {
+            EXIT_RUNTIME
+        })
     }
 }
 

@@ -531,6 +531,14 @@ fn purged(f: Flavor, port: u16) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
+    // `binlogd check` names it before a restart would
+    let (code, out) = run_binlogd(&["check", "-c", d.config.to_str().unwrap()]);
+    assert_eq!(code, 1, "check: {out}");
+    assert!(
+        out.contains("is no longer on the server (purged)")
+            && out.contains("binlogd replay --binlog-file"),
+        "check: {out}"
+    );
     // restart: the clear error
     d.restart();
     let t0 = Instant::now();

@@ -268,7 +268,7 @@ fn unknown_template_column() {
     let p = path.to_str().unwrap();
     for verb in ["check", "run"] {
         let (code, out) = run_binlogd(&[verb, "-c", p]);
-        assert_ne!(code, 0, "{verb}: {out}");
+        assert_eq!(code, 2, "{verb}: a config mistake: {out}");
         assert!(
             out.contains("\"user:mail:{mail}\"")
                 && out.contains("\"mail\"")

@@ -539,7 +539,10 @@ impl Decoder {
                             let behind = have.domains.get(d).is_none_or(|(_, seq)| seq < n);
                             if behind {
                                 return Err(DecodeError::Malformed(format!(
-                                    "the binlog needed to resume from GTID position {have} is no longer on the server:                                      the oldest binlog starts after {d}-{s}-{n}. Nothing was skipped. Fix: replay the                                      missing range from archived binlog files (`binlogd replay --binlog-file …`), or                                      accept the gap with `binlogd position set --latest`"
+                                    "the binlog needed to resume from GTID position {have} is no longer on the server: \
+                                     the oldest binlog starts after {d}-{s}-{n}. Nothing was skipped. \
+                                     Fix: replay the missing range from archived binlog files (`binlogd replay --binlog-file …`), \
+                                     or accept the gap with `binlogd position set --latest`"
                                 )));
                             }
                         }

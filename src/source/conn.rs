@@ -246,7 +246,11 @@ pub async fn server_info(conn: &mut Conn) -> Result<ServerInfo, mysql_async::Err
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// The server (or a sink) is not set up for binlogd: exit code 1.
     Error,
+    /// A mistake in the config that only the server can reveal (e.g. a key template naming a
+    /// column the table does not have): exit code 2, like any other config mistake.
+    ConfigError,
     Warning,
 }
 

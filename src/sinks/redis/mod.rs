@@ -302,7 +302,7 @@ pub async fn check(
                     for k in &r.keys {
                         for c in k.columns() {
                             if !columns.iter().any(|x| x == c) {
-                                err(Severity::Error, format!(
+                                err(Severity::ConfigError, format!(
                                     "sinks.redis {:?}: key template {:?} names column {c:?}, which table {db}.{t} does not have (columns: {}); fix the template or the rule's table pattern",
                                     cfg.name,
                                     k.text,
