@@ -268,6 +268,10 @@ pub async fn run(
     {
         let mut c = src.conn().await?;
         findings.extend(crate::sinks::check(&cfg, &mut c, false).await);
+        match conn::check_privileges(&mut c).await {
+            Ok(f) => findings.extend(f),
+            Err(e) => warn!("cannot read the user's grants to check them: {e}"),
+        }
         let _ = c.disconnect().await;
     }
     let fatal: Vec<String> = findings

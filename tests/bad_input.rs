@@ -28,14 +28,19 @@ path = "-"
 fn config_mistakes_exit_2_with_the_place() {
     let dir = workdir("badcfg");
     let cases: &[(&str, &str, &[&str])] = &[
-        ("unknown key", "[source]\nurl = \"mysql://a@b\"\nserver_id = 1\nname = \"x\"\nhartbeat = \"1s\"\n[[sinks.file]]\nname=\"o\"\npath=\"-\"\n", &["hartbeat", "c.toml"]),
-        ("syntax", "[source\nurl = 1\n", &["line 1", "c.toml"]),
-        ("wrong type", &GOOD.replace("4343", "\"many\""), &["server_id"]),
-        ("bad duration", &GOOD.replace("name = \"t\"", "name = \"t\"\nheartbeat = \"soon\""), &["invalid duration", "soon"]),
-        ("bad url", &GOOD.replace("URL", "postgres://x:secretpw@h"), &["mysql://", "source.url"]),
-        ("empty include", &GOOD.replace("name = \"t\"", "name = \"t\"\ninclude = []"), &["include", "empty"]),
-        ("duplicate sinks", &format!("{GOOD}\n[[sinks.file]]\nname = \"out\"\npath = \"/tmp/x\"\n"), &["out", "unique"]),
+        // (what, config, [the place…, the fix…])
+        ("unknown key", "[source]\nurl = \"mysql://a@b\"\nserver_id = 1\nname = \"x\"\nhartbeat = \"1s\"\n[[sinks.file]]\nname=\"o\"\npath=\"-\"\n", &["c.toml", "`hartbeat`", "key `source`", "remove or correct the key", "`heartbeat`"]),
+        ("syntax", "[source\nurl = 1\n", &["c.toml", "line 1, column 8", "expected `.`, `]`"]),
+        ("syntax in a value", &GOOD.replace("server_id = 4343", "server_id = = 4343"), &["c.toml", "line 4, column 13", "server_id = = 4343"]),
+        ("wrong type", &GOOD.replace("4343", "\"many\""), &["source.server_id", "expected an integer", "write the value as the expected type"]),
+        ("bad duration", &GOOD.replace("name = \"t\"", "name = \"t\"\nheartbeat = \"soon\""), &["source.heartbeat", "invalid duration \"soon\"", "e.g. \"500ms\""]),
+        ("bad url", &GOOD.replace("URL", "postgres://x:secretpw@h"), &["source.url", "expected mysql://user:password@host:port"]),
+        ("bad redis url", &format!("{GOOD}\n[[sinks.redis]]\nname = \"c\"\nurl = \"http://h:6379\"\n[[sinks.redis.rules]]\ntable = \"d.t\"\nkeys = [\"k:{{id}}\"]\n"), &["sinks.redis \"c\"", "must start with redis:// or rediss://"]),
+        ("bad key template", &format!("{GOOD}\n[[sinks.redis]]\nname = \"c\"\nurl = \"redis://h:6379\"\n[[sinks.redis.rules]]\ntable = \"d.t\"\nkeys = [\"k:{{id\"]\n"), &["sinks.redis \"c\"", "rules[0]", "\"k:{id\"", "unclosed '{'", "write {column}"]),
+        ("empty include", &GOOD.replace("name = \"t\"", "name = \"t\"\ninclude = []"), &["source.include", "empty list", "remove it to stream every table"]),
+        ("duplicate sinks", &format!("{GOOD}\n[[sinks.file]]\nname = \"out\"\npath = \"/tmp/x\"\n"), &["\"out\"", "unique", "rename one"]),
         ("bad start", &GOOD.replace("name = \"t\"", "name = \"t\"\nstart = \"tomorrow\""), &["source.start", "earliest"]),
+        ("missing password file", &GOOD.replace("name = \"t\"", "name = \"t\"\npassword_file = \"/nonexistent/pw\""), &["source.password_file", "/nonexistent/pw", "fix the path"]),
     ];
     for (what, text, needles) in cases {
         let text = text.replace("URL", "mysql://cdc:secretpw@127.0.0.1:1");
@@ -255,4 +260,174 @@ fn server_id_clash_mariadb() {
 #[test]
 fn server_id_clash_mysql() {
     server_id_clash(Flavor::MySql);
+}
+
+/// Runs binlogd; a `run` that does not stop within `secs` is killed (and reported as -9).
+fn run_for(args: &[&str], secs: u64) -> (i32, String) {
+    let dir = std::env::temp_dir();
+    let out_path = dir.join(format!("binlogd-run-for-{}.out", std::process::id()));
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
+        .args(args)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code().unwrap_or(-1);
+        }
+        if t0.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -9;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    (code, text)
+}
+
+/// `check` and `run` both exit 1 naming the problem (`needles`).
+fn both_name(what: &str, cfg: &str, needles: &[&str]) {
+    for verb in ["check", "run"] {
+        let (code, out) = run_for(&[verb, "-c", cfg], 30);
+        assert_eq!(code, 1, "{what} ({verb}): exit code 1; output:\n{out}");
+        let named: Vec<&str> = out
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .collect();
+        eprintln!("{what} ({verb}): {}", named.join(" | "));
+        for n in needles {
+            assert!(
+                out.contains(n),
+                "{what} ({verb}): the message names {n:?}:\n{out}"
+            );
+        }
+    }
+}
+
+/// Every server setting binlogd cannot work with, on a private server of each flavor: each is
+/// named precisely, with the fix, by `binlogd check` and at startup (`binlogd run` exits 1).
+fn server_settings(f: Flavor, port: u16) {
+    let rt = rt();
+    let name = format!("settings_{}", f.tag());
+    let dir = workdir(&name);
+    let _ = std::fs::remove_dir_all(dir.join("data"));
+    let srv = PrivateServer::start(f, &dir, port, &[]);
+    let p = write_cfg(&dir, &GOOD.replace("URL", &srv.cdc_url()));
+    let (code, out) = run_for(&["check", "-c", &p], 30);
+    assert_eq!(code, 0, "baseline: {out}");
+    let mut c = rt.block_on(root_at(&srv.root_url()));
+    let q = |c: &mut mysql_async::Conn, sql: &str| {
+        rt.block_on(c.query_drop(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    // binlog format and row image (global settings: new sessions, binlogd's, see them)
+    for (set, undo, needle) in [
+        (
+            "SET GLOBAL binlog_format = 'STATEMENT'",
+            "SET GLOBAL binlog_format = 'ROW'",
+            "binlog_format is STATEMENT; set binlog_format=ROW",
+        ),
+        (
+            "SET GLOBAL binlog_format = 'MIXED'",
+            "SET GLOBAL binlog_format = 'ROW'",
+            "binlog_format is MIXED; set binlog_format=ROW",
+        ),
+        (
+            "SET GLOBAL binlog_row_image = 'MINIMAL'",
+            "SET GLOBAL binlog_row_image = 'FULL'",
+            "binlog_row_image is MINIMAL; set binlog_row_image=FULL",
+        ),
+        (
+            "SET GLOBAL binlog_row_image = 'NOBLOB'",
+            "SET GLOBAL binlog_row_image = 'FULL'",
+            "binlog_row_image is NOBLOB; set binlog_row_image=FULL",
+        ),
+    ] {
+        q(&mut c, set);
+        both_name(set, &p, &[needle]);
+        q(&mut c, undo);
+    }
+    // missing privileges: a user with SELECT only
+    q(&mut c, "DROP USER IF EXISTS 'lowpriv'@'%'");
+    q(&mut c, "CREATE USER 'lowpriv'@'%' IDENTIFIED BY 'pw'");
+    q(&mut c, "GRANT SELECT ON *.* TO 'lowpriv'@'%'");
+    q(
+        &mut c,
+        "GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON binlogd.* TO 'lowpriv'@'%'",
+    );
+    let low = write_cfg(
+        &dir,
+        &GOOD.replace("URL", &format!("mysql://lowpriv:pw@127.0.0.1:{port}")),
+    );
+    both_name(
+        "missing privileges",
+        &low,
+        &[
+            "the user lacks REPLICATION SLAVE",
+            "the user lacks REPLICATION CLIENT",
+            "GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.*",
+        ],
+    );
+    // GTID mode mismatch with a stored GTID position
+    let p = write_cfg(&dir, &GOOD.replace("URL", &srv.cdc_url()));
+    let (code, out) = run_for(&["position", "set", "--latest", "-c", &p], 30);
+    assert_eq!(code, 0, "position set: {out}");
+    assert!(
+        out.contains("gtid: ") && !out.contains("gtid: -"),
+        "a GTID position was stored: {out}"
+    );
+    match f {
+        Flavor::MySql => {
+            for m in ["ON_PERMISSIVE", "OFF_PERMISSIVE", "OFF"] {
+                q(&mut c, &format!("SET GLOBAL gtid_mode = {m}"));
+            }
+            both_name(
+                "gtid_mode OFF with a stored GTID set",
+                &p,
+                &["GTID mode mismatch", "set gtid_mode=ON"],
+            );
+            for m in ["OFF_PERMISSIVE", "ON_PERMISSIVE", "ON"] {
+                q(&mut c, &format!("SET GLOBAL gtid_mode = {m}"));
+            }
+        }
+        Flavor::MariaDb => {
+            // the stored position came from a MySQL server (a pipeline moved between flavors)
+            q(
+                &mut c,
+                "UPDATE binlogd.checkpoint SET gtid_set = '3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5', \
+                 gtid_flavor = 'mysql'",
+            );
+            both_name(
+                "a MySQL GTID set stored for a MariaDB server",
+                &p,
+                &["GTID mode mismatch", "binlogd position set"],
+            );
+        }
+    }
+    let (code, out) = run_for(&["position", "reset", "-c", &p], 30);
+    assert_eq!(code, 0, "position reset: {out}");
+    // binary logging off
+    drop(c);
+    srv.stop();
+    srv.start_again(&["--skip-log-bin"]);
+    both_name(
+        "binary logging off",
+        &p,
+        &["binary logging is off", "log_bin"],
+    );
+}
+
+#[test]
+fn server_settings_mariadb() {
+    server_settings(Flavor::MariaDb, 3393);
+}
+
+#[test]
+fn server_settings_mysql() {
+    server_settings(Flavor::MySql, 3394);
 }

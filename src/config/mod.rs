@@ -363,7 +363,7 @@ impl Config {
         for n in self.sinks.names() {
             if !names.insert(n) {
                 return Err(format!(
-                    "two sinks are named {n:?}; sink names must be unique"
+                    "two sinks are named {n:?}; sink names must be unique: rename one (names label metrics, logs and `replay --sinks`)"
                 ));
             }
         }
@@ -490,6 +490,8 @@ impl Config {
 fn explain_serde(msg: &str) -> String {
     if msg.contains("unknown field") {
         format!("{msg}; remove or correct the key (see config/binlogd.example.toml for every key)")
+    } else if msg.contains("invalid type") || msg.contains("invalid value") {
+        format!("{msg}; write the value as the expected type (see config/binlogd.example.toml)")
     } else if msg.contains("missing field") {
         format!("{msg}; this key is required")
     } else {

@@ -29,8 +29,9 @@ use position::{BinlogCoord, GtidSet, Position, StartPosition};
 pub enum SourceError {
     #[error("{0}")]
     Config(String),
+    // not #[source]: mysql_async's message already holds the server's, a chain would repeat it
     #[error("source server: {0}")]
-    Mysql(#[from] mysql_async::Error),
+    Mysql(mysql_async::Error),
     #[error("the binlog needed to resume from {at} is no longer on the server ({server}). Nothing was skipped. \
              Fix: replay the missing range from archived binlog files (`binlogd replay --binlog-file …`), \
              or accept the gap and move the position with `binlogd position set --latest` (or --file/--pos, --gtid)")]
@@ -49,6 +50,12 @@ pub enum SourceError {
     Decode(#[from] DecodeError),
     #[error("gave up after {attempts} failed reconnects; last error: {last}")]
     GaveUp { attempts: u32, last: String },
+}
+
+impl From<mysql_async::Error> for SourceError {
+    fn from(e: mysql_async::Error) -> Self {
+        SourceError::Mysql(e)
+    }
 }
 
 /// Where a stream starts.
