@@ -157,6 +157,7 @@ impl<R: BufRead> BinlogFileReader<R> {
     /// checksums) with the same framing checks.
     fn unpack_payload(&mut self, ev: &Event, at: u64) -> Result<(), DecodeError> {
         let err = |m: String| framing(&self.name, at, format!("TRANSACTION_PAYLOAD: {m}"));
+        crate::decode::transaction_payload_fits(ev.data()).map_err(&err)?;
         let tpe: TransactionPayloadEvent<'_> = ev.read_event().map_err(|e| err(e.to_string()))?;
         let want = tpe.uncompressed_size();
         if want > MAX_EVENT_BYTES.saturating_mul(4) {
