@@ -133,18 +133,7 @@ fn statement_session(f: Flavor) {
             .await
             .unwrap();
     });
-    let t0 = Instant::now();
-    let code = loop {
-        if let Some(st) = d.child.try_wait().unwrap() {
-            break st.code();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "daemon kept running; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = d.wait_exit(Duration::from_secs(30), "a statement-based change");
     assert_eq!(code, Some(1));
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(
@@ -265,7 +254,9 @@ fn server_id_clash_mysql() {
 /// Runs binlogd; a `run` that does not stop within `secs` is killed (and reported as -9).
 fn run_for(args: &[&str], secs: u64) -> (i32, String) {
     let dir = std::env::temp_dir();
-    let out_path = dir.join(format!("binlogd-run-for-{}.out", std::process::id()));
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out_path = dir.join(format!("binlogd-run-for-{}-{n}.out", std::process::id()));
     let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
         .args(args)
@@ -436,7 +427,7 @@ fn server_settings_mysql() {
 /// `marker` (once, in the byte after it). Returns the local port and whether it flipped yet.
 fn corrupting_proxy(
     upstream: u16,
-    marker: &'static [u8],
+    marker: Vec<u8>,
 ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -457,6 +448,7 @@ fn corrupting_proxy(
                 let _ = s2.shutdown(std::net::Shutdown::Both);
             });
             let f = f.clone();
+            let marker = marker.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
@@ -506,7 +498,15 @@ fn corrupt_event_on_the_wire_mariadb() {
         .unwrap();
     });
     let start = rt.block_on(binlog_end(&mut c, f));
-    let (port, flipped) = corrupting_proxy(f.port(), b"CORRUPT-ME-");
+    // unique to this run: earlier runs' rows are still in the server's binlog
+    let marker = format!(
+        "CORRUPT-{}-",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let (port, flipped) = corrupting_proxy(f.port(), marker.clone().into_bytes());
     let cfg = config_for(
         &format!("mysql://cdc:cdc@127.0.0.1:{port}"),
         f,
@@ -528,7 +528,7 @@ fn corrupt_event_on_the_wire_mariadb() {
     std::thread::sleep(Duration::from_millis(500)); // the position after them is stored
     rt.block_on(async {
         c.query_drop(format!(
-            "INSERT INTO `{name}`.t VALUES (5, 'CORRUPT-ME-xxxxxxxxxxxxxxxxxxxxxxxx')"
+            "INSERT INTO `{name}`.t VALUES (5, '{marker}xxxxxxxxxxxxxxxxxxxxxxxx')"
         ))
         .await
         .unwrap();
@@ -536,18 +536,7 @@ fn corrupt_event_on_the_wire_mariadb() {
             .await
             .unwrap();
     });
-    let t0 = Instant::now();
-    let code = loop {
-        if let Some(st) = d.child.try_wait().unwrap() {
-            break st.code();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "binlogd kept running after a corrupt event; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = d.wait_exit(Duration::from_secs(30), "after a corrupt event");
     assert!(
         flipped.load(std::sync::atomic::Ordering::SeqCst),
         "the proxy flipped a bit"
@@ -587,7 +576,7 @@ fn corrupt_event_on_the_wire_mariadb() {
     assert_eq!(ids, vec![0, 1, 2, 3, 4, 5, 6], "resumed where it stopped");
     assert_eq!(
         ev[5]["after"]["s"].as_str(),
-        Some("CORRUPT-ME-xxxxxxxxxxxxxxxxxxxxxxxx"),
+        Some(format!("{marker}xxxxxxxxxxxxxxxxxxxxxxxx").as_str()),
         "the row as written"
     );
     assert_eq!(d.stop(), Some(0));

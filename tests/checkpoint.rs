@@ -541,18 +541,7 @@ fn purged(f: Flavor, port: u16) {
     );
     // restart: the clear error
     d.restart();
-    let t0 = Instant::now();
-    let code = loop {
-        if let Some(st) = d.child.try_wait().unwrap() {
-            break st.code();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the daemon kept running; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = d.wait_exit(Duration::from_secs(30), "a purged binlog");
     assert_eq!(code, Some(1));
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(

@@ -185,6 +185,23 @@ impl Daemon {
         }
     }
 
+    /// Waits until binlogd exits on its own; returns its exit code (panics with `what` and the
+    /// log if it is still running after `timeout`).
+    pub fn wait_exit(&mut self, timeout: Duration, what: &str) -> Option<i32> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "{what}: binlogd still running after {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
