@@ -18,7 +18,8 @@ cargo build --release -q
 mkdir -p "$QS"
 bash scripts/mariadb.sh start "$QS/maria" "$PORT" 2>/dev/null
 sql() { mariadb --no-defaults --default-character-set=utf8mb4 -h127.0.0.1 -P"$PORT" -uroot -e "$1"; }
-sql "CREATE DATABASE IF NOT EXISTS shop; CREATE TABLE IF NOT EXISTS shop.users (id INT PRIMARY KEY, email VARCHAR(100), balance DECIMAL(10,2), seen TIMESTAMP(3) NULL)"
+# a fresh demo every run (the private instance keeps its data between runs)
+sql "DROP DATABASE IF EXISTS shop; CREATE DATABASE shop; CREATE TABLE shop.users (id INT PRIMARY KEY, email VARCHAR(100), balance DECIMAL(10,2), seen TIMESTAMP(3) NULL)"
 cat > "$QS/binlogd.toml" <<TOML
 [source]
 url = "mysql://cdc:cdc@127.0.0.1:$PORT"
@@ -37,6 +38,8 @@ level = "warn"
 TOML
 echo "== binlogd check" >&2
 ./target/release/binlogd check -c "$QS/binlogd.toml" >&2
+# forget where an earlier quickstart stopped: start = "latest" applies
+./target/release/binlogd position reset -c "$QS/binlogd.toml" >/dev/null
 echo "== streaming (events below are binlogd's output)" >&2
 ./target/release/binlogd run -c "$QS/binlogd.toml" &
 PID=$!
