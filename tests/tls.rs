@@ -785,3 +785,100 @@ fn kafka_wrong_ca_is_a_clear_error() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("certificate"), "{out}");
 }
+
+/// `second_delete = "after-replicas"` waits on replicas over TLS (`replicas_tls`): the "replica"
+/// here is the MySQL 9.7 source itself (WAIT_FOR_EXECUTED_GTID_SET returns at once there; on
+/// MariaDB MASTER_GTID_WAIT would wait for a replication position a primary never has), and it
+/// refuses plain TCP. With `replicas_tls` the wait succeeds and the second delete removes a
+/// stale value cached after the first; without it the wait fails (logged; deleted anyway).
+#[test]
+fn redis_after_replicas_over_tls() {
+    let rt = rt();
+    let f = Flavor::MySql;
+    let name = "tls_replicas";
+    let dir = workdir(name);
+    let certs = Certs::generate(&dir);
+    let srv = tls_server(f, &dir, 3395, &certs.cert, &certs.key, &certs.ca);
+    let mut c = rt.block_on(root_tls(srv.port));
+    rt.block_on(async {
+        fresh_db(&mut c, "tlsrep").await;
+        c.query_drop("CREATE TABLE tlsrep.t (id INT PRIMARY KEY, v INT)")
+            .await
+            .unwrap();
+    });
+    let mut r = redis_conn(&redis_url());
+    let url = format!("mysql://cdc:cdc@localhost:{}", srv.port);
+    for (i, with_tls) in [(1, true), (2, false)] {
+        let start = rt.block_on(binlog_end(&mut c, f));
+        let replicas_tls = if with_tls {
+            format!(
+                "[sinks.redis.replicas_tls]\nmode = \"verify_identity\"\nca_file = \"{}\"\n",
+                p(&certs.ca)
+            )
+        } else {
+            String::new()
+        };
+        let cfg = config_for(
+            &url,
+            f,
+            name,
+            "tlsrep",
+            &start,
+            &dir,
+            &source_tls("verify_identity", &certs.ca),
+        ) + &format!(
+            "\n[[sinks.redis]]\nname = \"cache\"\nurl = \"{}\"\nreplicas = [\"{url}\"]\nreplica_wait_timeout = \"30s\"\nreplica_grace = \"1s\"\n{replicas_tls}[[sinks.redis.rules]]\ntable = \"tlsrep.t\"\nkeys = [\"tlsrep:{{id}}\"]\nsecond_delete = \"after-replicas\"\n",
+            redis_url()
+        );
+        let key = format!("tlsrep:{i}");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("cached")
+            .query(&mut r)
+            .unwrap();
+        let mut d = Daemon::start(&dir, &cfg);
+        rt.block_on(c.query_drop(format!("INSERT INTO tlsrep.t VALUES ({i}, 0)")))
+            .unwrap();
+        // the first delete …
+        let t0 = Instant::now();
+        while redis::cmd("EXISTS").arg(&key).query::<i64>(&mut r).unwrap() == 1 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "first delete; log:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // … then a reader caches a stale value; the second delete must remove it
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("stale")
+            .query(&mut r)
+            .unwrap();
+        let t1 = Instant::now();
+        while redis::cmd("EXISTS").arg(&key).query::<i64>(&mut r).unwrap() == 1 {
+            assert!(
+                t1.elapsed() < Duration::from_secs(20),
+                "second delete; log:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
+        let log = std::fs::read_to_string(&d.log).unwrap();
+        let failed = log.contains("waiting for replica failed");
+        if with_tls {
+            assert!(
+                !failed,
+                "the replica wait over TLS works; log:\n{}",
+                d.log_text()
+            );
+        } else {
+            assert!(
+                failed,
+                "without replicas_tls the TLS-only replica refuses the wait"
+            );
+        }
+        std::fs::remove_file(&d.log).unwrap();
+    }
+}

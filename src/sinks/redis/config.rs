@@ -51,6 +51,9 @@ pub struct RedisSinkConfig {
     /// has applied the transaction's GTID.
     #[serde(default)]
     pub replicas: Vec<Secret>,
+    /// TLS to the replicas (same keys as `[source.tls]`); default: no TLS.
+    #[serde(default)]
+    pub replicas_tls: crate::config::TlsConfig,
     /// How long to wait for replicas before deleting anyway (counted in a metric).
     #[serde(default = "default_replica_wait_timeout")]
     pub replica_wait_timeout: HumanDuration,
@@ -227,7 +230,13 @@ impl RedisSinkConfig {
             });
         }
         for u in &self.replicas {
-            crate::source::conn::parse_url(u.expose()).map_err(|e| at(format!("replicas: {e}")))?;
+            crate::source::conn::plain_opts_tls(
+                u,
+                None,
+                &self.replicas_tls,
+                &format!("sinks.redis {:?} replicas_tls", self.name),
+            )
+            .map_err(|e| at(format!("replicas: {e}")))?;
         }
         if let Some(ca) = &self.tls_ca_file {
             if self.is_cluster() {

@@ -115,7 +115,14 @@ impl SecondDeletes {
         let replicas = cfg
             .replicas
             .iter()
-            .map(|u| crate::source::conn::plain_opts(u, None))
+            .map(|u| {
+                crate::source::conn::plain_opts_tls(
+                    u,
+                    None,
+                    &cfg.replicas_tls,
+                    &format!("sinks.redis {:?} replicas_tls", cfg.name),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|message| SinkError::Fatal {
                 sink: cfg.name.clone(),
