@@ -646,6 +646,17 @@ pub async fn position_show(cfg: &Config) -> Result<String, DaemonError> {
             .map(|g| g.to_string())
             .unwrap_or_else(|| "-".into())
     ));
+    if let Some(r) = &s.position.restart {
+        out.push_str(&format!(
+            "restart: {}{} (prepared XA transactions were waiting for XA COMMIT / XA ROLLBACK: the next run reads \
+             again from before the oldest one's PREPARE and hands on nothing up to the stored position)\n",
+            r.coord,
+            r.gtid
+                .as_ref()
+                .map(|g| format!(" gtid {g}"))
+                .unwrap_or_default()
+        ));
+    }
     out.push_str(&format!(
         "stored at: {} UTC ({} s ago)\n",
         s.updated_at, s.age_secs
@@ -695,7 +706,7 @@ pub async fn position_set(cfg: &Config, target: SetTarget) -> Result<Position, D
     let pos = match target {
         SetTarget::Latest => {
             let (coord, gtid) = conn::current_position(&mut c, src.info.flavor).await?;
-            Position { coord, gtid }
+            Position::new(coord, gtid)
         }
         SetTarget::File(coord) => {
             let files = conn::binlog_files(&mut c)
@@ -709,7 +720,7 @@ pub async fn position_set(cfg: &Config, target: SetTarget) -> Result<Position, D
             }
             // the GTID state at that position is only known by reading up to it; a file:pos
             // position resumes by file:pos
-            Position { coord, gtid: None }
+            Position::new(coord, None)
         }
         SetTarget::Gtid(g) => {
             let set = GtidSet::parse_any(&g).map_err(other)?;
@@ -723,13 +734,13 @@ pub async fn position_set(cfg: &Config, target: SetTarget) -> Result<Position, D
                     src.info.version
                 )));
             }
-            Position {
-                coord: BinlogCoord {
+            Position::new(
+                BinlogCoord {
                     file: String::new(),
                     pos: 4,
                 },
-                gtid: Some(set),
-            }
+                Some(set),
+            )
         }
     };
     let id = SourceIdentity {

@@ -68,6 +68,16 @@ pub struct Metrics {
     pub kafka_skipped_present: Family<SinkLabel, Counter>,
     pub kafka_producer_resets: Family<SinkLabel, Counter>,
     pub kafka_delivery_seconds: Family<SinkLabel, Histogram, fn() -> Histogram>,
+    /// Prepared XA transactions held until their XA COMMIT / XA ROLLBACK, their row changes,
+    /// and the age of the oldest (from its PREPARE's event time, at scrape).
+    pub xa_held: Gauge,
+    pub xa_held_rows: Gauge,
+    pub xa_oldest_age_seconds: F64Gauge,
+    pub xa_oldest_prepared_ms: AtomicU64,
+    /// XA COMMITs of transactions whose PREPARE was before the stream's start.
+    pub xa_unknown_commits: Counter,
+    /// Row changes withdrawn by ROLLBACK TO SAVEPOINT / ROLLBACK inside a logged transaction.
+    pub rows_rolled_back: Counter,
     /// Event time (ms) of the last batch handed to the sinks / of the last acknowledged
     /// transaction; wall time (ms) of the last stored checkpoint.
     pub read_event_ms: AtomicU64,
@@ -125,6 +135,12 @@ impl Metrics {
             kafka_skipped_present: Family::default(),
             kafka_producer_resets: Family::default(),
             kafka_delivery_seconds: Family::new_with_constructor(batch_histogram),
+            xa_held: Gauge::default(),
+            xa_held_rows: Gauge::default(),
+            xa_oldest_age_seconds: F64Gauge::default(),
+            xa_oldest_prepared_ms: AtomicU64::new(0),
+            xa_unknown_commits: Counter::default(),
+            rows_rolled_back: Counter::default(),
             read_event_ms: AtomicU64::new(0),
             acked_event_ms: AtomicU64::new(0),
             stored_at_ms: AtomicU64::new(0),
@@ -271,6 +287,31 @@ impl Metrics {
             "From queuing a batch's messages to the last delivery report",
             m.kafka_delivery_seconds.clone(),
         );
+        r.register(
+            "xa_held",
+            "Prepared XA transactions whose row changes are held until XA COMMIT / XA ROLLBACK",
+            m.xa_held.clone(),
+        );
+        r.register(
+            "xa_held_rows",
+            "Row changes of held prepared XA transactions",
+            m.xa_held_rows.clone(),
+        );
+        r.register(
+            "xa_oldest_age_seconds",
+            "Age of the oldest held prepared XA transaction (0: none)",
+            m.xa_oldest_age_seconds.clone(),
+        );
+        r.register(
+            "xa_unknown_commits",
+            "XA COMMITs of transactions prepared before the position streaming started from (rows not in the stream)",
+            m.xa_unknown_commits.clone(),
+        );
+        r.register(
+            "rows_rolled_back",
+            "Row changes withdrawn by a ROLLBACK TO SAVEPOINT or ROLLBACK logged inside a transaction",
+            m.rows_rolled_back.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -326,6 +367,12 @@ impl Metrics {
             now.saturating_sub(acked) as f64 / 1000.0
         };
         self.lag_seconds.set(lag);
+        let xa = self.xa_oldest_prepared_ms.load(Ordering::Relaxed);
+        self.xa_oldest_age_seconds.set(if xa == 0 {
+            0.0
+        } else {
+            now.saturating_sub(xa) as f64 / 1000.0
+        });
         let stored = self.stored_at_ms.load(Ordering::Relaxed);
         if stored > 0 {
             self.checkpoint_age_seconds

@@ -16,11 +16,18 @@ use crate::config::{HumanDuration, Secret};
 use crate::source::position::{BinlogCoord, GtidSet, Position};
 
 /// Versioned migrations, applied in order, each once.
-pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "checkpoint",
-    include_str!("../../migrations/0001_checkpoint.sql"),
-)];
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "checkpoint",
+        include_str!("../../migrations/0001_checkpoint.sql"),
+    ),
+    (
+        2,
+        "xa_restart",
+        include_str!("../../migrations/0002_xa_restart.sql"),
+    ),
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,7 +216,8 @@ impl Checkpoint {
             .exec_first(
                 format!(
                     "SELECT binlog_file, binlog_pos, gtid_set, gtid_flavor, server_id, server_uuid, event_ts_ms, \
-                     CAST(updated_at AS CHAR), TIMESTAMPDIFF(SECOND, updated_at, CURRENT_TIMESTAMP(3)) \
+                     CAST(updated_at AS CHAR), TIMESTAMPDIFF(SECOND, updated_at, CURRENT_TIMESTAMP(3)), \
+                     restart_file, restart_pos, restart_gtid_set \
                      FROM `{s}`.`checkpoint` WHERE pipeline = ?"
                 ),
                 (&self.pipeline,),
@@ -220,23 +228,32 @@ impl Checkpoint {
         let pos: u64 = r.get(1).unwrap_or(4);
         let gtid: Option<String> = r.get::<Option<String>, _>(2).flatten();
         let flavor: Option<String> = r.get::<Option<String>, _>(3).flatten();
-        let gtid = match (gtid, flavor.as_deref()) {
-            (Some(g), Some("mariadb")) => Some(GtidSet::MariaDb(
-                g.parse().map_err(CheckpointError::Invalid)?,
-            )),
-            (Some(g), Some("mysql")) => {
-                Some(GtidSet::MySql(g.parse().map_err(CheckpointError::Invalid)?))
-            }
-            (Some(g), _) if !g.is_empty() => {
-                Some(GtidSet::parse_any(&g).map_err(CheckpointError::Invalid)?)
-            }
-            _ => None,
+        let parse_gtid = |gtid: Option<String>| -> Result<Option<GtidSet>, CheckpointError> {
+            Ok(match (gtid, flavor.as_deref()) {
+                (Some(g), Some("mariadb")) => Some(GtidSet::MariaDb(
+                    g.parse().map_err(CheckpointError::Invalid)?,
+                )),
+                (Some(g), Some("mysql")) => {
+                    Some(GtidSet::MySql(g.parse().map_err(CheckpointError::Invalid)?))
+                }
+                (Some(g), _) if !g.is_empty() => {
+                    Some(GtidSet::parse_any(&g).map_err(CheckpointError::Invalid)?)
+                }
+                _ => None,
+            })
         };
+        let mut position = Position::new(BinlogCoord { file, pos }, parse_gtid(gtid)?);
+        let restart_file: Option<String> = r.get::<Option<String>, _>(9).flatten();
+        let restart_pos: Option<u64> = r.get::<Option<u64>, _>(10).flatten();
+        let restart_gtid = parse_gtid(r.get::<Option<String>, _>(11).flatten())?;
+        if let (Some(file), Some(pos)) = (restart_file, restart_pos) {
+            position.restart = Some(Box::new(Position::new(
+                BinlogCoord { file, pos },
+                restart_gtid,
+            )));
+        }
         Ok(Some(Stored {
-            position: Position {
-                coord: BinlogCoord { file, pos },
-                gtid,
-            },
+            position,
             server_id: r.get(4).unwrap_or(0),
             server_uuid: r.get::<Option<String>, _>(5).flatten(),
             event_ts_ms: r.get(6).unwrap_or(0),
@@ -261,10 +278,12 @@ impl Checkpoint {
             .exec_drop(
                 format!(
                     "INSERT INTO `{s}`.`checkpoint` (pipeline, binlog_file, binlog_pos, gtid_set, gtid_flavor, server_id, \
-                     server_uuid, event_ts_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                     server_uuid, event_ts_ms, restart_file, restart_pos, restart_gtid_set) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
                      binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set), \
                      gtid_flavor = VALUES(gtid_flavor), server_id = VALUES(server_id), server_uuid = VALUES(server_uuid), \
-                     event_ts_ms = VALUES(event_ts_ms)"
+                     event_ts_ms = VALUES(event_ts_ms), restart_file = VALUES(restart_file), \
+                     restart_pos = VALUES(restart_pos), restart_gtid_set = VALUES(restart_gtid_set)"
                 ),
                 (
                     &self.pipeline,
@@ -275,6 +294,11 @@ impl Checkpoint {
                     id.server_id,
                     &id.server_uuid,
                     event_ts_ms,
+                    p.restart.as_ref().map(|r| r.coord.file.clone()),
+                    p.restart.as_ref().map(|r| r.coord.pos),
+                    p.restart
+                        .as_ref()
+                        .and_then(|r| r.gtid.as_ref().map(|g| g.to_string())),
                 ),
             )
             .await?;

@@ -12,6 +12,7 @@ mod fuzz_tests;
 pub mod jsondiff;
 pub mod mariadb;
 pub mod rows;
+pub mod statement;
 pub mod table;
 pub mod value;
 
@@ -27,9 +28,12 @@ use tracing::{debug, info, warn};
 
 use crate::event::{Batch, TxnChunks};
 use crate::filter::TableFilter;
-use crate::source::position::{BinlogCoord, GtidSet, MariaGtidPos, MySqlGtidSet, Position};
+use crate::source::position::{
+    coord_le, BinlogCoord, GtidSet, MariaGtidPos, MySqlGtidSet, Position,
+};
 use charset::CollationMap;
-use rows::{RowsChunk, RowsEventKind};
+use rows::{Op, RowsChunk, RowsEventKind};
+use statement::{statement_target, Savepoint, XaVerb, Xid};
 use table::{SchemaHints, TableSchema};
 
 #[derive(Debug, Error)]
@@ -100,6 +104,30 @@ struct OpenTxn {
     commit_ts_ms: Option<u64>,
     chunks: Vec<RowsChunk>,
     bytes: usize,
+    /// An XA transaction (from `XA START`): its rows are held at XA PREPARE.
+    xa: Option<Xid>,
+    /// Acknowledged before a restart: read again only to rebuild the XA state.
+    replayed: bool,
+    /// Open savepoints: name and the number of `chunks` before it.
+    savepoints: Vec<(String, usize)>,
+    /// Rows of a non-transactional table (MyISAM, Aria…): a rollback keeps them.
+    non_transactional: bool,
+    /// Rows of this transaction already handed on (a large transaction in parts).
+    handed_rows: bool,
+    /// The resume point before this transaction began.
+    before: Option<Position>,
+}
+
+/// A prepared XA transaction waiting for its XA COMMIT or XA ROLLBACK.
+#[derive(Debug)]
+struct HeldXa {
+    xid: Xid,
+    chunks: Vec<RowsChunk>,
+    rows: u64,
+    /// Where reading must restart to read its PREPARE group again.
+    restart: Position,
+    prepared_at: BinlogCoord,
+    prepared_ms: u64,
 }
 
 #[derive(Debug)]
@@ -177,6 +205,13 @@ pub struct Decoder {
     check_gtid_list: bool,
     /// Offset after the last event read (where the next one starts), 0 before the first.
     next_pos: u64,
+    /// Prepared XA transactions, in PREPARE order.
+    held_xa: Vec<HeldXa>,
+    /// After a restart from an XA restart point: transactions in this set were acknowledged
+    /// already and are read only to rebuild the XA state.
+    replay_gtid: Option<GtidSet>,
+    /// Event time of the last "XA transaction held long" warning.
+    xa_warned_ms: u64,
     /// Statistics
     pub events: u64,
     pub bytes_read: u64,
@@ -219,6 +254,9 @@ impl Decoder {
             stopped: false,
             check_gtid_list: false,
             next_pos: 0,
+            held_xa: Vec::new(),
+            replay_gtid: None,
+            xa_warned_ms: 0,
             events: 0,
             bytes_read: 0,
         }
@@ -233,6 +271,20 @@ impl Decoder {
         self.file = Arc::from(file);
         self.gtid_state = gtid;
         self.emit_from = emit_from;
+    }
+
+    /// After a restart from an XA restart point: hand on nothing of the transactions in `acked`
+    /// (they were acknowledged before the restart); also by coordinate through `emit_from`.
+    pub fn replay_acknowledged(&mut self, acked: Option<GtidSet>) {
+        self.replay_gtid = acked;
+    }
+
+    /// Prepared XA transactions held: (count, row changes).
+    pub fn held_xa(&self) -> (usize, u64) {
+        (
+            self.held_xa.len(),
+            self.held_xa.iter().map(|h| h.rows).sum(),
+        )
     }
 
     /// Prepares for a new stream after a reconnect (keeps a pending `emit_from`).
@@ -458,13 +510,13 @@ impl Decoder {
                 let q: QueryEvent<'_> = ev.read_event().map_err(malformed)?;
                 let schema = q.schema().into_owned();
                 let text = q.query().into_owned();
-                self.on_query(ev, &schema, &text, end)?;
+                self.on_query(ev, &schema, &text, start, end)?;
             }
             mariadb::QUERY_COMPRESSED => {
                 let (schema, text) =
                     mariadb::parse_query_compressed(ev.data(), 13)
                         .map_err(malformed)?;
-                self.on_query(ev, &schema, &text, end)?;
+                self.on_query(ev, &schema, &text, start, end)?;
             }
             // TABLE_MAP
             19 => return self.on_table_map(ev),
@@ -479,6 +531,7 @@ impl Decoder {
                 self.begin_txn();
                 self.txn.gtid = Some(Arc::from(format!("{sid}:{}", g.gno()).as_str()));
                 self.txn.mysql_gtid = Some((sid, g.gno()));
+                self.mark_replayed();
                 let ts = g.immediate_commit_timestamp();
                 if ts > 0 {
                     self.txn.commit_ts_ms = Some(ts / 1000);
@@ -530,17 +583,15 @@ impl Decoder {
                         .into(),
                 ))
             }
-            // XA_PREPARE: the transaction's rows come again at XA COMMIT
-            38 => {
-                self.txn = OpenTxn::default();
-                self.in_txn = false;
-            }
+            // XA_PREPARE: ends the PREPARE group, which holds the rows (XA COMMIT has none)
+            38 => self.on_xa_prepare(ev, end)?,
             mariadb::GTID => {
                 let g = mariadb::parse_gtid(ev.data(), ev.header().server_id()).map_err(malformed)?;
                 self.begin_txn();
                 self.txn.gtid = Some(Arc::from(format!("{}-{}-{}", g.domain, g.server, g.seq).as_str()));
                 self.txn.maria_gtid = Some(g);
                 self.txn.began = g.flags2 & mariadb::FL_STANDALONE == 0;
+                self.mark_replayed();
             }
             mariadb::GTID_LIST => {
                 let list = mariadb::parse_gtid_list(ev.data()).map_err(malformed)?;
@@ -589,8 +640,224 @@ impl Decoder {
         if self.in_txn && !self.txn.chunks.is_empty() {
             warn!(file = %self.file, "transaction without a commit event; its rows are dropped");
         }
-        self.txn = OpenTxn::default();
+        let before = self.committed.clone().map(|mut p| {
+            p.restart = None;
+            p
+        });
+        self.txn = OpenTxn {
+            before,
+            ..OpenTxn::default()
+        };
         self.in_txn = true;
+    }
+
+    /// After a restart from an XA restart point: is this transaction (its GTID just read)
+    /// one that was acknowledged before? The first one that is not ends the replay.
+    fn mark_replayed(&mut self) {
+        let Some(acked) = &self.replay_gtid else {
+            return;
+        };
+        let seen = match (acked, &self.txn.mysql_gtid, &self.txn.maria_gtid) {
+            (GtidSet::MySql(s), Some((sid, gno)), _) => s.contains(sid, *gno),
+            (GtidSet::MariaDb(p), _, Some(g)) => p
+                .domains
+                .get(&g.domain)
+                .is_some_and(|(_, seq)| g.seq <= *seq),
+            _ => false,
+        };
+        if seen {
+            self.txn.replayed = true;
+        } else {
+            self.replay_gtid = None;
+            self.emit_from = None;
+        }
+    }
+
+    /// The XA_PREPARE event: a two-phase XA transaction's rows are held until its XA COMMIT
+    /// (handed on then, at the commit's position) or XA ROLLBACK (dropped); `XA COMMIT … ONE
+    /// PHASE` (logged as a prepare with the one-phase flag) is an ordinary commit.
+    fn on_xa_prepare(&mut self, ev: &Event, end: u64) -> Result<(), DecodeError> {
+        let (one_phase, xid) = Xid::from_prepare_event(ev.data()).map_err(malformed)?;
+        if one_phase {
+            self.txn.xa = None;
+            return self.commit(ev, end);
+        }
+        let chunks = std::mem::take(&mut self.txn.chunks);
+        self.txn.bytes = 0;
+        let restart = self.txn.before.clone().unwrap_or_else(|| {
+            Position::new(
+                BinlogCoord {
+                    file: self.file.to_string(),
+                    pos: 4,
+                },
+                None,
+            )
+        });
+        if let Some(i) = self.held_xa.iter().position(|h| h.xid == xid) {
+            warn!(xid = %xid, "XA PREPARE of an xid that is already prepared; the earlier one is replaced");
+            self.held_xa.remove(i);
+        }
+        let rows: u64 = chunks.iter().map(|c| c.rows as u64).sum();
+        let ts = ev.header().timestamp() as u64 * 1000;
+        if !self.txn.replayed {
+            info!(xid = %xid, rows, at = %format!("{}:{end}", self.file), "XA PREPARE: row changes held until XA COMMIT or XA ROLLBACK");
+        }
+        self.held_xa.push(HeldXa {
+            xid,
+            chunks,
+            rows,
+            restart,
+            prepared_at: BinlogCoord {
+                file: self.file.to_string(),
+                pos: end,
+            },
+            prepared_ms: ts,
+        });
+        self.txn.xa = None;
+        self.xa_metrics();
+        self.commit(ev, end)
+    }
+
+    /// `XA COMMIT` / `XA ROLLBACK` of a prepared transaction: its own group, which it ends.
+    fn on_xa_outcome(
+        &mut self,
+        ev: &Event,
+        start: u64,
+        end: u64,
+        xid: Xid,
+        commit: bool,
+    ) -> Result<(), DecodeError> {
+        if !self.in_txn {
+            self.begin_txn();
+        }
+        let verb = if commit { "XA COMMIT" } else { "XA ROLLBACK" };
+        match self.held_xa.iter().position(|h| h.xid == xid) {
+            Some(i) => {
+                let held = self.held_xa.remove(i);
+                if commit {
+                    // handed on at the commit's coordinates, so (file, pos, row) keeps growing
+                    let pos = self.payload.as_ref().map(|p| p.start).unwrap_or(start);
+                    let ts = self
+                        .txn
+                        .commit_ts_ms
+                        .unwrap_or(ev.header().timestamp() as u64 * 1000);
+                    let mut row = 0u32;
+                    for mut c in held.chunks {
+                        c.pos = pos;
+                        c.first_row = row;
+                        c.ts_ms = ts;
+                        row = row.saturating_add(c.rows);
+                        self.txn.bytes += c.bytes();
+                        self.txn.chunks.push(c);
+                    }
+                }
+                if !self.txn.replayed {
+                    info!(xid = %xid, rows = held.rows, prepared_at = %held.prepared_at, "{verb}: {} held row changes",
+                        if commit { "handing on the" } else { "dropping the" });
+                }
+            }
+            None if commit && !self.txn.replayed && !self.before_emit_from(end) => {
+                crate::metrics::get().xa_unknown_commits.inc();
+                warn!(
+                    xid = %xid, at = %format!("{}:{start}", self.file),
+                    "XA COMMIT of a transaction prepared before the position binlogd started streaming from: \
+                     its row changes are in the PREPARE group, which this stream did not read. If it changed streamed \
+                     tables, start from a position before its XA PREPARE (`binlogd replay`) or re-read those tables"
+                );
+            }
+            None => {}
+        }
+        self.xa_metrics();
+        self.commit(ev, end)
+    }
+
+    fn xa_metrics(&mut self) {
+        let m = crate::metrics::get();
+        m.xa_held.set(self.held_xa.len() as i64);
+        m.xa_held_rows
+            .set(self.held_xa.iter().map(|h| h.rows as i64).sum());
+        m.xa_oldest_prepared_ms.store(
+            self.held_xa.first().map(|h| h.prepared_ms.max(1)).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Warns (at most once a minute of event time) about XA transactions prepared long ago.
+    fn warn_old_xa(&mut self, now_ms: u64) {
+        let Some(h) = self.held_xa.first() else {
+            return;
+        };
+        if now_ms.saturating_sub(h.prepared_ms) >= 60_000
+            && now_ms.saturating_sub(self.xa_warned_ms) >= 60_000
+        {
+            self.xa_warned_ms = now_ms;
+            warn!(
+                held = self.held_xa.len(),
+                oldest_xid = %h.xid,
+                oldest_age_s = now_ms.saturating_sub(h.prepared_ms) / 1000,
+                prepared_at = %h.prepared_at,
+                rows = self.held_xa.iter().map(|h| h.rows).sum::<u64>(),
+                "prepared XA transactions are waiting for XA COMMIT / XA ROLLBACK: their rows are held in memory and a \
+                 restart reads the binlog again from before the oldest one (`XA RECOVER` on the server lists them)"
+            );
+        }
+    }
+
+    /// `ROLLBACK TO SAVEPOINT` / `ROLLBACK` logged inside a transaction (MariaDB does so when a
+    /// non-transactional table was changed): the rows of transactional tables after the
+    /// savepoint (all of them for `ROLLBACK`) are withdrawn, as a replica applying the
+    /// transaction would undo them; rows of non-transactional tables stay.
+    fn roll_back_to(&mut self, mark: usize, what: &str) {
+        let mark = mark.min(self.txn.chunks.len());
+        let tail = self.txn.chunks.split_off(mark);
+        let mut withdrawn = 0u64;
+        for c in tail {
+            if c.table.transactional {
+                withdrawn += c.rows as u64;
+                self.txn.bytes = self.txn.bytes.saturating_sub(c.bytes());
+            } else {
+                self.txn.chunks.push(c);
+            }
+        }
+        crate::metrics::get().rows_rolled_back.inc_by(withdrawn);
+        debug!(what, withdrawn, "rollback inside a transaction");
+        if mark == 0 && self.txn.handed_rows && withdrawn > 0 {
+            tracing::error!(
+                file = %self.file, gtid = ?self.txn.gtid, what,
+                "a transaction that was handed on in parts (larger than pipeline.batch_max_bytes) and changed a \
+                 non-transactional table ends in a rollback: its transactional row changes handed on before it cannot be \
+                 withdrawn; re-read the affected tables"
+            );
+        }
+    }
+
+    /// Change events for tables whose contents a statement replaced without row events.
+    fn replaced_tables(&mut self, ev: &Event, schema: &str, head: &str, pos: u64) {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for r in statement::contents_replaced(head) {
+            let db = r.db.unwrap_or_else(|| schema.to_string());
+            if !self.filter.matches(&db, &r.table) || seen.contains(&(db.clone(), r.table.clone())) {
+                continue;
+            }
+            info!(db = %db, table = %r.table, statement = r.statement, "table contents replaced without row events: a truncate event (op \"t\") is handed on");
+            let chunk = RowsChunk {
+                table: Arc::new(TableSchema::named(&db, &r.table)),
+                op: Op::Truncate,
+                data: Vec::new(),
+                cells: Vec::new(),
+                rows: 1,
+                partial_json: Vec::new(),
+                pos,
+                first_row: seen.len() as u32,
+                server_id: ev.header().server_id(),
+                ts_ms: self
+                    .txn
+                    .commit_ts_ms
+                    .unwrap_or(ev.header().timestamp() as u64 * 1000),
+            };
+            seen.push((db, r.table));
+            self.txn.chunks.push(chunk);
+        }
     }
 
     fn on_query(
@@ -598,23 +865,79 @@ impl Decoder {
         ev: &Event,
         schema: &str,
         text: &str,
+        start: u64,
         end: u64,
     ) -> Result<(), DecodeError> {
         let head = text.trim_start();
-        let first: String = head
-            .chars()
-            .take_while(|c| c.is_ascii_alphabetic())
-            .collect::<String>()
-            .to_ascii_uppercase();
+        let first = statement::verb(head);
         match first.as_str() {
-            "BEGIN" | "XA" if !head.to_ascii_uppercase().starts_with("XA COMMIT") => {
+            "BEGIN" => {
                 if !self.in_txn {
                     self.begin_txn();
                 }
                 self.txn.began = true;
                 Ok(())
             }
-            "COMMIT" | "ROLLBACK" => self.commit(ev, end),
+            "XA" => match statement::parse_xa(head) {
+                Some((XaVerb::Commit, xid, _)) => self.on_xa_outcome(ev, start, end, xid, true),
+                Some((XaVerb::Rollback, xid, _)) => {
+                    self.on_xa_outcome(ev, start, end, xid, false)
+                }
+                Some((verb, xid, _)) => {
+                    if !self.in_txn {
+                        self.begin_txn();
+                    }
+                    self.txn.began = true;
+                    if verb == XaVerb::Start {
+                        self.txn.xa = Some(xid);
+                    }
+                    Ok(())
+                }
+                None => Err(DecodeError::Malformed(format!(
+                    "XA statement binlogd cannot read ({}…): it cannot tell which prepared transaction it ends, \
+                     and stops rather than lose or invent its rows (report the server version)",
+                    head.chars().take(80).collect::<String>()
+                ))),
+            },
+            "COMMIT" => self.commit(ev, end),
+            "SAVEPOINT" | "RELEASE" | "ROLLBACK" if self.in_txn => {
+                match statement::parse_savepoint(head) {
+                    Some(Savepoint::Set(name)) => {
+                        self.txn.savepoints.retain(|(n, _)| *n != name);
+                        let at = self.txn.chunks.len();
+                        self.txn.savepoints.push((name, at));
+                        Ok(())
+                    }
+                    Some(Savepoint::Release(name)) => {
+                        if let Some(i) = self.txn.savepoints.iter().rposition(|(n, _)| *n == name) {
+                            self.txn.savepoints.truncate(i);
+                        }
+                        Ok(())
+                    }
+                    Some(Savepoint::RollbackTo(name)) => {
+                        let mark = match self.txn.savepoints.iter().rposition(|(n, _)| *n == name) {
+                            Some(i) => {
+                                self.txn.savepoints.truncate(i + 1);
+                                self.txn.savepoints[i].1
+                            }
+                            None => {
+                                // set before anything was logged in this transaction
+                                self.txn.savepoints.clear();
+                                0
+                            }
+                        };
+                        self.roll_back_to(mark, "ROLLBACK TO SAVEPOINT");
+                        Ok(())
+                    }
+                    None if first == "ROLLBACK" => {
+                        // a rolled-back transaction that changed a non-transactional table
+                        self.roll_back_to(0, "ROLLBACK");
+                        self.commit(ev, end)
+                    }
+                    None => Ok(()),
+                }
+            }
+            "ROLLBACK" => self.commit(ev, end),
             "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD"
                 if !self.filter_skips_statement(schema, head) && !self.before_emit_from(end) =>
             {
@@ -625,13 +948,13 @@ impl Decoder {
                 )))
             }
             _ => {
-                if !head.starts_with('#') && !first.is_empty() && first != "SAVEPOINT" {
+                if !head.starts_with('#') && !first.is_empty() {
                     info!(schema, ddl = %loggable_ddl(head), "DDL");
-                    if first == "TRUNCATE" {
-                        warn!(schema, "TRUNCATE removes rows without row events; consumers see no deletes for them");
-                    }
-                    // schema hints (MariaDB JSON columns) may have changed
+                    let pos = self.payload.as_ref().map(|p| p.start).unwrap_or(start);
+                    self.replaced_tables(ev, schema, head, pos);
+                    // schema hints (MariaDB JSON columns, engines) may have changed
                     self.hints.clear();
+                    self.tables.clear();
                 }
                 if !self.txn.began {
                     // a standalone statement (DDL) is its own transaction
@@ -645,9 +968,11 @@ impl Decoder {
 
     /// `true` for events before a requested mid-file start (read only to learn the GTID state).
     fn before_emit_from(&self, end: u64) -> bool {
-        self.emit_from
-            .as_ref()
-            .is_some_and(|e| e.file == *self.file && end <= e.pos)
+        self.txn.replayed
+            || self
+                .emit_from
+                .as_ref()
+                .is_some_and(|e| coord_le(&self.file, end, e))
     }
 
     /// `true` when a statement-based DML certainly targets a table we do not stream. When the
@@ -729,10 +1054,16 @@ impl Decoder {
         if coord_skip(&self.skip_upto, &self.file, pos) {
             return Ok(());
         }
-        if let Some(e) = &self.emit_from {
-            if e.file == *self.file && pos < e.pos {
-                return Ok(());
-            }
+        // already acknowledged before a restart (an XA transaction's rows are read again: its
+        // outcome may come later)
+        if self.txn.xa.is_none()
+            && (self.txn.replayed
+                || self
+                    .emit_from
+                    .as_ref()
+                    .is_some_and(|e| coord_le(&self.file, pos, e) && !(e.file == *self.file && pos == e.pos)))
+        {
+            return Ok(());
         }
         let rows_part = &body[hdr.rows_offset..];
         let data = if kind.compressed {
@@ -777,18 +1108,38 @@ impl Decoder {
         if !self.in_txn {
             self.in_txn = true;
         }
+        if !chunk.table.transactional {
+            self.txn.non_transactional = true;
+        }
         self.txn.bytes += chunk.bytes();
         self.txn.chunks.push(chunk);
-        if self.txn.bytes >= self.max_txn_buffer {
+        // A large transaction is handed on in parts, except what may still be withdrawn: an
+        // XA transaction's rows (until its outcome) and the rows after an open savepoint.
+        if self.txn.bytes >= self.max_txn_buffer && self.txn.xa.is_none() {
             self.flush_open_txn();
         }
         Ok(())
     }
 
-    /// Hands on the open transaction's rows so far (large transactions stream in parts).
+    /// Hands on the open transaction's rows so far (large transactions stream in parts), up to
+    /// the first open savepoint.
     fn flush_open_txn(&mut self) {
-        let chunks = std::mem::take(&mut self.txn.chunks);
-        self.txn.bytes = 0;
+        let upto = self
+            .txn
+            .savepoints
+            .first()
+            .map(|s| s.1)
+            .unwrap_or(self.txn.chunks.len());
+        if upto == 0 {
+            return;
+        }
+        let rest = self.txn.chunks.split_off(upto);
+        let chunks = std::mem::replace(&mut self.txn.chunks, rest);
+        for sp in self.txn.savepoints.iter_mut() {
+            sp.1 -= upto;
+        }
+        self.txn.bytes = self.txn.chunks.iter().map(|c| c.bytes()).sum();
+        self.txn.handed_rows = true;
         if let Some(last) = chunks.last() {
             self.handed_in_txn = Some(BinlogCoord {
                 file: self.file.to_string(),
@@ -847,6 +1198,16 @@ impl Decoder {
         if self.from_time_ms.is_some_and(|t| txn_ts < t) {
             chunks.clear();
         }
+        // acknowledged before a restart: read only to rebuild state
+        let replayed = self.txn.replayed
+            || (end != 0
+                && self
+                    .emit_from
+                    .as_ref()
+                    .is_some_and(|e| coord_le(&self.file, end, e)));
+        if replayed {
+            chunks.clear();
+        }
         let ts = chunks
             .last()
             .map(|c| c.ts_ms)
@@ -871,15 +1232,17 @@ impl Decoder {
                 pos: end,
             },
             gtid: self.gtid_state.clone(),
+            // while XA transactions are prepared, a restart must read their PREPAREs again
+            restart: self.held_xa.first().map(|h| Box::new(h.restart.clone())),
         };
         self.committed = Some(pos.clone());
-        if let Some(e) = &self.emit_from {
-            if e.file == *self.file && end <= e.pos {
-                // before the requested start: a resume point, but nothing to hand on
-                return Ok(());
-            }
-            self.emit_from = None;
+        self.warn_old_xa(txn_ts);
+        if replayed {
+            // before the requested start: a resume point, but nothing to hand on
+            return Ok(());
         }
+        self.emit_from = None;
+        self.replay_gtid = None;
         self.pending.commit = Some(pos);
         self.pending.last_event_ms = ts;
         Ok(())
@@ -923,173 +1286,6 @@ fn fake_rotate_has_crc(ev: &Event) -> bool {
             d[d.len() - 2],
             d[d.len() - 1],
         ])
-}
-
-/// The table a single-table DML statement writes to: `(db, table)`, from
-/// `INSERT [opts] [INTO] t`, `REPLACE …`, `UPDATE [opts] t SET`, `DELETE [opts] FROM t`,
-/// `LOAD DATA … INTO TABLE t`. `None` when not sure (multi-table forms, unusual syntax).
-pub(crate) fn statement_target(sql: &str) -> Option<(Option<String>, String)> {
-    let mut toks = Tokens {
-        s: sql.trim_start(),
-    };
-    let verb = toks.word()?.to_ascii_uppercase();
-    let skip = [
-        "LOW_PRIORITY",
-        "DELAYED",
-        "HIGH_PRIORITY",
-        "IGNORE",
-        "QUICK",
-        "CONCURRENT",
-        "LOCAL",
-    ];
-    match verb.as_str() {
-        "INSERT" | "REPLACE" => {
-            toks.skip_words(&skip);
-            toks.skip_words(&["INTO"]);
-        }
-        "UPDATE" => toks.skip_words(&skip),
-        "DELETE" => {
-            toks.skip_words(&skip);
-            if !toks.word()?.eq_ignore_ascii_case("FROM") {
-                return None; // multi-table DELETE t1, t2 FROM …
-            }
-        }
-        "LOAD" => {
-            // LOAD DATA|XML … INTO TABLE t
-            let up = sql.to_ascii_uppercase();
-            let at = up.find(" INTO TABLE ")? + " INTO TABLE ".len();
-            toks = Tokens { s: &sql[at..] };
-        }
-        _ => return None,
-    }
-    let first = toks.ident()?;
-    let name = if toks.s.starts_with('.') {
-        toks.s = &toks.s[1..];
-        (Some(first), toks.ident()?)
-    } else {
-        (None, first)
-    };
-    // a comma right after the table: a multi-table UPDATE
-    if verb == "UPDATE" && toks.s.trim_start().starts_with(',') {
-        return None;
-    }
-    Some(name)
-}
-
-struct Tokens<'a> {
-    s: &'a str,
-}
-
-impl<'a> Tokens<'a> {
-    fn word(&mut self) -> Option<&'a str> {
-        self.s = self.s.trim_start();
-        let end = self
-            .s
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(self.s.len());
-        if end == 0 {
-            return None;
-        }
-        let (w, rest) = self.s.split_at(end);
-        self.s = rest;
-        Some(w)
-    }
-
-    fn skip_words(&mut self, words: &[&str]) {
-        loop {
-            let save = self.s;
-            match self.word() {
-                Some(w) if words.iter().any(|x| x.eq_ignore_ascii_case(w)) => continue,
-                _ => {
-                    self.s = save;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn ident(&mut self) -> Option<String> {
-        self.s = self.s.trim_start();
-        if let Some(rest) = self.s.strip_prefix('`') {
-            let mut out = String::new();
-            let mut it = rest.char_indices().peekable();
-            while let Some((i, c)) = it.next() {
-                if c == '`' {
-                    if let Some((_, '`')) = it.peek() {
-                        out.push('`');
-                        it.next();
-                        continue;
-                    }
-                    self.s = &rest[i + 1..];
-                    return Some(out);
-                }
-                out.push(c);
-            }
-            None
-        } else {
-            let end = self
-                .s
-                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-                .unwrap_or(self.s.len());
-            if end == 0 {
-                return None;
-            }
-            let (w, rest) = self.s.split_at(end);
-            self.s = rest;
-            Some(w.to_string())
-        }
-    }
-}
-
-#[cfg(test)]
-mod statement_tests {
-    use super::statement_target;
-
-    #[test]
-    fn account_statements_are_not_logged() {
-        for s in [
-            "CREATE USER 'u'@'%' IDENTIFIED BY 'pw'",
-            "ALTER USER u IDENTIFIED BY 'pw'",
-            "SET PASSWORD FOR u = PASSWORD('pw')",
-            "GRANT ALL ON *.* TO u IDENTIFIED BY 'pw'",
-            "create or replace user u identified by 'pw'",
-        ] {
-            let l = super::loggable_ddl(s);
-            assert!(!l.contains("pw"), "{l}");
-        }
-        assert_eq!(
-            super::loggable_ddl("ALTER TABLE t ADD c INT"),
-            "ALTER TABLE t ADD c INT"
-        );
-    }
-
-    #[test]
-    fn targets() {
-        let t = |s: &str| statement_target(s);
-        assert_eq!(
-            t("INSERT INTO `shop`.t VALUES (1)"),
-            Some((Some("shop".into()), "t".into()))
-        );
-        assert_eq!(
-            t("insert ignore into t (a) values (1)"),
-            Some((None, "t".into()))
-        );
-        assert_eq!(
-            t("REPLACE LOW_PRIORITY `a``b` SET x=1"),
-            Some((None, "a`b".into()))
-        );
-        assert_eq!(
-            t("UPDATE db.t SET v = 1"),
-            Some((Some("db".into()), "t".into()))
-        );
-        assert_eq!(t("UPDATE t1, t2 SET t1.a = t2.a"), None);
-        assert_eq!(t("DELETE FROM t WHERE id = 1"), Some((None, "t".into())));
-        assert_eq!(t("DELETE t1 FROM t1 JOIN t2"), None);
-        assert_eq!(
-            t("LOAD DATA INFILE 'x' INTO TABLE s.t"),
-            Some((Some("s".into()), "t".into()))
-        );
-    }
 }
 
 /// Checks the counts in a PREVIOUS_GTIDS body against its length before mysql_common parses it:

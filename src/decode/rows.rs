@@ -36,6 +36,9 @@ pub enum Op {
     Insert,
     Update,
     Delete,
+    /// A table's rows were removed or replaced without row events (TRUNCATE, DROP TABLE,
+    /// partition operations, RENAME): one change per table, no images.
+    Truncate,
 }
 
 impl Op {
@@ -44,6 +47,7 @@ impl Op {
             Op::Insert => "c",
             Op::Update => "u",
             Op::Delete => "d",
+            Op::Truncate => "t",
         }
     }
 }
@@ -115,7 +119,7 @@ impl RowsChunk {
     pub fn before(&self, r: usize) -> Option<&[Cell]> {
         let n = self.table.columns.len();
         match self.op {
-            Op::Insert => None,
+            Op::Insert | Op::Truncate => None,
             Op::Update => Some(&self.cells[2 * r * n..(2 * r + 1) * n]),
             Op::Delete => Some(&self.cells[r * n..(r + 1) * n]),
         }
@@ -125,7 +129,7 @@ impl RowsChunk {
     pub fn after(&self, r: usize) -> Option<&[Cell]> {
         let n = self.table.columns.len();
         match self.op {
-            Op::Delete => None,
+            Op::Delete | Op::Truncate => None,
             Op::Update => Some(&self.cells[(2 * r + 1) * n..(2 * r + 2) * n]),
             Op::Insert => Some(&self.cells[r * n..(r + 1) * n]),
         }
@@ -415,6 +419,7 @@ pub fn split_rows(
         match op {
             Op::Insert => read_image(t, &hdr.present_after, na, data, &mut p, cells).map_err(m)?,
             Op::Delete => read_image(t, &hdr.present_before, nb, data, &mut p, cells).map_err(m)?,
+            Op::Truncate => return Err(m("a rows event cannot be a truncate".into())),
             Op::Update => {
                 read_image(t, &hdr.present_before, nb, data, &mut p, cells).map_err(m)?;
                 if partial {

@@ -96,6 +96,10 @@ pub struct TableSchema {
     pub full_metadata: bool,
     /// The TABLE_MAP body this was built from, minus table id: a cache key.
     pub(crate) raw: Box<[u8]>,
+    /// Changes are undone by a rollback (InnoDB); false for MyISAM, Aria, MEMORY…, whose rows
+    /// stay when a transaction rolls back (to a savepoint). From information_schema; true when
+    /// unknown.
+    pub transactional: bool,
 }
 
 /// Per-table facts not in the binlog, read from information_schema.
@@ -106,6 +110,9 @@ pub struct SchemaHints {
     /// MINIMAL-metadata fallback: (name, unsigned, enum/set labels) per column position.
     pub columns: Option<Vec<HintColumn>>,
     pub primary_key: Vec<String>,
+    /// The table's engine supports transactions (information_schema ENGINES.TRANSACTIONS);
+    /// None when unknown.
+    pub transactional: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +131,20 @@ fn json_key(name: &str) -> Box<str> {
 }
 
 impl TableSchema {
+    /// A table known only by name (a statement such as TRUNCATE names it; no TABLE_MAP).
+    pub fn named(db: &str, table: &str) -> TableSchema {
+        TableSchema {
+            table_id: 0,
+            db: db.to_string(),
+            table: table.to_string(),
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            full_metadata: true,
+            raw: Box::new([]),
+            transactional: true,
+        }
+    }
+
     /// Builds the schema. `hints` supply what MINIMAL metadata lacks and MariaDB's JSON columns.
     pub fn from_table_map(
         tme: &TableMapEvent<'_>,
@@ -278,6 +299,7 @@ impl TableSchema {
             primary_key,
             full_metadata,
             raw: raw.into(),
+            transactional: hints.and_then(|h| h.transactional).unwrap_or(true),
         })
     }
 }

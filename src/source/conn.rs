@@ -518,6 +518,17 @@ pub async fn fetch_hints(
         }
     }
     hints.columns = Some(hcols);
+    let engine: Option<(Option<String>, Option<String>)> = conn
+        .exec_first(
+            "SELECT t.ENGINE, e.TRANSACTIONS FROM information_schema.TABLES t \
+             LEFT JOIN information_schema.ENGINES e ON e.ENGINE = t.ENGINE \
+             WHERE t.TABLE_SCHEMA = ? AND t.TABLE_NAME = ?",
+            (db, table),
+        )
+        .await?;
+    if let Some((Some(_), tx)) = engine {
+        hints.transactional = tx.map(|t| t.eq_ignore_ascii_case("YES"));
+    }
     if flavor == Flavor::MariaDb {
         let checks: Vec<(String, String)> = conn
             .exec(

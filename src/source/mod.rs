@@ -67,6 +67,9 @@ pub struct StartPoint {
     pub by_gtid: bool,
     /// Do not emit rows before this coordinate (a start in the middle of a file).
     pub emit_from: Option<BinlogCoord>,
+    /// Restarting before the acknowledged position (to read prepared XA transactions again):
+    /// the transactions in this GTID set are not handed on again.
+    pub acked: Option<GtidSet>,
 }
 
 impl StartPoint {
@@ -80,6 +83,7 @@ impl StartPoint {
             gtid: Some(set),
             by_gtid: true,
             emit_from: None,
+            acked: None,
         }
     }
 }
@@ -178,9 +182,25 @@ impl Source {
         stored: Option<&Position>,
     ) -> Result<StartPoint, SourceError> {
         match stored {
-            Some(p) => Ok(self.resume_point(p)),
+            Some(p) => Ok(self.stored_start_point(p)),
             None => self.resolve(&self.cfg.source.start).await,
         }
+    }
+
+    /// Where a stored position restarts: at the position, or — while prepared XA transactions
+    /// were held — at the restart point before the oldest one's PREPARE, handing on nothing up
+    /// to the acknowledged position (by GTID when the server has GTIDs, else by coordinate).
+    pub fn stored_start_point(&self, p: &Position) -> StartPoint {
+        let Some(r) = &p.restart else {
+            return self.resume_point(p);
+        };
+        let mut sp = self.resume_point(r);
+        match &p.gtid {
+            Some(g) if sp.by_gtid && self.gtid_usable(g) => sp.acked = Some(g.clone()),
+            _ => sp.emit_from = Some(p.coord.clone()),
+        }
+        info!(restart = %r.coord, acknowledged = %p.coord, "prepared XA transactions were held: reading again from before the oldest one's PREPARE");
+        sp
     }
 
     /// Resuming after a complete transaction: by GTID when the server can, else file:pos.
@@ -190,6 +210,7 @@ impl Source {
             by_gtid: p.gtid.as_ref().is_some_and(|g| self.gtid_usable(g)),
             gtid: p.gtid.clone(),
             emit_from: None,
+            acked: None,
         }
     }
 
@@ -204,6 +225,7 @@ impl Source {
                     coord,
                     gtid,
                     emit_from: None,
+                    acked: None,
                 }
             }
             StartPosition::Earliest => {
@@ -219,6 +241,7 @@ impl Source {
                     gtid: None,
                     by_gtid: false,
                     emit_from: None,
+                    acked: None,
                 }
             }
             StartPosition::File { file, pos } => {
@@ -248,6 +271,7 @@ impl Source {
                         file: file.clone(),
                         pos: *pos,
                     }),
+                    acked: None,
                 }
             }
             StartPosition::Gtid(g) => {
@@ -331,12 +355,10 @@ impl Source {
     ) -> Result<(), SourceError> {
         let mut sp = start;
         decoder.start_at(&sp.coord.file, sp.gtid.clone(), sp.emit_from.clone());
+        decoder.replay_acknowledged(sp.acked.clone());
         if sp.gtid.is_some() || !sp.coord.file.is_empty() {
             // the start itself is a valid resume point
-            decoder.set_committed_if_none(Position {
-                coord: sp.coord.clone(),
-                gtid: sp.gtid.clone(),
-            });
+            decoder.set_committed_if_none(Position::new(sp.coord.clone(), sp.gtid.clone()));
         }
         let mut failures = 0u32;
         let mut backoff = self.cfg.source.reconnect_backoff_initial.0;

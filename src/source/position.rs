@@ -345,6 +345,33 @@ pub struct Position {
     /// GTID state including this transaction (None when the server runs without GTIDs or it is
     /// not known yet).
     pub gtid: Option<GtidSet>,
+    /// While XA transactions are prepared but not yet committed or rolled back: where reading
+    /// must restart so that their PREPARE groups (which hold their rows) are read again. A
+    /// restart reads from here and hands on nothing up to `coord`/`gtid` (already acknowledged).
+    pub restart: Option<Box<Position>>,
+}
+
+impl Position {
+    pub fn new(coord: BinlogCoord, gtid: Option<GtidSet>) -> Position {
+        Position {
+            coord,
+            gtid,
+            restart: None,
+        }
+    }
+}
+
+/// The sequence number of a binlog file name (`binlog.000042` → 42), for ordering coordinates
+/// across files; names without a numeric suffix give 0.
+pub fn file_seq(file: &str) -> u64 {
+    file.rsplit_once('.')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `a` is at or before `b` in the binlog of one server.
+pub fn coord_le(a_file: &str, a_pos: u64, b: &BinlogCoord) -> bool {
+    (file_seq(a_file), a_pos) <= (file_seq(&b.file), b.pos)
 }
 
 #[cfg(test)]

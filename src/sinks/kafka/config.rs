@@ -28,6 +28,10 @@ pub struct KafkaSinkConfig {
     /// After a delete, also send a tombstone (null value) with the same key.
     #[serde(default)]
     pub tombstones: bool,
+    /// Publish truncate events (op "t": TRUNCATE, DROP TABLE, partition operations, RENAME),
+    /// with a null key, to every partition of the table's topic. `false` skips them.
+    #[serde(default = "default_true")]
+    pub truncate_events: bool,
     /// Create missing topics (else: error naming the topic).
     #[serde(default)]
     pub create_topics: bool,
@@ -53,6 +57,10 @@ pub enum KeyMode {
     #[default]
     PrimaryKey,
     None,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_topic() -> String {
@@ -252,6 +260,7 @@ mod tests {
             key_columns: Default::default(),
             exactly_once: true,
             tombstones: false,
+            truncate_events: true,
             create_topics: false,
             partitions: 3,
             replication_factor: 1,

@@ -259,6 +259,8 @@ impl KafkaSink {
             .replace("{table}", &table.table);
         let key_cols = match self.cfg.key {
             KeyMode::None => None,
+            // a table known only by name (a truncate event): no key
+            KeyMode::PrimaryKey if table.columns.is_empty() => None,
             KeyMode::PrimaryKey if !table.primary_key.is_empty() => Some(table.primary_key.clone()),
             KeyMode::PrimaryKey => match self
                 .key_columns
@@ -403,6 +405,10 @@ impl KafkaSink {
         let mut bytes = 0usize;
         let mut batch_topics: Vec<String> = Vec::new();
         for ch in batch.changes() {
+            let truncate = ch.op() == crate::event::Op::Truncate;
+            if truncate && !self.cfg.truncate_events {
+                continue;
+            }
             let route = self.route(&ch.chunk.table)?;
             let n = self.ensure_topic(&route.topic).await?;
             if batch_topics.last() != Some(&route.topic) && !batch_topics.contains(&route.topic) {
@@ -410,6 +416,8 @@ impl KafkaSink {
             }
             self.key.clear();
             let has_key = match &route.key_cols {
+                // a truncate has no row: null key, one message per partition (below)
+                _ if truncate => false,
                 Some(cols) => {
                     ch.write_key(&mut self.key, cols)
                         .map_err(|e| fatal(&self.name, e.to_string()))?;
@@ -426,7 +434,7 @@ impl KafkaSink {
                 tombstone: false,
             };
             let tombstone = self.cfg.tombstones && ch.op() == crate::event::Op::Delete;
-            let skip = |tomb: bool| -> bool {
+            let skip = |partition: i32, tomb: bool| -> bool {
                 !self.probes.is_empty()
                     && self
                         .probes
@@ -441,11 +449,16 @@ impl KafkaSink {
                                 } <= pr.pos
                         })
             };
-            for tomb in [false, true] {
-                if tomb && !tombstone {
-                    break;
-                }
-                if skip(tomb) {
+            // a truncate goes to every partition, so a consumer of any partition sees it
+            let sends: Vec<(i32, bool)> = if truncate {
+                (0..n).map(|p| (p, false)).collect()
+            } else if tombstone {
+                vec![(partition, false), (partition, true)]
+            } else {
+                vec![(partition, false)]
+            };
+            for (partition, tomb) in sends {
+                if skip(partition, tomb) {
                     self.stats.skipped_present.inc();
                     continue;
                 }

@@ -32,6 +32,8 @@ pub struct Deleter {
     retry_max: u32,
     conn: Option<Conn>,
     stats: Arc<RedisStats>,
+    /// Connection settings of the first URL (cluster mode: to reach each master for SCAN).
+    first_info: Option<redis::ConnectionInfo>,
 }
 
 /// One per sink (not per message), so the size difference between variants doesn't matter.
@@ -72,6 +74,7 @@ impl Deleter {
                 Ok(info)
             })
             .collect::<Result<Vec<_>, SinkError>>()?;
+        let first_info = infos.first().cloned();
         let clients = if cfg.is_cluster() {
             let mut b = redis::cluster::ClusterClient::builder(infos)
                 .connection_timeout(cfg.timeout.0)
@@ -111,6 +114,7 @@ impl Deleter {
             retry_max: cfg.retry_max,
             conn: None,
             stats,
+            first_info,
         })
     }
 
@@ -128,7 +132,162 @@ impl Deleter {
             retry_max: self.retry_max,
             conn: None,
             stats: self.stats.clone(),
+            first_info: self.first_info.clone(),
         }
+    }
+
+    /// Deletes every key matching one of the `patterns` (SCAN MATCH … + UNLINK/DEL in batches,
+    /// on every master in cluster mode), retrying like [`Deleter::delete_all`] until a whole
+    /// pass succeeded. Returns how many keys were deleted.
+    pub async fn delete_matching(&mut self, patterns: &[String]) -> Result<u64, SinkError> {
+        if patterns.is_empty() {
+            return Ok(0);
+        }
+        let mut attempt = 0u32;
+        let mut backoff = self.backoff_initial;
+        loop {
+            match self.try_delete_matching(patterns).await {
+                Ok(Ok(n)) => return Ok(n),
+                Ok(Err(e)) => {
+                    attempt += 1;
+                    self.stats.retries.inc();
+                    self.stats.ready(false);
+                    if self.retry_max > 0 && attempt >= self.retry_max {
+                        return Err(SinkError::Fatal {
+                            sink: self.sink.clone(),
+                            message: format!(
+                                "redis SCAN for truncate patterns failed {attempt} times in a row ({e}); giving up \
+                                 (retry_max = {}); the position was not advanced past the truncate",
+                                self.retry_max
+                            ),
+                        });
+                    }
+                    warn!(sink = %self.sink, error = %e, attempt, retry_in = ?backoff,
+                        "redis SCAN for truncate patterns failed; retrying (nothing after this transaction is acknowledged until it succeeds)");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.backoff_max);
+                }
+                Err(fatal) => return Err(fatal),
+            }
+        }
+    }
+
+    /// One pass: SCAN each node for each pattern and delete page by page.
+    async fn try_delete_matching(
+        &mut self,
+        patterns: &[String],
+    ) -> Result<Result<u64, String>, SinkError> {
+        let t = self.timeout;
+        let nodes: Vec<redis::aio::MultiplexedConnection> = match &self.clients {
+            Clients::Single(_) => match self.connect().await {
+                Ok(Conn::Single(c)) => vec![c],
+                Ok(Conn::Cluster(_)) => return Ok(Err("unexpected cluster connection".into())),
+                Err(e) => return Ok(Err(e)),
+            },
+            Clients::Cluster(_) => match self.masters().await {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        let mut deleted = 0u64;
+        for mut node in nodes {
+            for pattern in patterns {
+                let mut cursor: u64 = 0;
+                loop {
+                    let mut cmd = redis::cmd("SCAN");
+                    cmd.arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000);
+                    let page: (u64, Vec<Vec<u8>>) =
+                        match tokio::time::timeout(t, cmd.query_async(&mut node)).await {
+                            Ok(Ok(p)) => p,
+                            Ok(Err(e)) => return Ok(Err(format!("SCAN: {e}"))),
+                            Err(_) => return Ok(Err(format!("SCAN: no answer within {t:?}"))),
+                        };
+                    deleted += page.1.len() as u64;
+                    self.delete_all(&page.1).await?;
+                    cursor = page.0;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Ok(deleted))
+    }
+
+    /// Cluster mode: a connection to every master (from CLUSTER NODES).
+    async fn masters(&mut self) -> Result<Vec<redis::aio::MultiplexedConnection>, String> {
+        let t = self.timeout;
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        let Conn::Cluster(c) = &mut conn else {
+            return Err("not a cluster connection".into());
+        };
+        let nodes: String = match tokio::time::timeout(
+            t,
+            redis::cmd("CLUSTER").arg("NODES").query_async(c),
+        )
+        .await
+        {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(format!("CLUSTER NODES: {e}")),
+            Err(_) => return Err(format!("CLUSTER NODES: no answer within {t:?}")),
+        };
+        self.conn = Some(conn);
+        let base = self
+            .first_info
+            .clone()
+            .ok_or_else(|| "no url".to_string())?;
+        let mut out = Vec::new();
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(addr), Some(flags)) = (f.get(1), f.get(2)) else {
+                continue;
+            };
+            if !flags.split(',').any(|x| x == "master") || flags.contains("fail") {
+                continue;
+            }
+            let hostport = addr.split(['@', ',']).next().unwrap_or("");
+            let Some((host, port)) = hostport.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
+            let host = host.trim_matches(['[', ']']).to_string();
+            let addr = match base.addr() {
+                redis::ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => redis::ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => redis::ConnectionAddr::Tcp(host, port),
+            };
+            let info = base.clone().set_addr(addr);
+            let client = redis::Client::open(info).map_err(|e| format!("master {hostport}: {e}"))?;
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(t))
+                .set_response_timeout(Some(t));
+            let c = tokio::time::timeout(t, client.get_multiplexed_async_connection_with_config(&cfg))
+                .await
+                .map_err(|_| format!("master {hostport}: no answer within {t:?}"))?
+                .map_err(|e| format!("master {hostport}: {e}"))?;
+            out.push(c);
+        }
+        if out.is_empty() {
+            return Err("CLUSTER NODES lists no master".into());
+        }
+        Ok(out)
     }
 
     async fn connect(&self) -> Result<Conn, String> {

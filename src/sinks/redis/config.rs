@@ -76,6 +76,11 @@ pub struct RuleConfig {
     pub keys: Vec<String>,
     #[serde(default)]
     pub second_delete: Option<SecondDelete>,
+    /// Key patterns (Redis SCAN MATCH globs, e.g. `"user:*"`) deleted when the table's contents
+    /// are replaced without row events (TRUNCATE, DROP TABLE, partition operations, RENAME).
+    /// Key templates without `{column}` are deleted then too.
+    #[serde(default)]
+    pub on_truncate: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -144,6 +149,7 @@ pub struct Rule {
     pub table: String,
     pub keys: Vec<KeyTemplate>,
     pub second_delete: Option<SecondDelete>,
+    pub on_truncate: Vec<String>,
 }
 
 impl RedisSinkConfig {
@@ -222,11 +228,18 @@ impl RedisSinkConfig {
                     r.table
                 )));
             }
+            if let Some(p) = r.on_truncate.iter().find(|p| p.is_empty()) {
+                return Err(at(format!(
+                    "rules[{i}] ({}): on_truncate has an empty pattern {p:?}; give a SCAN pattern such as \"user:*\"",
+                    r.table
+                )));
+            }
             rules.push(Rule {
                 pattern,
                 table: r.table.clone(),
                 keys,
                 second_delete,
+                on_truncate: r.on_truncate.clone(),
             });
         }
         for u in &self.replicas {

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use self::client::Deleter;
 use self::config::{RedisSinkConfig, Rule, SecondDelete};
@@ -158,6 +158,26 @@ impl RedisSink {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for txn in &batch.txns {
             for chunk in &txn.chunks {
+                if chunk.op == crate::event::Op::Truncate {
+                    // no row to render keys from: the keys without columns and the rules'
+                    // on_truncate patterns
+                    for r in &self.rules {
+                        if !r.pattern.matches(&chunk.table.db, &chunk.table.table) {
+                            continue;
+                        }
+                        for k in &r.keys {
+                            if let Some(l) = k.literal() {
+                                seen.insert(l.as_bytes().to_vec());
+                            }
+                        }
+                        for p in &r.on_truncate {
+                            if !c.patterns.contains(p) {
+                                c.patterns.push(p.clone());
+                            }
+                        }
+                    }
+                    continue;
+                }
                 let rules = self.rules_for(&chunk.table)?;
                 if rules.is_empty() {
                     continue;
@@ -214,6 +234,8 @@ impl RedisSink {
 #[derive(Default)]
 struct Collected {
     first: Vec<Vec<u8>>,
+    /// SCAN patterns to delete (truncates).
+    patterns: Vec<String>,
     second: HashMap<SecondDelete, HashSet<Vec<u8>>>,
     wait: WaitFor,
 }
@@ -231,10 +253,14 @@ impl Sink for RedisSink {
                 }
             }
             let c = self.collect(batch)?;
-            if c.first.is_empty() && c.second.is_empty() {
+            if c.first.is_empty() && c.second.is_empty() && c.patterns.is_empty() {
                 return Ok(());
             }
             let existed = self.deleter.delete_all(&c.first).await?;
+            if !c.patterns.is_empty() {
+                let n = self.deleter.delete_matching(&c.patterns).await?;
+                info!(sink = %self.name, patterns = ?c.patterns, deleted = n, "truncate: keys matching the rules' on_truncate patterns deleted");
+            }
             debug!(sink = %self.name, keys = c.first.len(), existed, "keys deleted");
             if let Some(s) = &self.second {
                 for (mode, keys) in c.second {

@@ -97,6 +97,14 @@ impl KeyTemplate {
         })
     }
 
+    /// The key itself when the template names no column (e.g. `"users:count"`).
+    pub fn literal(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [Part::Lit(l)] => Some(l),
+            _ => None,
+        }
+    }
+
     /// Columns the template names, in order.
     pub fn columns(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
