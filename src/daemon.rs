@@ -272,6 +272,12 @@ pub async fn run(
             Ok(f) => findings.extend(f),
             Err(e) => warn!("cannot read the user's grants to check them: {e}"),
         }
+        if let Ok(filter) = crate::filter::TableFilter::new(cfg.source.include.as_deref(), &cfg.source.exclude) {
+            match conn::fk_cascade_findings(&mut c, src.info.flavor, &filter).await {
+                Ok(f) => findings.extend(f),
+                Err(e) => warn!("cannot read foreign keys to check for cascades: {e}"),
+            }
+        }
         let _ = c.disconnect().await;
     }
     let fatal: Vec<String> = findings

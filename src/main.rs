@@ -457,6 +457,18 @@ async fn check(cfg: Config) -> ExitCode {
                     message: format!("cannot list replicas: {e}"),
                 }),
             }
+            if let Ok(filter) = binlogd::filter::TableFilter::new(
+                cfg.source.include.as_deref(),
+                &cfg.source.exclude,
+            ) {
+                match conn::fk_cascade_findings(&mut c, src.info.flavor, &filter).await {
+                    Ok(f) => all.extend(f),
+                    Err(e) => all.push(conn::Finding {
+                        severity: Severity::Warning,
+                        message: format!("cannot read foreign keys to check for cascades: {e}"),
+                    }),
+                }
+            }
             all.extend(binlogd::sinks::check(&cfg, &mut c, true).await);
             all.extend(daemon::check_stored(&cfg, &src).await);
             if let Err(e) = conn::binlog_files(&mut c).await {

@@ -14,6 +14,7 @@ pub mod mariadb;
 pub mod rows;
 pub mod statement;
 pub mod table;
+pub mod validate;
 pub mod value;
 
 use mysql_common::binlog::consts::BinlogChecksumAlg;
@@ -212,6 +213,8 @@ pub struct Decoder {
     replay_gtid: Option<GtidSet>,
     /// Event time of the last "XA transaction held long" warning.
     xa_warned_ms: u64,
+    /// Rendering buffer for the value checks.
+    scratch: Vec<u8>,
     /// Statistics
     pub events: u64,
     pub bytes_read: u64,
@@ -257,6 +260,7 @@ impl Decoder {
             held_xa: Vec::new(),
             replay_gtid: None,
             xa_warned_ms: 0,
+            scratch: Vec::new(),
             events: 0,
             bytes_read: 0,
         }
@@ -1108,6 +1112,7 @@ impl Decoder {
         if !self.in_txn {
             self.in_txn = true;
         }
+        validate::check_chunk(&chunk, &mut self.scratch)?;
         if !chunk.table.transactional {
             self.txn.non_transactional = true;
         }

@@ -482,6 +482,50 @@ pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<(String, u64)>, mysql_a
         .collect())
 }
 
+/// MariaDB does not write the changes that foreign-key actions (ON DELETE/UPDATE CASCADE or
+/// SET NULL) make to child tables into the binlog: one warning per streamed child table.
+pub async fn fk_cascade_findings(
+    conn: &mut Conn,
+    flavor: Flavor,
+    filter: &crate::filter::TableFilter,
+) -> Result<Vec<Finding>, mysql_async::Error> {
+    if flavor != Flavor::MariaDb {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(String, String, String, String, String, String)> = conn
+        .query(
+            "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, \
+             CONCAT(UNIQUE_CONSTRAINT_SCHEMA, '.', REFERENCED_TABLE_NAME), DELETE_RULE, UPDATE_RULE \
+             FROM information_schema.REFERENTIAL_CONSTRAINTS \
+             WHERE DELETE_RULE IN ('CASCADE', 'SET NULL') OR UPDATE_RULE IN ('CASCADE', 'SET NULL') \
+             ORDER BY CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME",
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(db, table, ..)| filter.matches(db, table))
+        .map(|(db, table, name, parent, on_delete, on_update)| {
+            let mut actions = Vec::new();
+            if on_delete != "RESTRICT" && on_delete != "NO ACTION" {
+                actions.push(format!("ON DELETE {on_delete}"));
+            }
+            if on_update != "RESTRICT" && on_update != "NO ACTION" {
+                actions.push(format!("ON UPDATE {on_update}"));
+            }
+            Finding {
+                severity: Severity::Warning,
+                message: format!(
+                    "streamed table {db}.{table} has foreign key {name} ({}) referencing {parent}: MariaDB does not write \
+                     the changes these actions make to {db}.{table} into the binlog, so they will not appear as events. \
+                     Fix: have the application change {db}.{table} itself (or use ON DELETE RESTRICT), or re-read it after \
+                     parent changes",
+                    actions.join(", ")
+                ),
+            }
+        })
+        .collect())
+}
+
 /// information_schema facts for one table: MariaDB JSON columns, and column names/signedness/
 /// labels/primary key for servers without full row metadata.
 pub async fn fetch_hints(

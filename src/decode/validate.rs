@@ -1,0 +1,83 @@
+//! Checks, before a rows event joins a batch, that every value in it can be rendered.
+//!
+//! Sinks render values when they write a batch; a value that cannot be rendered there fails the
+//! whole batch, and with it the complete transactions ahead of it in the same batch. So the
+//! decoder checks the values whose rendering can fail (DECIMAL digit groups, MySQL binary JSON
+//! and partial-JSON diffs, VECTOR, ENUM indexes, text that is not valid in its character set)
+//! as each rows event arrives; a failure stops the stream *before* the event, and everything
+//! ahead of it is still handed on (invariant 4). Values that cannot fail (integers, temporal
+//! types, binary strings: sizes already checked by the row splitter) are not looked at again.
+
+use super::charset::TextEncoding;
+use super::rows::{Cell, RowsChunk};
+use super::table::ColKind;
+use super::value::push_value;
+use super::DecodeError;
+
+/// Checks every value of `chunk`; `scratch` is a reusable rendering buffer.
+pub fn check_chunk(chunk: &RowsChunk, scratch: &mut Vec<u8>) -> Result<(), DecodeError> {
+    let t = &chunk.table;
+    let fallible: Vec<usize> = t
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| match c.kind {
+            ColKind::Decimal { .. }
+            | ColKind::Json { .. }
+            | ColKind::Vector { .. }
+            | ColKind::Enum { .. } => true,
+            ColKind::Str { .. } | ColKind::Blob { .. } => {
+                c.json_text || !matches!(c.text, None | Some(TextEncoding::Binary))
+            }
+            _ => false,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if fallible.is_empty() {
+        return Ok(());
+    }
+    let value = |cell: Cell| &chunk.data[cell.start as usize..(cell.start + cell.len) as usize];
+    for r in 0..chunk.rows as usize {
+        for (after, image) in [(false, chunk.before(r)), (true, chunk.after(r))] {
+            let Some(image) = image else { continue };
+            for &i in &fallible {
+                let (Some(col), Some(&cell)) = (t.columns.get(i), image.get(i)) else {
+                    continue;
+                };
+                if cell.is_null() || cell.is_absent() {
+                    continue;
+                }
+                let v = value(cell);
+                let bad = |m: String| {
+                    DecodeError::Malformed(format!(
+                        "{}.{} column {} row {}: {m}; binlogd stops before this row change (everything before it \
+                         is handed on) rather than emit a wrong value",
+                        t.db,
+                        t.table,
+                        col.name,
+                        chunk.first_row as usize + r
+                    ))
+                };
+                if after && chunk.is_partial(r, i) {
+                    let before = chunk
+                        .before(r)
+                        .and_then(|b| b.get(i).copied())
+                        .filter(|c| !c.is_null() && !c.is_absent())
+                        .ok_or_else(|| bad("partial JSON update without a before value".into()))?;
+                    let mut doc = super::value::mysql_json_value(value(before)).map_err(bad)?;
+                    super::jsondiff::apply(&mut doc, v).map_err(bad)?;
+                    continue;
+                }
+                if matches!(col.text, Some(TextEncoding::Utf8)) && !col.json_text {
+                    if let Err(e) = std::str::from_utf8(v) {
+                        return Err(bad(format!("invalid UTF-8 at byte {}", e.valid_up_to())));
+                    }
+                    continue;
+                }
+                scratch.clear();
+                push_value(scratch, col, v).map_err(bad)?;
+            }
+        }
+    }
+    Ok(())
+}
