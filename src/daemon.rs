@@ -272,7 +272,9 @@ pub async fn run(
             Ok(f) => findings.extend(f),
             Err(e) => warn!("cannot read the user's grants to check them: {e}"),
         }
-        if let Ok(filter) = crate::filter::TableFilter::new(cfg.source.include.as_deref(), &cfg.source.exclude) {
+        if let Ok(filter) =
+            crate::filter::TableFilter::new(cfg.source.include.as_deref(), &cfg.source.exclude)
+        {
             match conn::fk_cascade_findings(&mut c, src.info.flavor, &filter).await {
                 Ok(f) => findings.extend(f),
                 Err(e) => warn!("cannot read foreign keys to check for cascades: {e}"),
@@ -337,6 +339,7 @@ pub async fn run(
     let (schema, table) = cp.table();
     decoder.exclude_table(schema, table);
     decoder.exclude_table(schema, "schema_migrations");
+    decoder.exclude_table(schema, "checkpoint_restart");
     decoder.stop_at = stop_at;
 
     let (tx, rx) = mpsc::channel(2);

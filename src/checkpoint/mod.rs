@@ -190,9 +190,9 @@ impl Checkpoint {
                 continue;
             }
             let sql = sql.replace("{schema}", &s);
-            for stmt in sql
+            // comments first: they may hold a ';'
+            for stmt in strip_comments(&sql)
                 .split(';')
-                .map(strip_comments)
                 .filter(|x| !x.trim().is_empty())
             {
                 c.query_drop(stmt).await?;
@@ -215,10 +215,11 @@ impl Checkpoint {
             .conn
             .exec_first(
                 format!(
-                    "SELECT binlog_file, binlog_pos, gtid_set, gtid_flavor, server_id, server_uuid, event_ts_ms, \
-                     CAST(updated_at AS CHAR), TIMESTAMPDIFF(SECOND, updated_at, CURRENT_TIMESTAMP(3)), \
-                     restart_file, restart_pos, restart_gtid_set \
-                     FROM `{s}`.`checkpoint` WHERE pipeline = ?"
+                    "SELECT c.binlog_file, c.binlog_pos, c.gtid_set, c.gtid_flavor, c.server_id, c.server_uuid, c.event_ts_ms, \
+                     CAST(c.updated_at AS CHAR), TIMESTAMPDIFF(SECOND, c.updated_at, CURRENT_TIMESTAMP(3)), \
+                     r.binlog_file, r.binlog_pos, r.gtid_set \
+                     FROM `{s}`.`checkpoint` c LEFT JOIN `{s}`.`checkpoint_restart` r ON r.pipeline = c.pipeline \
+                     WHERE c.pipeline = ?"
                 ),
                 (&self.pipeline,),
             )
@@ -274,16 +275,15 @@ impl Checkpoint {
             Some(g @ GtidSet::MariaDb(_)) => (Some(g.to_string()), Some("mariadb")),
             None => (None, None),
         };
-        self.conn
-            .exec_drop(
+        // the position and its XA restart point change together
+        let mut tx = self.conn.start_transaction(Default::default()).await?;
+        tx.exec_drop(
                 format!(
                     "INSERT INTO `{s}`.`checkpoint` (pipeline, binlog_file, binlog_pos, gtid_set, gtid_flavor, server_id, \
-                     server_uuid, event_ts_ms, restart_file, restart_pos, restart_gtid_set) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                     server_uuid, event_ts_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
                      binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set), \
                      gtid_flavor = VALUES(gtid_flavor), server_id = VALUES(server_id), server_uuid = VALUES(server_uuid), \
-                     event_ts_ms = VALUES(event_ts_ms), restart_file = VALUES(restart_file), \
-                     restart_pos = VALUES(restart_pos), restart_gtid_set = VALUES(restart_gtid_set)"
+                     event_ts_ms = VALUES(event_ts_ms)"
                 ),
                 (
                     &self.pipeline,
@@ -294,19 +294,46 @@ impl Checkpoint {
                     id.server_id,
                     &id.server_uuid,
                     event_ts_ms,
-                    p.restart.as_ref().map(|r| r.coord.file.clone()),
-                    p.restart.as_ref().map(|r| r.coord.pos),
-                    p.restart
-                        .as_ref()
-                        .and_then(|r| r.gtid.as_ref().map(|g| g.to_string())),
                 ),
             )
             .await?;
+        match &p.restart {
+            Some(r) => {
+                tx.exec_drop(
+                    format!(
+                        "INSERT INTO `{s}`.`checkpoint_restart` (pipeline, binlog_file, binlog_pos, gtid_set) \
+                         VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE binlog_file = VALUES(binlog_file), \
+                         binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set)"
+                    ),
+                    (
+                        &self.pipeline,
+                        &r.coord.file,
+                        r.coord.pos,
+                        r.gtid.as_ref().map(|g| g.to_string()),
+                    ),
+                )
+                .await?;
+            }
+            None => {
+                tx.exec_drop(
+                    format!("DELETE FROM `{s}`.`checkpoint_restart` WHERE pipeline = ?"),
+                    (&self.pipeline,),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn delete(&mut self) -> Result<bool, CheckpointError> {
         let s = &self.schema;
+        self.conn
+            .exec_drop(
+                format!("DELETE FROM `{s}`.`checkpoint_restart` WHERE pipeline = ?"),
+                (&self.pipeline,),
+            )
+            .await?;
         self.conn
             .exec_drop(
                 format!("DELETE FROM `{s}`.`checkpoint` WHERE pipeline = ?"),

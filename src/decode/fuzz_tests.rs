@@ -442,6 +442,7 @@ fn table_map_body(cols: &[TestCol]) -> Vec<u8> {
 fn hints(cols: &[TestCol]) -> SchemaHints {
     SchemaHints {
         json_columns: Default::default(),
+        transactional: None,
         columns: Some(
             cols.iter()
                 .enumerate()

@@ -10,6 +10,37 @@ pub const QUERY_COMPRESSED: u8 = 165;
 
 /// GTID event flags2 bit: a standalone event group (DDL), no BEGIN/COMMIT follow.
 pub const FL_STANDALONE: u8 = 1;
+/// GTID event flags2 bits: a commit id follows (group commit); the group is an XA PREPARE
+/// (its rows, ending in XA_PREPARE_LOG) or an XA COMMIT/ROLLBACK; with either XA bit the xid
+/// follows.
+pub const FL_GROUP_COMMIT_ID: u8 = 2;
+pub const FL_PREPARED_XA: u8 = 64;
+pub const FL_COMPLETED_XA: u8 = 128;
+
+/// The xid an XA GTID event carries: (formatID, gtrid, bqual). MariaDB writes no `XA START`
+/// query: the GTID event of the PREPARE group names the transaction.
+pub fn parse_gtid_xid(d: &[u8]) -> Result<Option<(u64, Vec<u8>, Vec<u8>)>, String> {
+    let Some(&flags2) = d.get(12) else {
+        return Ok(None);
+    };
+    if flags2 & (FL_PREPARED_XA | FL_COMPLETED_XA) == 0 {
+        return Ok(None);
+    }
+    let mut p = 13;
+    if flags2 & FL_GROUP_COMMIT_ID != 0 {
+        p += 8;
+    }
+    let bad = || format!("XA GTID event of {} bytes is truncated", d.len());
+    let fid = d
+        .get(p..p + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(|b| i32::from_le_bytes(b) as i64 as u64)
+        .ok_or_else(bad)?;
+    let gl = *d.get(p + 4).ok_or_else(bad)? as usize;
+    let bl = *d.get(p + 5).ok_or_else(bad)? as usize;
+    let data = d.get(p + 6..p + 6 + gl + bl).ok_or_else(bad)?;
+    Ok(Some((fid, data[..gl].to_vec(), data[gl..].to_vec())))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MariaGtid {

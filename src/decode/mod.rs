@@ -596,6 +596,17 @@ impl Decoder {
                 self.txn.maria_gtid = Some(g);
                 self.txn.began = g.flags2 & mariadb::FL_STANDALONE == 0;
                 self.mark_replayed();
+                if g.flags2 & mariadb::FL_PREPARED_XA != 0 {
+                    if let Some((format_id, gtrid, bqual)) =
+                        mariadb::parse_gtid_xid(ev.data()).map_err(malformed)?
+                    {
+                        self.txn.xa = Some(Xid {
+                            format_id,
+                            gtrid,
+                            bqual,
+                        });
+                    }
+                }
             }
             mariadb::GTID_LIST => {
                 let list = mariadb::parse_gtid_list(ev.data()).map_err(malformed)?;
@@ -781,7 +792,10 @@ impl Decoder {
         m.xa_held_rows
             .set(self.held_xa.iter().map(|h| h.rows as i64).sum());
         m.xa_oldest_prepared_ms.store(
-            self.held_xa.first().map(|h| h.prepared_ms.max(1)).unwrap_or(0),
+            self.held_xa
+                .first()
+                .map(|h| h.prepared_ms.max(1))
+                .unwrap_or(0),
             std::sync::atomic::Ordering::Relaxed,
         );
     }
@@ -840,7 +854,8 @@ impl Decoder {
         let mut seen: Vec<(String, String)> = Vec::new();
         for r in statement::contents_replaced(head) {
             let db = r.db.unwrap_or_else(|| schema.to_string());
-            if !self.filter.matches(&db, &r.table) || seen.contains(&(db.clone(), r.table.clone())) {
+            if !self.filter.matches(&db, &r.table) || seen.contains(&(db.clone(), r.table.clone()))
+            {
                 continue;
             }
             info!(db = %db, table = %r.table, statement = r.statement, "table contents replaced without row events: a truncate event (op \"t\") is handed on");
@@ -1062,10 +1077,9 @@ impl Decoder {
         // outcome may come later)
         if self.txn.xa.is_none()
             && (self.txn.replayed
-                || self
-                    .emit_from
-                    .as_ref()
-                    .is_some_and(|e| coord_le(&self.file, pos, e) && !(e.file == *self.file && pos == e.pos)))
+                || self.emit_from.as_ref().is_some_and(|e| {
+                    coord_le(&self.file, pos, e) && !(e.file == *self.file && pos == e.pos)
+                }))
         {
             return Ok(());
         }

@@ -492,27 +492,29 @@ pub async fn fk_cascade_findings(
     if flavor != Flavor::MariaDb {
         return Ok(Vec::new());
     }
-    let rows: Vec<(String, String, String, String, String, String)> = conn
+    // REFERENTIAL_CONSTRAINTS (the ON DELETE/UPDATE rules) is empty for a user with SELECT
+    // only; KEY_COLUMN_USAGE lists the child tables, SHOW CREATE TABLE their rules.
+    let children: Vec<(String, String)> = conn
         .query(
-            "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, \
-             CONCAT(UNIQUE_CONSTRAINT_SCHEMA, '.', REFERENCED_TABLE_NAME), DELETE_RULE, UPDATE_RULE \
-             FROM information_schema.REFERENTIAL_CONSTRAINTS \
-             WHERE DELETE_RULE IN ('CASCADE', 'SET NULL') OR UPDATE_RULE IN ('CASCADE', 'SET NULL') \
-             ORDER BY CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME",
+            "SELECT DISTINCT TABLE_SCHEMA, TABLE_NAME FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE REFERENCED_TABLE_NAME IS NOT NULL ORDER BY TABLE_SCHEMA, TABLE_NAME",
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .filter(|(db, table, ..)| filter.matches(db, table))
-        .map(|(db, table, name, parent, on_delete, on_update)| {
-            let mut actions = Vec::new();
-            if on_delete != "RESTRICT" && on_delete != "NO ACTION" {
-                actions.push(format!("ON DELETE {on_delete}"));
-            }
-            if on_update != "RESTRICT" && on_update != "NO ACTION" {
-                actions.push(format!("ON UPDATE {on_update}"));
-            }
-            Finding {
+    let mut out = Vec::new();
+    for (db, table) in children {
+        if !filter.matches(&db, &table) {
+            continue;
+        }
+        let ddl: Option<(String, String)> = conn
+            .query_first(format!(
+                "SHOW CREATE TABLE `{}`.`{}`",
+                db.replace('`', "``"),
+                table.replace('`', "``")
+            ))
+            .await?;
+        let Some((_, ddl)) = ddl else { continue };
+        for (name, parent, actions) in cascading_foreign_keys(&ddl) {
+            out.push(Finding {
                 severity: Severity::Warning,
                 message: format!(
                     "streamed table {db}.{table} has foreign key {name} ({}) referencing {parent}: MariaDB does not write \
@@ -521,9 +523,48 @@ pub async fn fk_cascade_findings(
                      parent changes",
                     actions.join(", ")
                 ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `CONSTRAINT `n` FOREIGN KEY (…) REFERENCES `p` (…) ON DELETE CASCADE …` lines of a
+/// SHOW CREATE TABLE with CASCADE or SET NULL actions: (name, parent, actions).
+fn cascading_foreign_keys(ddl: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for line in ddl.lines() {
+        let l = line.trim();
+        let Some(rest) = l.strip_prefix("CONSTRAINT ") else {
+            continue;
+        };
+        let Some(refs) = rest.find(" REFERENCES ") else {
+            continue;
+        };
+        let name = rest
+            .split(" FOREIGN KEY")
+            .next()
+            .unwrap_or("")
+            .trim_matches('`')
+            .replace("``", "`");
+        let after = &rest[refs + " REFERENCES ".len()..];
+        let parent = after.split(" (").next().unwrap_or("").replace('`', "");
+        let mut actions = Vec::new();
+        for on in ["ON DELETE", "ON UPDATE"] {
+            if let Some(i) = after.find(on) {
+                let what = &after[i + on.len()..];
+                for a in ["CASCADE", "SET NULL", "SET DEFAULT"] {
+                    if what.trim_start().starts_with(a) {
+                        actions.push(format!("{on} {a}"));
+                    }
+                }
             }
-        })
-        .collect())
+        }
+        if !actions.is_empty() {
+            out.push((name, parent, actions));
+        }
+    }
+    out
 }
 
 /// information_schema facts for one table: MariaDB JSON columns, and column names/signedness/
@@ -634,6 +675,29 @@ mod tests {
         let e = parse_url("postgres://u:p4ss@h").unwrap_err();
         assert!(!e.contains("p4ss"), "{e}");
         assert!(parse_url("mysql://u:p4ss@127.0.0.1:3306").is_ok());
+    }
+
+    #[test]
+    fn foreign_key_actions() {
+        let ddl = "CREATE TABLE `c` (\n  `id` int(11) NOT NULL,\n  CONSTRAINT `c_p` FOREIGN KEY (`pid`) REFERENCES `p` (`id`) ON DELETE CASCADE,\n  CONSTRAINT `c_q` FOREIGN KEY (`qid`) REFERENCES `d`.`q` (`id`) ON DELETE SET NULL ON UPDATE CASCADE,\n  CONSTRAINT `c_r` FOREIGN KEY (`rid`) REFERENCES `r` (`id`)\n) ENGINE=InnoDB";
+        assert_eq!(
+            cascading_foreign_keys(ddl),
+            vec![
+                (
+                    "c_p".to_string(),
+                    "p".to_string(),
+                    vec!["ON DELETE CASCADE".to_string()]
+                ),
+                (
+                    "c_q".to_string(),
+                    "d.q".to_string(),
+                    vec![
+                        "ON DELETE SET NULL".to_string(),
+                        "ON UPDATE CASCADE".to_string()
+                    ]
+                ),
+            ]
+        );
     }
 
     #[test]

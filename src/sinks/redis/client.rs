@@ -274,14 +274,16 @@ impl Deleter {
                 _ => redis::ConnectionAddr::Tcp(host, port),
             };
             let info = base.clone().set_addr(addr);
-            let client = redis::Client::open(info).map_err(|e| format!("master {hostport}: {e}"))?;
+            let client =
+                redis::Client::open(info).map_err(|e| format!("master {hostport}: {e}"))?;
             let cfg = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(t))
                 .set_response_timeout(Some(t));
-            let c = tokio::time::timeout(t, client.get_multiplexed_async_connection_with_config(&cfg))
-                .await
-                .map_err(|_| format!("master {hostport}: no answer within {t:?}"))?
-                .map_err(|e| format!("master {hostport}: {e}"))?;
+            let c =
+                tokio::time::timeout(t, client.get_multiplexed_async_connection_with_config(&cfg))
+                    .await
+                    .map_err(|_| format!("master {hostport}: no answer within {t:?}"))?
+                    .map_err(|e| format!("master {hostport}: {e}"))?;
             out.push(c);
         }
         if out.is_empty() {
