@@ -285,3 +285,128 @@ fn all_types_mariadb() {
 fn all_types_mysql() {
     all_types(Flavor::MySql);
 }
+
+/// SELECT's text of `expr` for every row of `db.t`, by id.
+async fn select_text(c: &mut mysql_async::Conn, db: &str, exprs: &[&str]) -> Snapshot {
+    let q = format!(
+        "SELECT id, {} FROM `{db}`.t ORDER BY id",
+        exprs
+            .iter()
+            .map(|e| format!("CAST({e} AS CHAR)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let rows: Vec<mysql_async::Row> = c.query(q).await.unwrap();
+    let mut out = Snapshot::new();
+    for r in rows {
+        let id: i64 = r.get(0).unwrap();
+        let mut m = BTreeMap::new();
+        for (i, e) in exprs.iter().enumerate() {
+            let v: Option<Vec<u8>> = r.get(i + 1).unwrap();
+            m.insert(e.to_string(), v);
+        }
+        out.insert(id, m);
+    }
+    out
+}
+
+/// Item 8 of issue 11 (MySQL): DECIMAL values inside binary JSON are JSON numbers with the
+/// digits SELECT prints (`1.50`, `-0.001`, `0.000…`), in full images and in partial-JSON
+/// updates (binlog_row_value_options=PARTIAL_JSON), nested in arrays and objects.
+#[test]
+fn json_decimals_mysql() {
+    let f = Flavor::MySql;
+    let rt = rt();
+    let name = "jsondec_mysql";
+    let dir = workdir(name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, name).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, j JSON)"
+        ))
+        .await
+        .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
+    let inserts = [
+        "JSON_OBJECT('d', 1.5)",
+        "JSON_ARRAY(2.75, -0.001, 12345678901234567890.123, 1.50, 0, 0.0, -0.00, CAST(5 AS DECIMAL(10,3)), CAST(0 AS DECIMAL(65,30)), 'text', 7)",
+        "JSON_OBJECT('n', JSON_OBJECT('x', 1.50, 'arr', JSON_ARRAY(0.1, JSON_ARRAY(-2.500, 99999999999999999999999999999999999.999999999999999999999999999999))), 's', 's')",
+        "JSON_OBJECT('a', 1, 'b', 'a long string value that makes the document big enough', 'c', JSON_ARRAY(1, 2, 3))",
+    ];
+    // (row, update, partial JSON on)
+    let updates = [
+        (1, "JSON_SET(j, '$.a', 2.75)", false),
+        (4, "JSON_SET(j, '$.a', 2.75)", true),
+        (4, "JSON_REPLACE(j, '$.c[1]', 1.50)", true),
+        (4, "JSON_SET(j, '$.d', -0.001)", true),
+        (2, "JSON_REPLACE(j, '$[0]', 12345678901234567890.123)", true),
+        (3, "JSON_REPLACE(j, '$.n.arr[1][0]', 0.000)", true),
+    ];
+    let (s_ins, s_upd) = rt.block_on(async {
+        for (i, e) in inserts.iter().enumerate() {
+            c.query_drop(format!("INSERT INTO `{name}`.t VALUES ({}, {e})", i + 1))
+                .await
+                .unwrap();
+        }
+        let s_ins = select_text(&mut c, name, &["j"]).await;
+        let mut s_upd = Vec::new();
+        for (id, e, partial) in updates {
+            let opt = if partial { "PARTIAL_JSON" } else { "" };
+            c.query_drop(format!("SET SESSION binlog_row_value_options = '{opt}'"))
+                .await
+                .unwrap();
+            c.query_drop(format!("UPDATE `{name}`.t SET j = {e} WHERE id = {id}"))
+                .await
+                .unwrap();
+            s_upd.push(select_text(&mut c, name, &["j"]).await);
+        }
+        (s_ins, s_upd)
+    });
+    let parse = |v: &Option<Vec<u8>>| -> Value {
+        // arbitrary_precision: numbers keep SELECT's digits, and compare by them
+        serde_json::from_slice(v.as_ref().unwrap()).unwrap()
+    };
+    let ev = d.wait_events(inserts.len() + updates.len(), Duration::from_secs(60));
+    for (i, e) in ev.iter().take(inserts.len()).enumerate() {
+        let id = i as i64 + 1;
+        let want = parse(&s_ins[&id]["j"]);
+        assert_eq!(
+            e["after"]["j"].to_string(),
+            want.to_string(),
+            "insert {id}: SELECT shows {}",
+            String::from_utf8_lossy(s_ins[&id]["j"].as_ref().unwrap())
+        );
+    }
+    assert_eq!(ev[0]["after"]["j"]["d"].to_string(), "1.5");
+    assert_eq!(
+        ev[1]["after"]["j"].to_string(),
+        format!(
+            "[2.75,-0.001,12345678901234567890.123,1.50,0,0.0,0.00,5.000,0.{},\"text\",7]",
+            "0".repeat(30)
+        )
+    );
+    let mut prev = s_ins.clone();
+    for (k, (id, e, _)) in updates.iter().enumerate() {
+        let id = *id as i64;
+        let e_ = &ev[inserts.len() + k];
+        assert_eq!(e_["op"], "u");
+        assert_eq!(
+            e_["before"]["j"].to_string(),
+            parse(&prev[&id]["j"]).to_string(),
+            "update {k} ({e}) before"
+        );
+        assert_eq!(
+            e_["after"]["j"].to_string(),
+            parse(&s_upd[k][&id]["j"]).to_string(),
+            "update {k} ({e}) after: SELECT shows {}",
+            String::from_utf8_lossy(s_upd[k][&id]["j"].as_ref().unwrap())
+        );
+        prev = s_upd[k].clone();
+    }
+    assert_eq!(ev[inserts.len()]["after"]["j"]["a"].to_string(), "2.75");
+    assert_eq!(ev[inserts.len() + 1]["after"]["j"]["a"].to_string(), "2.75");
+    assert_eq!(d.stop(), Some(0));
+}

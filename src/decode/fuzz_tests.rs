@@ -717,6 +717,16 @@ proptest! {
         for m in mutations(doc, &flips, &sets) {
             bounded("binary JSON", || { let _ = mysql_json_value(&m); });
         }
+        // a DECIMAL scalar (opaque NEWDECIMAL: precision, scale, binary DECIMAL): 1.50 in an
+        // array, so that its length and precision/scale bytes are mutated too
+        let dec: &[u8] = &[0x02, 0x01, 0x00, 0x0d, 0x00, 0x0f, 0x07, 0x00, 0xf6, 0x04, 0x03, 0x02, 0x81, 0x32];
+        for m in mutations(dec, &flips, &sets) {
+            bounded("binary JSON DECIMAL", || {
+                if let Ok(v) = mysql_json_value(&m) {
+                    serde_json::to_vec(&v).expect("serialises");
+                }
+            });
+        }
     }
 
     #[test]

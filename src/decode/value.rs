@@ -4,6 +4,7 @@
 //! BIT and YEAR as numbers, JSON nested.
 
 use base64::Engine;
+use mysql_common::binlog::jsonb;
 
 use super::charset::{transcode_into, TextEncoding};
 use super::rows::{decimal_bin_size, fixed_size, le_uint};
@@ -174,13 +175,23 @@ fn push_time(out: &mut Vec<u8>, neg: bool, hours: u64, mi: u32, s: u32, us: u32,
     out.push(b'"');
 }
 
-/// Decodes a binary DECIMAL into its exact string (as MySQL prints it, with `scale` digits).
+/// Decodes a binary DECIMAL into its exact string (as MySQL prints it, with `scale` digits),
+/// as a JSON string literal.
 pub fn decimal_to_string(
     b: &[u8],
     precision: u8,
     scale: u8,
     out: &mut Vec<u8>,
 ) -> Result<(), ValueError> {
+    let s = decimal_text(b, precision, scale)?;
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
+}
+
+/// Decodes a binary DECIMAL into its exact digits (`-12.50`; never `-0`).
+pub fn decimal_text(b: &[u8], precision: u8, scale: u8) -> Result<String, ValueError> {
     const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
     const POW10: [u64; 10] = [
         1,
@@ -259,10 +270,7 @@ pub fn decimal_to_string(
     if neg && s[1..].bytes().all(|c| c == b'0' || c == b'.') {
         s.remove(0);
     }
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
-    Ok(())
+    Ok(s)
 }
 
 fn push_b64(out: &mut Vec<u8>, v: &[u8]) {
@@ -301,13 +309,112 @@ pub fn push_mysql_json(out: &mut Vec<u8>, v: &[u8]) -> Result<(), ValueError> {
 }
 
 pub fn mysql_json_value(v: &[u8]) -> Result<serde_json::Value, ValueError> {
-    use mysql_common::binlog::jsonb;
     use mysql_common::io::ParseBuf;
     let jv: jsonb::Value<'_> = ParseBuf(v)
         .parse(())
         .map_err(|e| format!("binary JSON: {e}"))?;
-    let dom = jv.parse().map_err(|e| format!("binary JSON: {e}"))?;
-    Ok(dom.into())
+    jsonb_to_json(jv)
+}
+
+/// Deeper documents are not MySQL's (it refuses more than 100 levels): an error, not a stack
+/// overflow.
+const MAX_JSON_DEPTH: usize = 200;
+
+/// Converts one binary JSON value (a document, or a value in a partial-update diff) to a JSON
+/// value as SELECT prints it: DECIMAL scalars become numbers with their exact digits (`1.50`),
+/// other opaque scalars (dates, times) strings as mysql_common renders them.
+pub fn jsonb_to_json(v: jsonb::Value<'_>) -> Result<serde_json::Value, ValueError> {
+    jsonb_at(v, 0)
+}
+
+fn jsonb_at(v: jsonb::Value<'_>, depth: usize) -> Result<serde_json::Value, ValueError> {
+    use serde_json::Value as J;
+    let bad = |e: std::io::Error| format!("binary JSON: {e}");
+    if depth > MAX_JSON_DEPTH {
+        return Err(format!(
+            "binary JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        ));
+    }
+    Ok(match v {
+        jsonb::Value::Null => J::Null,
+        jsonb::Value::Bool(b) => J::Bool(b),
+        jsonb::Value::I16(x) => J::from(x),
+        jsonb::Value::U16(x) => J::from(x),
+        jsonb::Value::I32(x) => J::from(x),
+        jsonb::Value::U32(x) => J::from(x),
+        jsonb::Value::I64(x) => J::from(x),
+        jsonb::Value::U64(x) => J::from(x),
+        // infinities and NaN are not in MySQL JSON; rendered as 0 as mysql_common does
+        jsonb::Value::F64(x) => J::Number(
+            serde_json::Number::from_f64(x).unwrap_or_else(|| serde_json::Number::from(0u8)),
+        ),
+        jsonb::Value::String(s) => J::String(
+            std::str::from_utf8(s.str_raw())
+                .map_err(|e| format!("binary JSON: string is not UTF-8: {e}"))?
+                .to_owned(),
+        ),
+        jsonb::Value::SmallArray(a) => {
+            let mut items = Vec::with_capacity(a.element_count().min(1024) as usize);
+            for x in a.iter() {
+                items.push(jsonb_at(x.map_err(bad)?, depth + 1)?);
+            }
+            J::Array(items)
+        }
+        jsonb::Value::LargeArray(a) => {
+            let mut items = Vec::with_capacity(a.element_count().min(1024) as usize);
+            for x in a.iter() {
+                items.push(jsonb_at(x.map_err(bad)?, depth + 1)?);
+            }
+            J::Array(items)
+        }
+        jsonb::Value::SmallObject(o) => {
+            let mut m = serde_json::Map::new();
+            for kv in o.iter() {
+                let (k, x) = kv.map_err(bad)?;
+                m.insert(k.value().into_owned(), jsonb_at(x, depth + 1)?);
+            }
+            J::Object(m)
+        }
+        jsonb::Value::LargeObject(o) => {
+            let mut m = serde_json::Map::new();
+            for kv in o.iter() {
+                let (k, x) = kv.map_err(bad)?;
+                m.insert(k.value().into_owned(), jsonb_at(x, depth + 1)?);
+            }
+            J::Object(m)
+        }
+        jsonb::Value::Opaque(o)
+            if o.value_type() == mysql_common::constants::ColumnType::MYSQL_TYPE_NEWDECIMAL =>
+        {
+            json_decimal(o.data_raw())?
+        }
+        other @ jsonb::Value::Opaque(_) => J::from(other.parse().map_err(bad)?),
+    })
+}
+
+/// A DECIMAL scalar of binary JSON (precision, scale, binary DECIMAL) as a JSON number with
+/// the digits SELECT prints (`1.50`, `0.000`, `12345678901234567890.123`).
+fn json_decimal(data: &[u8]) -> Result<serde_json::Value, ValueError> {
+    let (precision, scale, bin) = match data {
+        [p, s, rest @ ..] => (*p, *s, rest),
+        _ => return Err("binary JSON: DECIMAL without precision and scale".into()),
+    };
+    if precision == 0 || precision > 65 || scale > 30 || scale > precision {
+        return Err(format!("binary JSON: bad DECIMAL({precision},{scale})"));
+    }
+    let size = decimal_bin_size(precision, scale);
+    let bin = bin.get(..size).ok_or_else(|| {
+        format!(
+            "binary JSON: DECIMAL({precision},{scale}) needs {size} bytes, got {}",
+            bin.len()
+        )
+    })?;
+    let text = decimal_text(bin, precision, scale)?;
+    // serde_json's arbitrary_precision keeps the text as it is, trailing zeros included
+    let n: serde_json::Number = text
+        .parse()
+        .map_err(|e| format!("binary JSON: DECIMAL {text}: {e}"))?;
+    Ok(serde_json::Value::Number(n))
 }
 
 /// Appends the JSON rendering of one non-NULL value.
@@ -553,6 +660,41 @@ mod tests {
         let mut o = Vec::new();
         push_timestamp(&mut o, 2_147_483_647, 0, 0);
         assert_eq!(o, b"\"2038-01-19T03:14:07Z\"");
+    }
+
+    #[test]
+    fn json_decimals_keep_their_digits() {
+        // DECIMAL(3,2) 1.50 as an opaque binary JSON scalar, alone and in an array
+        let one_fifty = [0x0f, 0xf6, 0x04, 0x03, 0x02, 0x81, 0x32];
+        let mut o = Vec::new();
+        push_mysql_json(&mut o, &one_fifty).unwrap();
+        assert_eq!(o, b"1.50");
+        let arr = [
+            0x02, 0x01, 0x00, 0x0d, 0x00, 0x0f, 0x07, 0x00, 0xf6, 0x04, 0x03, 0x02, 0x81, 0x32,
+        ];
+        o.clear();
+        push_mysql_json(&mut o, &arr).unwrap();
+        assert_eq!(o, b"[1.50]");
+        // -0.001 as DECIMAL(3,3); 0 as DECIMAL(65,30) (exact zeros, no sign)
+        let mut neg = vec![0x0f, 0xf6, 0x04, 0x03, 0x03];
+        neg.extend([0x7f, 0xfe]); // ~(0x80 0x01) for frac group 001 (2 bytes)
+        o.clear();
+        push_mysql_json(&mut o, &neg).unwrap();
+        assert_eq!(o, b"-0.001");
+        let mut bin = vec![0u8; decimal_bin_size(65, 30)];
+        let mut zero = vec![0x0f, 0xf6, 2 + bin.len() as u8, 65, 30];
+        bin[0] = 0x80;
+        zero.extend(&bin);
+        o.clear();
+        push_mysql_json(&mut o, &zero).unwrap();
+        assert_eq!(
+            String::from_utf8(o.clone()).unwrap(),
+            format!("0.{}", "0".repeat(30))
+        );
+        // precision/scale out of range and short data are errors, not panics
+        assert!(mysql_json_value(&[0x0f, 0xf6, 0x02, 0x00, 0x00]).is_err());
+        assert!(mysql_json_value(&[0x0f, 0xf6, 0x03, 0x03, 0x02, 0x81]).is_err());
+        assert!(mysql_json_value(&[0x0f, 0xf6, 0x02, 66, 0x00]).is_err());
     }
 
     #[test]
