@@ -31,6 +31,13 @@ pub struct PositionLabels {
     pub gtid: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ColumnLabels {
+    pub db: String,
+    pub table: String,
+    pub column: String,
+}
+
 type F64Gauge = Gauge<f64, AtomicU64>;
 
 fn batch_histogram() -> Histogram {
@@ -68,6 +75,8 @@ pub struct Metrics {
     pub kafka_skipped_present: Family<SinkLabel, Counter>,
     pub kafka_producer_resets: Family<SinkLabel, Counter>,
     pub kafka_delivery_seconds: Family<SinkLabel, Histogram, fn() -> Histogram>,
+    /// Values of a column believed to be JSON (MariaDB) that were not JSON, emitted as strings.
+    pub json_fallback: Family<ColumnLabels, Counter>,
     /// Event time (ms) of the last batch handed to the sinks / of the last acknowledged
     /// transaction; wall time (ms) of the last stored checkpoint.
     pub read_event_ms: AtomicU64,
@@ -125,6 +134,7 @@ impl Metrics {
             kafka_skipped_present: Family::default(),
             kafka_producer_resets: Family::default(),
             kafka_delivery_seconds: Family::new_with_constructor(batch_histogram),
+            json_fallback: Family::default(),
             read_event_ms: AtomicU64::new(0),
             acked_event_ms: AtomicU64::new(0),
             stored_at_ms: AtomicU64::new(0),
@@ -270,6 +280,12 @@ impl Metrics {
             "kafka_delivery_seconds",
             "From queuing a batch's messages to the last delivery report",
             m.kafka_delivery_seconds.clone(),
+        );
+        r.register(
+            "json_fallback",
+            "Values of a column believed to be JSON (MariaDB JSON from information_schema) that did \
+             not parse as JSON and were emitted as strings (counted per rendering)",
+            m.json_fallback.clone(),
         );
         Metrics { registry: r, ..m }
     }

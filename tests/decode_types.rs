@@ -310,6 +310,127 @@ async fn select_text(c: &mut mysql_async::Conn, db: &str, exprs: &[&str]) -> Sna
     out
 }
 
+fn text_of(v: &Option<Vec<u8>>) -> Value {
+    match v {
+        None => Value::Null,
+        Some(b) => Value::String(String::from_utf8(b.clone()).unwrap()),
+    }
+}
+
+/// Item 5 of issue 11 (MariaDB): information_schema tells today's schema. Rows written while
+/// `j` was a plain LONGTEXT holding text that is not JSON are replayed after
+/// `ALTER … MODIFY j JSON`: each such value comes out as the string SELECT showed then, with
+/// one (rate-limited) warning naming the column and a metric; the stream goes on, and JSON
+/// values (before and after the ALTER) stay nested JSON.
+#[test]
+fn json_column_not_json_at_the_time_mariadb() {
+    let f = Flavor::MariaDb;
+    let rt = rt();
+    let name = "jsonhist_maria";
+    let dir = workdir(name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, name).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, j LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)"
+        ))
+        .await
+        .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let not_json = [
+        "not json {",
+        "{\"a\": 1,}",
+        "tab\there, \"quotes\", back\\slash ✓ 😀",
+    ];
+    let (old, new, last) = rt.block_on(async {
+        for (i, t) in not_json.iter().enumerate() {
+            c.exec_drop(
+                format!("INSERT INTO `{name}`.t VALUES (?, ?)"),
+                (i as i64 + 1, t.to_string()),
+            )
+            .await
+            .unwrap();
+        }
+        let old = select_text(&mut c, name, &["j"]).await;
+        for (id, j) in [
+            (1, "{\"a\": [1, 2.50, \"x\"]}"),
+            (2, "[1, 2]"),
+            (3, "\"s\""),
+        ] {
+            c.exec_drop(format!("UPDATE `{name}`.t SET j = ? WHERE id = ?"), (j, id))
+                .await
+                .unwrap();
+        }
+        let new = select_text(&mut c, name, &["j"]).await;
+        c.query_drop(format!("ALTER TABLE `{name}`.t MODIFY j JSON"))
+            .await
+            .unwrap();
+        c.query_drop(format!(
+            "INSERT INTO `{name}`.t VALUES (4, '{{\"after\": \"alter\", \"n\": 1.50}}')"
+        ))
+        .await
+        .unwrap();
+        let last = select_text(&mut c, name, &["j"]).await;
+        (old, new, last)
+    });
+    // the daemon starts after the ALTER, from a position before it
+    let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
+    let ev = d.wait_events(7, Duration::from_secs(60));
+    assert_eq!(ev.len(), 7);
+    let ops: Vec<&str> = ev.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "c", "c", "u", "u", "u", "c"]);
+    for i in 0..3 {
+        let id = i as i64 + 1;
+        let was = text_of(&old[&id]["j"]);
+        assert_eq!(was, Value::String(not_json[i].into()), "SELECT then");
+        assert_eq!(
+            ev[i]["after"]["j"], was,
+            "insert {id}: the text as a string"
+        );
+        assert_eq!(
+            ev[3 + i]["before"]["j"],
+            was,
+            "update {id} before: a string"
+        );
+        let now: Value = serde_json::from_str(text_of(&new[&id]["j"]).as_str().unwrap()).unwrap();
+        assert_eq!(
+            ev[3 + i]["after"]["j"],
+            now,
+            "update {id} after: nested JSON"
+        );
+    }
+    let j4: Value = serde_json::from_str(text_of(&last[&4]["j"]).as_str().unwrap()).unwrap();
+    assert_eq!(ev[6]["after"]["j"], j4);
+    assert_eq!(ev[6]["after"]["j"]["n"].to_string(), "1.50");
+    // the metric, per column
+    let addr = d.admin_addr();
+    let (_, metrics) = http_get(&addr, "/metrics");
+    let n = metric(
+        &metrics,
+        &format!("binlogd_json_fallback_total{{db=\"{name}\",table=\"t\",column=\"j\"}}"),
+    );
+    assert!(
+        n.is_some_and(|n| n >= 6.0),
+        "6 values (3 inserts, 3 before images) counted: {n:?}\n{metrics}"
+    );
+    // one warning for the six values (at most one per column per minute), naming the column
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("is not JSON"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", d.log_text());
+    assert!(
+        warnings[0].contains(&format!("\"db\":\"{name}\""))
+            && warnings[0].contains("\"table\":\"t\"")
+            && warnings[0].contains("\"column\":\"j\""),
+        "{}",
+        warnings[0]
+    );
+    assert_eq!(d.stop(), Some(0), "still running; log:\n{}", d.log_text());
+}
+
 /// Item 8 of issue 11 (MySQL): DECIMAL values inside binary JSON are JSON numbers with the
 /// digits SELECT prints (`1.50`, `-0.001`, `0.000…`), in full images and in partial-JSON
 /// updates (binlog_row_value_options=PARTIAL_JSON), nested in arrays and objects.

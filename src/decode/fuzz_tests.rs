@@ -679,6 +679,7 @@ proptest! {
             json_text,
             labels: labels.then(|| Arc::from(vec!["a".to_string(), "b".to_string()])),
             binary_pad: pad,
+            json_origin: None,
         };
         let mut out = Vec::new();
         bounded("value", || {
@@ -940,6 +941,7 @@ fn regression_short_fixed_value_is_an_error() {
         json_text: false,
         labels: None,
         binary_pad: None,
+        json_origin: None,
     };
     let mut out = Vec::new();
     for kind in [

@@ -82,6 +82,27 @@ pub struct ColumnSchema {
     pub labels: Option<Arc<[String]>>,
     /// BINARY(n): the server strips trailing 0x00 in the binlog; SELECT shows them. Pad to n.
     pub binary_pad: Option<u16>,
+    /// For `json_text` columns: where a value that is not JSON is reported (rate-limited
+    /// warning and metric naming the table). `None` (tests): reported without the table.
+    pub json_origin: Option<Arc<ColumnOrigin>>,
+}
+
+/// A column named for reports about its values (which are rendered far from the TABLE_MAP).
+#[derive(Debug)]
+pub struct ColumnOrigin {
+    pub db: String,
+    pub table: String,
+    pub column: String,
+}
+
+impl ColumnOrigin {
+    pub fn new(db: &str, table: &str, column: &str) -> ColumnOrigin {
+        ColumnOrigin {
+            db: db.into(),
+            table: table.into(),
+            column: column.into(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -241,6 +262,7 @@ impl TableSchema {
             };
             let json_text = matches!(kind, ColKind::Blob { .. })
                 && hints.is_some_and(|h| h.json_columns.contains(&name));
+            let json_origin = json_text.then(|| Arc::new(ColumnOrigin::new(&db, &table, &name)));
             columns.push(ColumnSchema {
                 json_key: json_key(&name),
                 name,
@@ -251,6 +273,7 @@ impl TableSchema {
                 json_text,
                 labels,
                 binary_pad,
+                json_origin,
             });
         }
         let mut primary_key: Vec<usize> = meta

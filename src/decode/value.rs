@@ -417,6 +417,98 @@ fn json_decimal(data: &[u8]) -> Result<serde_json::Value, ValueError> {
     Ok(serde_json::Value::Number(n))
 }
 
+/// MariaDB JSON (LONGTEXT + CHECK json_valid, recognised from today's information_schema):
+/// the text as nested JSON. A value that does not parse (written before the column became
+/// JSON, or JSON MariaDB takes and serde_json does not, e.g. nested deeper than 128) is
+/// emitted as the string a text column gives, with a rate-limited warning and a metric.
+#[inline]
+fn push_json_text(
+    out: &mut Vec<u8>,
+    col: &ColumnSchema,
+    enc: TextEncoding,
+    v: &[u8],
+) -> Result<(), ValueError> {
+    let owned;
+    let s: &str = match enc {
+        TextEncoding::Utf8 => std::str::from_utf8(v)
+            .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?,
+        other => {
+            let mut t = String::with_capacity(v.len());
+            transcode_into(other, v, &mut t)?;
+            owned = t;
+            &owned
+        }
+    };
+    match serde_json::from_str::<&serde_json::value::RawValue>(s) {
+        Ok(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        Err(e) => {
+            report_json_fallback(col, &e);
+            write_json_str(out, s);
+        }
+    }
+    Ok(())
+}
+
+/// (db, table, column)
+type ColumnKey = (String, String, String);
+
+/// One warning per column per this many seconds.
+const JSON_FALLBACK_WARN_EVERY_S: u64 = 60;
+
+/// Metric and rate-limited warning for a JSON column value emitted as a string (cold path).
+#[cold]
+#[inline(never)]
+fn report_json_fallback(col: &ColumnSchema, err: &serde_json::Error) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    // (db, table, column) → (unix seconds of the last warning, values since not warned about)
+    static WARNED: Mutex<Option<HashMap<ColumnKey, (u64, u64)>>> = Mutex::new(None);
+    let Some(o) = col.json_origin.as_deref() else {
+        tracing::debug!(column = %col.name, error = %err, "JSON column value is not JSON: emitted as a string");
+        return;
+    };
+    crate::metrics::get()
+        .json_fallback
+        .get_or_create(&crate::metrics::ColumnLabels {
+            db: o.db.clone(),
+            table: o.table.clone(),
+            column: o.column.clone(),
+        })
+        .inc();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let suppressed = {
+        let mut g = match WARNED.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let key = (o.db.clone(), o.table.clone(), o.column.clone());
+        let e = g
+            .get_or_insert_with(HashMap::new)
+            .entry(key)
+            .or_insert((0, 0));
+        if e.0 != 0 && now < e.0.saturating_add(JSON_FALLBACK_WARN_EVERY_S) {
+            e.1 += 1;
+            return;
+        }
+        e.0 = now.max(1);
+        std::mem::take(&mut e.1)
+    };
+    tracing::warn!(
+        db = %o.db,
+        table = %o.table,
+        column = %o.column,
+        error = %err,
+        suppressed,
+        "a value of a column the server now declares JSON is not JSON (written before the \
+         column became JSON?): emitted as a JSON string; at most one such warning per column \
+         per minute, `suppressed` counts the values since the last one; see metric \
+         binlogd_json_fallback_total"
+    );
+}
+
 /// Appends the JSON rendering of one non-NULL value.
 pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(), ValueError> {
     // The row splitter cuts fixed-size values to their size; checked again here so that no
@@ -564,11 +656,7 @@ pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(),
         ColKind::Str { .. } | ColKind::Blob { .. } => {
             let enc = col.text.unwrap_or(TextEncoding::Binary);
             if col.json_text && enc != TextEncoding::Binary {
-                let mut s = String::new();
-                transcode_into(enc, v, &mut s)?;
-                let raw: &serde_json::value::RawValue = serde_json::from_str(&s)
-                    .map_err(|e| format!("JSON column holds invalid JSON: {e}"))?;
-                out.extend_from_slice(raw.get().as_bytes());
+                push_json_text(out, col, enc, v)?;
             } else if let (Some(n), TextEncoding::Binary) = (col.binary_pad, enc) {
                 if v.len() < n as usize {
                     let mut padded = v.to_vec();
@@ -695,6 +783,42 @@ mod tests {
         assert!(mysql_json_value(&[0x0f, 0xf6, 0x02, 0x00, 0x00]).is_err());
         assert!(mysql_json_value(&[0x0f, 0xf6, 0x03, 0x03, 0x02, 0x81]).is_err());
         assert!(mysql_json_value(&[0x0f, 0xf6, 0x02, 66, 0x00]).is_err());
+    }
+
+    #[test]
+    fn json_text_that_is_not_json_is_a_string() {
+        let mut col = ColumnSchema {
+            name: "j".into(),
+            json_key: "\"j\":".into(),
+            type_code: 252,
+            kind: ColKind::Blob { len_bytes: 4 },
+            unsigned: false,
+            text: Some(TextEncoding::Utf8),
+            json_text: true,
+            labels: None,
+            binary_pad: None,
+            json_origin: Some(std::sync::Arc::new(super::super::table::ColumnOrigin::new(
+                "unit_db", "unit_t", "j",
+            ))),
+        };
+        let mut o = Vec::new();
+        push_value(&mut o, &col, b" {\"a\": [1, 2.50]} ").unwrap();
+        assert_eq!(o, b"{\"a\": [1, 2.50]}");
+        o.clear();
+        push_value(&mut o, &col, b"not \"json\" {").unwrap();
+        assert_eq!(String::from_utf8(o.clone()).unwrap(), r#""not \"json\" {""#);
+        o.clear();
+        push_value(&mut o, &col, b"").unwrap();
+        assert_eq!(o, b"\"\"");
+        let m = crate::metrics::get().encode();
+        assert!(
+            m.contains(r#"binlogd_json_fallback_total{db="unit_db",table="unit_t",column="j"} 2"#),
+            "{m}"
+        );
+        col.json_origin = None;
+        o.clear();
+        push_value(&mut o, &col, b"[1,").unwrap();
+        assert_eq!(o, b"\"[1,\"");
     }
 
     #[test]
