@@ -21,7 +21,7 @@ use std::sync::Arc;
 use super::charset::{transcode_into, CollationMap, TextEncoding};
 use super::mariadb;
 use super::rows::{self, RowsEventKind};
-use super::table::{ColKind, ColumnSchema, HintColumn, SchemaHints};
+use super::table::{ColKind, ColumnSchema, HintColumn, SchemaHints, SpecialType};
 use super::value::{decimal_to_string, mysql_json_value, push_value};
 use super::{jsondiff, DecodeError, Decoder, Flavor, Step};
 use crate::event::SourceInfo;
@@ -441,7 +441,6 @@ fn table_map_body(cols: &[TestCol]) -> Vec<u8> {
 
 fn hints(cols: &[TestCol]) -> SchemaHints {
     SchemaHints {
-        json_columns: Default::default(),
         columns: Some(
             cols.iter()
                 .enumerate()
@@ -454,6 +453,7 @@ fn hints(cols: &[TestCol]) -> SchemaHints {
                 .collect(),
         ),
         primary_key: vec!["c0".into()],
+        ..Default::default()
     }
 }
 
@@ -668,7 +668,8 @@ proptest! {
                              unsigned in any::<bool>(), labels in any::<bool>(),
                              text in prop::sample::select(vec![None, Some(TextEncoding::Utf8), Some(TextEncoding::Binary), Some(TextEncoding::Utf32),
                                                               Some(TextEncoding::Other(encoding_rs::SHIFT_JIS)), Some(TextEncoding::Other(encoding_rs::UTF_16BE))]),
-                             json_text in any::<bool>(), pad in prop::option::of(0u16..80)) {
+                             json_text in any::<bool>(), pad in prop::option::of(0u16..80),
+                             special in prop::sample::select(vec![None, Some(SpecialType::Uuid), Some(SpecialType::Inet4), Some(SpecialType::Inet6)])) {
         let col = ColumnSchema {
             name: "c".into(),
             json_key: "\"c\":".into(),
@@ -679,6 +680,7 @@ proptest! {
             json_text,
             labels: labels.then(|| Arc::from(vec!["a".to_string(), "b".to_string()])),
             binary_pad: pad,
+            special,
             json_origin: None,
         };
         let mut out = Vec::new();
@@ -941,6 +943,7 @@ fn regression_short_fixed_value_is_an_error() {
         json_text: false,
         labels: None,
         binary_pad: None,
+        special: None,
         json_origin: None,
     };
     let mut out = Vec::new();

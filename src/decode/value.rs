@@ -1,14 +1,15 @@
 //! Renders one cell as JSON, by the event-format rules in the README:
 //! lossless numbers, DECIMAL as exact string, FLOAT as the f32 it is, text transcoded to UTF-8,
 //! binary as base64, temporal types as ISO-8601 strings (TIMESTAMP in UTC), ENUM/SET labels,
-//! BIT and YEAR as numbers, JSON nested.
+//! BIT and YEAR as numbers, JSON nested (DECIMALs in MySQL JSON as exact numbers), MariaDB
+//! UUID/INET4/INET6 as SELECT prints them.
 
 use base64::Engine;
 use mysql_common::binlog::jsonb;
 
 use super::charset::{transcode_into, TextEncoding};
 use super::rows::{decimal_bin_size, fixed_size, le_uint};
-use super::table::{ColKind, ColumnSchema};
+use super::table::{ColKind, ColumnSchema, SpecialType};
 
 /// Why a value could not be rendered (names the column where the caller adds context).
 pub type ValueError = String;
@@ -509,6 +510,97 @@ fn report_json_fallback(col: &ColumnSchema, err: &serde_json::Error) {
     );
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// MariaDB UUID/INET4/INET6 as SELECT prints them. `v` is at most the type's length (the
+/// server strips trailing 0x00 in the binlog: padded back here).
+fn push_special(out: &mut Vec<u8>, t: SpecialType, v: &[u8]) {
+    let n = t.binary_len() as usize;
+    let mut b = [0u8; 16];
+    b[..v.len()].copy_from_slice(v);
+    let b = &b[..n];
+    out.push(b'"');
+    match t {
+        SpecialType::Uuid => {
+            // MariaDB logs the in-memory (text-order) form, whatever the UUID version: its
+            // record form swaps segments for versions 1-5, but Field_uuid::pack converts back.
+            for (i, x) in b.iter().enumerate() {
+                if matches!(i, 4 | 6 | 8 | 10) {
+                    out.push(b'-');
+                }
+                out.push(HEX_DIGITS[(x >> 4) as usize]);
+                out.push(HEX_DIGITS[(x & 15) as usize]);
+            }
+        }
+        SpecialType::Inet4 => push_ipv4(out, b),
+        SpecialType::Inet6 => push_ipv6(out, b),
+    }
+    out.push(b'"');
+}
+
+fn push_ipv4(out: &mut Vec<u8>, b: &[u8]) {
+    for (i, x) in b.iter().take(4).enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        push_int(out, *x);
+    }
+}
+
+/// MariaDB's `Inet6::to_string`: the longest run of zero groups (the first of equal runs,
+/// even a single group) becomes `::`; `::a.b.c.d` when the first six groups are zero,
+/// `::ffff:a.b.c.d` for IPv4-mapped; lowercase hex without leading zeros.
+fn push_ipv6(out: &mut Vec<u8>, b: &[u8]) {
+    let mut w = [0u16; 8];
+    for (i, x) in w.iter_mut().enumerate() {
+        *x = u16::from_be_bytes([b[2 * i], b[2 * i + 1]]);
+    }
+    // (pos, len) of the first longest zero run
+    let (mut gap_pos, mut gap_len) = (usize::MAX, 0usize);
+    let mut i = 0;
+    while i < 8 {
+        if w[i] == 0 {
+            let start = i;
+            while i < 8 && w[i] == 0 {
+                i += 1;
+            }
+            if i - start > gap_len {
+                (gap_pos, gap_len) = (start, i - start);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let mut i = 0;
+    while i < 8 {
+        if i == gap_pos {
+            if i == 0 {
+                out.push(b':');
+            }
+            out.push(b':');
+            i += gap_len;
+            continue;
+        }
+        if i == 6 && gap_pos == 0 && (gap_len == 6 || (gap_len == 5 && w[5] == 0xffff)) {
+            push_ipv4(out, &b[12..16]);
+            return;
+        }
+        let x = w[i];
+        let mut started = false;
+        for shift in [12u16, 8, 4, 0] {
+            let d = (x >> shift) & 15;
+            if d != 0 || started || shift == 0 {
+                out.push(HEX_DIGITS[d as usize]);
+                started = true;
+            }
+        }
+        if i + 1 != 8 {
+            out.push(b':');
+        }
+        i += 1;
+    }
+}
+
 /// Appends the JSON rendering of one non-NULL value.
 pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(), ValueError> {
     // The row splitter cuts fixed-size values to their size; checked again here so that no
@@ -658,7 +750,9 @@ pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(),
             if col.json_text && enc != TextEncoding::Binary {
                 push_json_text(out, col, enc, v)?;
             } else if let (Some(n), TextEncoding::Binary) = (col.binary_pad, enc) {
-                if v.len() < n as usize {
+                if let Some(t) = col.special.filter(|t| v.len() <= t.binary_len() as usize) {
+                    push_special(out, t, v);
+                } else if v.len() < n as usize {
                     let mut padded = v.to_vec();
                     padded.resize(n as usize, 0);
                     push_b64(out, &padded);
@@ -750,6 +844,73 @@ mod tests {
         assert_eq!(o, b"\"2038-01-19T03:14:07Z\"");
     }
 
+    fn special(t: SpecialType, hex: &str) -> String {
+        let b: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let mut o = Vec::new();
+        push_special(&mut o, t, &b);
+        String::from_utf8(o).unwrap()
+    }
+
+    /// SELECT output of MariaDB 10.11.19 for these INET6 values (HEX(i6) → i6).
+    #[test]
+    fn inet6_as_mariadb_prints_it() {
+        for (hex, want) in [
+            ("20010DB8000000000000000000000001", "2001:db8::1"),
+            ("00000000000000000000FFFF01020304", "::ffff:1.2.3.4"),
+            ("00000000000000000000000000000000", "::"),
+            ("00000000000000000000000000000001", "::1"),
+            ("00000000000000000000000001020304", "::1.2.3.4"),
+            ("00000000000000000000000000000100", "::100"),
+            ("20010DB8000000010001000100010001", "2001:db8::1:1:1:1:1"),
+            ("20010000000000010000000000000001", "2001:0:0:1::1"),
+            ("20010DB8000000000001000000000001", "2001:db8::1:0:0:1"),
+            ("00010000000000000000000000000000", "1::"),
+            ("FE800000000000000000000000010002", "fe80::1:2"),
+            ("0000000000000000FFFF000001020304", "::ffff:0:102:304"),
+            ("00000000000000000000FFFF00000000", "::ffff:0.0.0.0"),
+            ("00000000000000000000000100000000", "::1:0:0"),
+            ("00010002000300040005000600070008", "1:2:3:4:5:6:7:8"),
+            (
+                "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ),
+            ("00000000000000000000FFFFFFFFFFFF", "::ffff:255.255.255.255"),
+            ("00010000000100000000000000010000", "1:0:1::1:0"),
+            ("00000000000000010000000000000000", "0:0:0:1::"),
+            ("00000000000000000000FFFE01020304", "::fffe:102:304"),
+            ("00000000000000000000000000010000", "::0.1.0.0"),
+        ] {
+            assert_eq!(
+                special(SpecialType::Inet6, hex),
+                format!("\"{want}\""),
+                "{hex}"
+            );
+        }
+        // trailing zero bytes stripped in the binlog
+        assert_eq!(special(SpecialType::Inet6, "20010DB8"), "\"2001:db8::\"");
+        assert_eq!(special(SpecialType::Inet6, ""), "\"::\"");
+    }
+
+    #[test]
+    fn uuid_and_inet4() {
+        assert_eq!(
+            special(SpecialType::Uuid, "123E4567E89B12D3A456426655440000"),
+            "\"123e4567-e89b-12d3-a456-426655440000\""
+        );
+        assert_eq!(
+            special(SpecialType::Uuid, "123E4567E89B12D3A4564266554400"),
+            "\"123e4567-e89b-12d3-a456-426655440000\""
+        );
+        assert_eq!(
+            special(SpecialType::Uuid, ""),
+            "\"00000000-0000-0000-0000-000000000000\""
+        );
+        assert_eq!(special(SpecialType::Inet4, "C0A80001"), "\"192.168.0.1\"");
+        assert_eq!(special(SpecialType::Inet4, "0A"), "\"10.0.0.0\"");
+    }
+
     #[test]
     fn json_decimals_keep_their_digits() {
         // DECIMAL(3,2) 1.50 as an opaque binary JSON scalar, alone and in an array
@@ -797,6 +958,7 @@ mod tests {
             json_text: true,
             labels: None,
             binary_pad: None,
+            special: None,
             json_origin: Some(std::sync::Arc::new(super::super::table::ColumnOrigin::new(
                 "unit_db", "unit_t", "j",
             ))),
