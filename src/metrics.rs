@@ -31,6 +31,13 @@ pub struct PositionLabels {
     pub gtid: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ColumnLabels {
+    pub db: String,
+    pub table: String,
+    pub column: String,
+}
+
 type F64Gauge = Gauge<f64, AtomicU64>;
 
 fn batch_histogram() -> Histogram {
@@ -78,6 +85,8 @@ pub struct Metrics {
     pub xa_unknown_commits: Counter,
     /// Row changes withdrawn by ROLLBACK TO SAVEPOINT / ROLLBACK inside a logged transaction.
     pub rows_rolled_back: Counter,
+    /// Values of a column believed to be JSON (MariaDB) that were not JSON, emitted as strings.
+    pub json_fallback: Family<ColumnLabels, Counter>,
     /// Event time (ms) of the last batch handed to the sinks / of the last acknowledged
     /// transaction; wall time (ms) of the last stored checkpoint.
     pub read_event_ms: AtomicU64,
@@ -141,6 +150,7 @@ impl Metrics {
             xa_oldest_prepared_ms: AtomicU64::new(0),
             xa_unknown_commits: Counter::default(),
             rows_rolled_back: Counter::default(),
+            json_fallback: Family::default(),
             read_event_ms: AtomicU64::new(0),
             acked_event_ms: AtomicU64::new(0),
             stored_at_ms: AtomicU64::new(0),
@@ -311,6 +321,12 @@ impl Metrics {
             "rows_rolled_back",
             "Row changes withdrawn by a ROLLBACK TO SAVEPOINT or ROLLBACK logged inside a transaction",
             m.rows_rolled_back.clone(),
+        );
+        r.register(
+            "json_fallback",
+            "Values of a column believed to be JSON (MariaDB JSON from information_schema) that did \
+             not parse as JSON and were emitted as strings (counted per rendering)",
+            m.json_fallback.clone(),
         );
         Metrics { registry: r, ..m }
     }

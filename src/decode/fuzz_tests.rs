@@ -21,7 +21,7 @@ use std::sync::Arc;
 use super::charset::{transcode_into, CollationMap, TextEncoding};
 use super::mariadb;
 use super::rows::{self, RowsEventKind};
-use super::table::{ColKind, ColumnSchema, HintColumn, SchemaHints};
+use super::table::{ColKind, ColumnSchema, HintColumn, SchemaHints, SpecialType};
 use super::value::{decimal_to_string, mysql_json_value, push_value};
 use super::{jsondiff, DecodeError, Decoder, Flavor, Step};
 use crate::event::SourceInfo;
@@ -441,8 +441,6 @@ fn table_map_body(cols: &[TestCol]) -> Vec<u8> {
 
 fn hints(cols: &[TestCol]) -> SchemaHints {
     SchemaHints {
-        json_columns: Default::default(),
-        transactional: None,
         columns: Some(
             cols.iter()
                 .enumerate()
@@ -455,6 +453,7 @@ fn hints(cols: &[TestCol]) -> SchemaHints {
                 .collect(),
         ),
         primary_key: vec!["c0".into()],
+        ..Default::default()
     }
 }
 
@@ -669,7 +668,8 @@ proptest! {
                              unsigned in any::<bool>(), labels in any::<bool>(),
                              text in prop::sample::select(vec![None, Some(TextEncoding::Utf8), Some(TextEncoding::Binary), Some(TextEncoding::Utf32),
                                                               Some(TextEncoding::Other(encoding_rs::SHIFT_JIS)), Some(TextEncoding::Other(encoding_rs::UTF_16BE))]),
-                             json_text in any::<bool>(), pad in prop::option::of(0u16..80)) {
+                             json_text in any::<bool>(), pad in prop::option::of(0u16..80),
+                             special in prop::sample::select(vec![None, Some(SpecialType::Uuid), Some(SpecialType::Inet4), Some(SpecialType::Inet6)])) {
         let col = ColumnSchema {
             name: "c".into(),
             json_key: "\"c\":".into(),
@@ -680,6 +680,8 @@ proptest! {
             json_text,
             labels: labels.then(|| Arc::from(vec!["a".to_string(), "b".to_string()])),
             binary_pad: pad,
+            special,
+            json_origin: None,
         };
         let mut out = Vec::new();
         bounded("value", || {
@@ -717,6 +719,16 @@ proptest! {
         ];
         for m in mutations(doc, &flips, &sets) {
             bounded("binary JSON", || { let _ = mysql_json_value(&m); });
+        }
+        // a DECIMAL scalar (opaque NEWDECIMAL: precision, scale, binary DECIMAL): 1.50 in an
+        // array, so that its length and precision/scale bytes are mutated too
+        let dec: &[u8] = &[0x02, 0x01, 0x00, 0x0d, 0x00, 0x0f, 0x07, 0x00, 0xf6, 0x04, 0x03, 0x02, 0x81, 0x32];
+        for m in mutations(dec, &flips, &sets) {
+            bounded("binary JSON DECIMAL", || {
+                if let Ok(v) = mysql_json_value(&m) {
+                    serde_json::to_vec(&v).expect("serialises");
+                }
+            });
         }
     }
 
@@ -931,6 +943,8 @@ fn regression_short_fixed_value_is_an_error() {
         json_text: false,
         labels: None,
         binary_pad: None,
+        special: None,
+        json_origin: None,
     };
     let mut out = Vec::new();
     for kind in [

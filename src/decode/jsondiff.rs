@@ -94,12 +94,12 @@ pub fn apply(doc: &mut Value, diff: &[u8]) -> Result<(), String> {
             .map_err(|e| format!("partial JSON diff: {e}"))?;
         let path = d.path_str().into_owned();
         let legs = parse_path(&path)?;
+        // DECIMAL values come out as numbers with their exact digits, as in full images
         let value = match d.value() {
-            Some(v) => Some(Value::from(
-                v.clone()
-                    .parse()
+            Some(v) => Some(
+                super::value::jsonb_to_json(v.clone())
                     .map_err(|e| format!("partial JSON value: {e}"))?,
-            )),
+            ),
             None => None,
         };
         let (parent_legs, last) = match legs.split_last() {

@@ -3,7 +3,7 @@
 
 use mysql_common::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, TableMapEvent};
 use mysql_common::constants::ColumnType;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::charset::{CollationMap, TextEncoding};
@@ -82,6 +82,61 @@ pub struct ColumnSchema {
     pub labels: Option<Arc<[String]>>,
     /// BINARY(n): the server strips trailing 0x00 in the binlog; SELECT shows them. Pad to n.
     pub binary_pad: Option<u16>,
+    /// MariaDB UUID/INET4/INET6 (named only by information_schema): rendered as SELECT prints
+    /// them. Set only when the row's TABLE_MAP shows the matching BINARY(16)/BINARY(4).
+    pub special: Option<SpecialType>,
+    /// For `json_text` columns: where a value that is not JSON is reported (rate-limited
+    /// warning and metric naming the table). `None` (tests): reported without the table.
+    pub json_origin: Option<Arc<ColumnOrigin>>,
+}
+
+/// MariaDB data types that the binlog shows as fixed-length binary strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialType {
+    /// 16 bytes in text order (MariaDB logs the in-memory form, not the swapped record form).
+    Uuid,
+    /// 4 bytes, network order.
+    Inet4,
+    /// 16 bytes, network order.
+    Inet6,
+}
+
+impl SpecialType {
+    /// The information_schema `DATA_TYPE`/`COLUMN_TYPE` name.
+    pub fn from_type_name(t: &str) -> Option<SpecialType> {
+        match t {
+            "uuid" => Some(SpecialType::Uuid),
+            "inet4" => Some(SpecialType::Inet4),
+            "inet6" => Some(SpecialType::Inet6),
+            _ => None,
+        }
+    }
+
+    /// Byte length of the value (the BINARY(n) the binlog declares).
+    pub fn binary_len(self) -> u16 {
+        match self {
+            SpecialType::Inet4 => 4,
+            SpecialType::Uuid | SpecialType::Inet6 => 16,
+        }
+    }
+}
+
+/// A column named for reports about its values (which are rendered far from the TABLE_MAP).
+#[derive(Debug)]
+pub struct ColumnOrigin {
+    pub db: String,
+    pub table: String,
+    pub column: String,
+}
+
+impl ColumnOrigin {
+    pub fn new(db: &str, table: &str, column: &str) -> ColumnOrigin {
+        ColumnOrigin {
+            db: db.into(),
+            table: table.into(),
+            column: column.into(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -107,6 +162,8 @@ pub struct TableSchema {
 pub struct SchemaHints {
     /// MariaDB JSON columns (by name).
     pub json_columns: HashSet<String>,
+    /// MariaDB UUID/INET4/INET6 columns (by name).
+    pub special_types: HashMap<String, SpecialType>,
     /// MINIMAL-metadata fallback: (name, unsigned, enum/set labels) per column position.
     pub columns: Option<Vec<HintColumn>>,
     pub primary_key: Vec<String>,
@@ -262,6 +319,17 @@ impl TableSchema {
             };
             let json_text = matches!(kind, ColKind::Blob { .. })
                 && hints.is_some_and(|h| h.json_columns.contains(&name));
+            let json_origin = json_text.then(|| Arc::new(ColumnOrigin::new(&db, &table, &name)));
+            // information_schema tells today's type; the TABLE_MAP tells the row's. A column
+            // that was e.g. VARCHAR(36) when the row was written keeps its text.
+            let special = hints
+                .and_then(|h| h.special_types.get(&name).copied())
+                .filter(|t| {
+                    raw_type == ColumnType::MYSQL_TYPE_STRING
+                        && matches!(kind, ColKind::Str { .. })
+                        && text == Some(TextEncoding::Binary)
+                        && binary_pad == Some(t.binary_len())
+                });
             columns.push(ColumnSchema {
                 json_key: json_key(&name),
                 name,
@@ -272,6 +340,8 @@ impl TableSchema {
                 json_text,
                 labels,
                 binary_pad,
+                special,
+                json_origin,
             });
         }
         let mut primary_key: Vec<usize> = meta

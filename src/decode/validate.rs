@@ -26,8 +26,9 @@ pub fn check_chunk(chunk: &RowsChunk, scratch: &mut Vec<u8>) -> Result<(), Decod
             | ColKind::Json { .. }
             | ColKind::Vector { .. }
             | ColKind::Enum { .. } => true,
+            // (a MariaDB JSON column's text that is not JSON is emitted as a string)
             ColKind::Str { .. } | ColKind::Blob { .. } => {
-                c.json_text || !matches!(c.text, None | Some(TextEncoding::Binary))
+                !matches!(c.text, None | Some(TextEncoding::Binary))
             }
             _ => false,
         })
@@ -68,7 +69,7 @@ pub fn check_chunk(chunk: &RowsChunk, scratch: &mut Vec<u8>) -> Result<(), Decod
                     super::jsondiff::apply(&mut doc, v).map_err(bad)?;
                     continue;
                 }
-                if matches!(col.text, Some(TextEncoding::Utf8)) && !col.json_text {
+                if matches!(col.text, Some(TextEncoding::Utf8)) {
                     if let Err(e) = std::str::from_utf8(v) {
                         return Err(bad(format!("invalid UTF-8 at byte {}", e.valid_up_to())));
                     }

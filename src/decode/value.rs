@@ -1,13 +1,15 @@
 //! Renders one cell as JSON, by the event-format rules in the README:
 //! lossless numbers, DECIMAL as exact string, FLOAT as the f32 it is, text transcoded to UTF-8,
 //! binary as base64, temporal types as ISO-8601 strings (TIMESTAMP in UTC), ENUM/SET labels,
-//! BIT and YEAR as numbers, JSON nested.
+//! BIT and YEAR as numbers, JSON nested (DECIMALs in MySQL JSON as exact numbers), MariaDB
+//! UUID/INET4/INET6 as SELECT prints them.
 
 use base64::Engine;
+use mysql_common::binlog::jsonb;
 
 use super::charset::{transcode_into, TextEncoding};
 use super::rows::{decimal_bin_size, fixed_size, le_uint};
-use super::table::{ColKind, ColumnSchema};
+use super::table::{ColKind, ColumnSchema, SpecialType};
 
 /// Why a value could not be rendered (names the column where the caller adds context).
 pub type ValueError = String;
@@ -174,13 +176,23 @@ fn push_time(out: &mut Vec<u8>, neg: bool, hours: u64, mi: u32, s: u32, us: u32,
     out.push(b'"');
 }
 
-/// Decodes a binary DECIMAL into its exact string (as MySQL prints it, with `scale` digits).
+/// Decodes a binary DECIMAL into its exact string (as MySQL prints it, with `scale` digits),
+/// as a JSON string literal.
 pub fn decimal_to_string(
     b: &[u8],
     precision: u8,
     scale: u8,
     out: &mut Vec<u8>,
 ) -> Result<(), ValueError> {
+    let s = decimal_text(b, precision, scale)?;
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
+}
+
+/// Decodes a binary DECIMAL into its exact digits (`-12.50`; never `-0`).
+pub fn decimal_text(b: &[u8], precision: u8, scale: u8) -> Result<String, ValueError> {
     const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
     const POW10: [u64; 10] = [
         1,
@@ -259,10 +271,7 @@ pub fn decimal_to_string(
     if neg && s[1..].bytes().all(|c| c == b'0' || c == b'.') {
         s.remove(0);
     }
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
-    Ok(())
+    Ok(s)
 }
 
 fn push_b64(out: &mut Vec<u8>, v: &[u8]) {
@@ -301,13 +310,295 @@ pub fn push_mysql_json(out: &mut Vec<u8>, v: &[u8]) -> Result<(), ValueError> {
 }
 
 pub fn mysql_json_value(v: &[u8]) -> Result<serde_json::Value, ValueError> {
-    use mysql_common::binlog::jsonb;
     use mysql_common::io::ParseBuf;
     let jv: jsonb::Value<'_> = ParseBuf(v)
         .parse(())
         .map_err(|e| format!("binary JSON: {e}"))?;
-    let dom = jv.parse().map_err(|e| format!("binary JSON: {e}"))?;
-    Ok(dom.into())
+    jsonb_to_json(jv)
+}
+
+/// Deeper documents are not MySQL's (it refuses more than 100 levels): an error, not a stack
+/// overflow.
+const MAX_JSON_DEPTH: usize = 200;
+
+/// Converts one binary JSON value (a document, or a value in a partial-update diff) to a JSON
+/// value as SELECT prints it: DECIMAL scalars become numbers with their exact digits (`1.50`),
+/// other opaque scalars (dates, times) strings as mysql_common renders them.
+pub fn jsonb_to_json(v: jsonb::Value<'_>) -> Result<serde_json::Value, ValueError> {
+    jsonb_at(v, 0)
+}
+
+fn jsonb_at(v: jsonb::Value<'_>, depth: usize) -> Result<serde_json::Value, ValueError> {
+    use serde_json::Value as J;
+    let bad = |e: std::io::Error| format!("binary JSON: {e}");
+    if depth > MAX_JSON_DEPTH {
+        return Err(format!(
+            "binary JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        ));
+    }
+    Ok(match v {
+        jsonb::Value::Null => J::Null,
+        jsonb::Value::Bool(b) => J::Bool(b),
+        jsonb::Value::I16(x) => J::from(x),
+        jsonb::Value::U16(x) => J::from(x),
+        jsonb::Value::I32(x) => J::from(x),
+        jsonb::Value::U32(x) => J::from(x),
+        jsonb::Value::I64(x) => J::from(x),
+        jsonb::Value::U64(x) => J::from(x),
+        // infinities and NaN are not in MySQL JSON; rendered as 0 as mysql_common does
+        jsonb::Value::F64(x) => J::Number(
+            serde_json::Number::from_f64(x).unwrap_or_else(|| serde_json::Number::from(0u8)),
+        ),
+        jsonb::Value::String(s) => J::String(
+            std::str::from_utf8(s.str_raw())
+                .map_err(|e| format!("binary JSON: string is not UTF-8: {e}"))?
+                .to_owned(),
+        ),
+        jsonb::Value::SmallArray(a) => {
+            let mut items = Vec::with_capacity(a.element_count().min(1024) as usize);
+            for x in a.iter() {
+                items.push(jsonb_at(x.map_err(bad)?, depth + 1)?);
+            }
+            J::Array(items)
+        }
+        jsonb::Value::LargeArray(a) => {
+            let mut items = Vec::with_capacity(a.element_count().min(1024) as usize);
+            for x in a.iter() {
+                items.push(jsonb_at(x.map_err(bad)?, depth + 1)?);
+            }
+            J::Array(items)
+        }
+        jsonb::Value::SmallObject(o) => {
+            let mut m = serde_json::Map::new();
+            for kv in o.iter() {
+                let (k, x) = kv.map_err(bad)?;
+                m.insert(k.value().into_owned(), jsonb_at(x, depth + 1)?);
+            }
+            J::Object(m)
+        }
+        jsonb::Value::LargeObject(o) => {
+            let mut m = serde_json::Map::new();
+            for kv in o.iter() {
+                let (k, x) = kv.map_err(bad)?;
+                m.insert(k.value().into_owned(), jsonb_at(x, depth + 1)?);
+            }
+            J::Object(m)
+        }
+        jsonb::Value::Opaque(o)
+            if o.value_type() == mysql_common::constants::ColumnType::MYSQL_TYPE_NEWDECIMAL =>
+        {
+            json_decimal(o.data_raw())?
+        }
+        other @ jsonb::Value::Opaque(_) => J::from(other.parse().map_err(bad)?),
+    })
+}
+
+/// A DECIMAL scalar of binary JSON (precision, scale, binary DECIMAL) as a JSON number with
+/// the digits SELECT prints (`1.50`, `0.000`, `12345678901234567890.123`).
+fn json_decimal(data: &[u8]) -> Result<serde_json::Value, ValueError> {
+    let (precision, scale, bin) = match data {
+        [p, s, rest @ ..] => (*p, *s, rest),
+        _ => return Err("binary JSON: DECIMAL without precision and scale".into()),
+    };
+    if precision == 0 || precision > 65 || scale > 30 || scale > precision {
+        return Err(format!("binary JSON: bad DECIMAL({precision},{scale})"));
+    }
+    let size = decimal_bin_size(precision, scale);
+    let bin = bin.get(..size).ok_or_else(|| {
+        format!(
+            "binary JSON: DECIMAL({precision},{scale}) needs {size} bytes, got {}",
+            bin.len()
+        )
+    })?;
+    let text = decimal_text(bin, precision, scale)?;
+    // serde_json's arbitrary_precision keeps the text as it is, trailing zeros included
+    let n: serde_json::Number = text
+        .parse()
+        .map_err(|e| format!("binary JSON: DECIMAL {text}: {e}"))?;
+    Ok(serde_json::Value::Number(n))
+}
+
+/// MariaDB JSON (LONGTEXT + CHECK json_valid, recognised from today's information_schema):
+/// the text as nested JSON. A value that does not parse (written before the column became
+/// JSON, or JSON MariaDB takes and serde_json does not, e.g. nested deeper than 128) is
+/// emitted as the string a text column gives, with a rate-limited warning and a metric.
+#[inline]
+fn push_json_text(
+    out: &mut Vec<u8>,
+    col: &ColumnSchema,
+    enc: TextEncoding,
+    v: &[u8],
+) -> Result<(), ValueError> {
+    let owned;
+    let s: &str = match enc {
+        TextEncoding::Utf8 => std::str::from_utf8(v)
+            .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?,
+        other => {
+            let mut t = String::with_capacity(v.len());
+            transcode_into(other, v, &mut t)?;
+            owned = t;
+            &owned
+        }
+    };
+    match serde_json::from_str::<&serde_json::value::RawValue>(s) {
+        Ok(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        Err(e) => {
+            report_json_fallback(col, &e);
+            write_json_str(out, s);
+        }
+    }
+    Ok(())
+}
+
+/// (db, table, column)
+type ColumnKey = (String, String, String);
+
+/// One warning per column per this many seconds.
+const JSON_FALLBACK_WARN_EVERY_S: u64 = 60;
+
+/// Metric and rate-limited warning for a JSON column value emitted as a string (cold path).
+#[cold]
+#[inline(never)]
+fn report_json_fallback(col: &ColumnSchema, err: &serde_json::Error) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    // (db, table, column) → (unix seconds of the last warning, values since not warned about)
+    static WARNED: Mutex<Option<HashMap<ColumnKey, (u64, u64)>>> = Mutex::new(None);
+    let Some(o) = col.json_origin.as_deref() else {
+        tracing::debug!(column = %col.name, error = %err, "JSON column value is not JSON: emitted as a string");
+        return;
+    };
+    crate::metrics::get()
+        .json_fallback
+        .get_or_create(&crate::metrics::ColumnLabels {
+            db: o.db.clone(),
+            table: o.table.clone(),
+            column: o.column.clone(),
+        })
+        .inc();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let suppressed = {
+        let mut g = match WARNED.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let key = (o.db.clone(), o.table.clone(), o.column.clone());
+        let e = g
+            .get_or_insert_with(HashMap::new)
+            .entry(key)
+            .or_insert((0, 0));
+        if e.0 != 0 && now < e.0.saturating_add(JSON_FALLBACK_WARN_EVERY_S) {
+            e.1 += 1;
+            return;
+        }
+        e.0 = now.max(1);
+        std::mem::take(&mut e.1)
+    };
+    tracing::warn!(
+        db = %o.db,
+        table = %o.table,
+        column = %o.column,
+        error = %err,
+        suppressed,
+        "a value of a column the server now declares JSON is not JSON (written before the \
+         column became JSON?): emitted as a JSON string; at most one such warning per column \
+         per minute, `suppressed` counts the values since the last one; see metric \
+         binlogd_json_fallback_total"
+    );
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// MariaDB UUID/INET4/INET6 as SELECT prints them. `v` is at most the type's length (the
+/// server strips trailing 0x00 in the binlog: padded back here).
+fn push_special(out: &mut Vec<u8>, t: SpecialType, v: &[u8]) {
+    let n = t.binary_len() as usize;
+    let mut b = [0u8; 16];
+    b[..v.len()].copy_from_slice(v);
+    let b = &b[..n];
+    out.push(b'"');
+    match t {
+        SpecialType::Uuid => {
+            // MariaDB logs the in-memory (text-order) form, whatever the UUID version: its
+            // record form swaps segments for versions 1-5, but Field_uuid::pack converts back.
+            for (i, x) in b.iter().enumerate() {
+                if matches!(i, 4 | 6 | 8 | 10) {
+                    out.push(b'-');
+                }
+                out.push(HEX_DIGITS[(x >> 4) as usize]);
+                out.push(HEX_DIGITS[(x & 15) as usize]);
+            }
+        }
+        SpecialType::Inet4 => push_ipv4(out, b),
+        SpecialType::Inet6 => push_ipv6(out, b),
+    }
+    out.push(b'"');
+}
+
+fn push_ipv4(out: &mut Vec<u8>, b: &[u8]) {
+    for (i, x) in b.iter().take(4).enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        push_int(out, *x);
+    }
+}
+
+/// MariaDB's `Inet6::to_string`: the longest run of zero groups (the first of equal runs,
+/// even a single group) becomes `::`; `::a.b.c.d` when the first six groups are zero,
+/// `::ffff:a.b.c.d` for IPv4-mapped; lowercase hex without leading zeros.
+fn push_ipv6(out: &mut Vec<u8>, b: &[u8]) {
+    let mut w = [0u16; 8];
+    for (i, x) in w.iter_mut().enumerate() {
+        *x = u16::from_be_bytes([b[2 * i], b[2 * i + 1]]);
+    }
+    // (pos, len) of the first longest zero run
+    let (mut gap_pos, mut gap_len) = (usize::MAX, 0usize);
+    let mut i = 0;
+    while i < 8 {
+        if w[i] == 0 {
+            let start = i;
+            while i < 8 && w[i] == 0 {
+                i += 1;
+            }
+            if i - start > gap_len {
+                (gap_pos, gap_len) = (start, i - start);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let mut i = 0;
+    while i < 8 {
+        if i == gap_pos {
+            if i == 0 {
+                out.push(b':');
+            }
+            out.push(b':');
+            i += gap_len;
+            continue;
+        }
+        if i == 6 && gap_pos == 0 && (gap_len == 6 || (gap_len == 5 && w[5] == 0xffff)) {
+            push_ipv4(out, &b[12..16]);
+            return;
+        }
+        let x = w[i];
+        let mut started = false;
+        for shift in [12u16, 8, 4, 0] {
+            let d = (x >> shift) & 15;
+            if d != 0 || started || shift == 0 {
+                out.push(HEX_DIGITS[d as usize]);
+                started = true;
+            }
+        }
+        if i + 1 != 8 {
+            out.push(b':');
+        }
+        i += 1;
+    }
 }
 
 /// Appends the JSON rendering of one non-NULL value.
@@ -457,13 +748,11 @@ pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(),
         ColKind::Str { .. } | ColKind::Blob { .. } => {
             let enc = col.text.unwrap_or(TextEncoding::Binary);
             if col.json_text && enc != TextEncoding::Binary {
-                let mut s = String::new();
-                transcode_into(enc, v, &mut s)?;
-                let raw: &serde_json::value::RawValue = serde_json::from_str(&s)
-                    .map_err(|e| format!("JSON column holds invalid JSON: {e}"))?;
-                out.extend_from_slice(raw.get().as_bytes());
+                push_json_text(out, col, enc, v)?;
             } else if let (Some(n), TextEncoding::Binary) = (col.binary_pad, enc) {
-                if v.len() < n as usize {
+                if let Some(t) = col.special.filter(|t| v.len() <= t.binary_len() as usize) {
+                    push_special(out, t, v);
+                } else if v.len() < n as usize {
                     let mut padded = v.to_vec();
                     padded.resize(n as usize, 0);
                     push_b64(out, &padded);
@@ -553,6 +842,145 @@ mod tests {
         let mut o = Vec::new();
         push_timestamp(&mut o, 2_147_483_647, 0, 0);
         assert_eq!(o, b"\"2038-01-19T03:14:07Z\"");
+    }
+
+    fn special(t: SpecialType, hex: &str) -> String {
+        let b: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let mut o = Vec::new();
+        push_special(&mut o, t, &b);
+        String::from_utf8(o).unwrap()
+    }
+
+    /// SELECT output of MariaDB 10.11.19 for these INET6 values (HEX(i6) → i6).
+    #[test]
+    fn inet6_as_mariadb_prints_it() {
+        for (hex, want) in [
+            ("20010DB8000000000000000000000001", "2001:db8::1"),
+            ("00000000000000000000FFFF01020304", "::ffff:1.2.3.4"),
+            ("00000000000000000000000000000000", "::"),
+            ("00000000000000000000000000000001", "::1"),
+            ("00000000000000000000000001020304", "::1.2.3.4"),
+            ("00000000000000000000000000000100", "::100"),
+            ("20010DB8000000010001000100010001", "2001:db8::1:1:1:1:1"),
+            ("20010000000000010000000000000001", "2001:0:0:1::1"),
+            ("20010DB8000000000001000000000001", "2001:db8::1:0:0:1"),
+            ("00010000000000000000000000000000", "1::"),
+            ("FE800000000000000000000000010002", "fe80::1:2"),
+            ("0000000000000000FFFF000001020304", "::ffff:0:102:304"),
+            ("00000000000000000000FFFF00000000", "::ffff:0.0.0.0"),
+            ("00000000000000000000000100000000", "::1:0:0"),
+            ("00010002000300040005000600070008", "1:2:3:4:5:6:7:8"),
+            (
+                "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ),
+            ("00000000000000000000FFFFFFFFFFFF", "::ffff:255.255.255.255"),
+            ("00010000000100000000000000010000", "1:0:1::1:0"),
+            ("00000000000000010000000000000000", "0:0:0:1::"),
+            ("00000000000000000000FFFE01020304", "::fffe:102:304"),
+            ("00000000000000000000000000010000", "::0.1.0.0"),
+        ] {
+            assert_eq!(
+                special(SpecialType::Inet6, hex),
+                format!("\"{want}\""),
+                "{hex}"
+            );
+        }
+        // trailing zero bytes stripped in the binlog
+        assert_eq!(special(SpecialType::Inet6, "20010DB8"), "\"2001:db8::\"");
+        assert_eq!(special(SpecialType::Inet6, ""), "\"::\"");
+    }
+
+    #[test]
+    fn uuid_and_inet4() {
+        assert_eq!(
+            special(SpecialType::Uuid, "123E4567E89B12D3A456426655440000"),
+            "\"123e4567-e89b-12d3-a456-426655440000\""
+        );
+        assert_eq!(
+            special(SpecialType::Uuid, "123E4567E89B12D3A4564266554400"),
+            "\"123e4567-e89b-12d3-a456-426655440000\""
+        );
+        assert_eq!(
+            special(SpecialType::Uuid, ""),
+            "\"00000000-0000-0000-0000-000000000000\""
+        );
+        assert_eq!(special(SpecialType::Inet4, "C0A80001"), "\"192.168.0.1\"");
+        assert_eq!(special(SpecialType::Inet4, "0A"), "\"10.0.0.0\"");
+    }
+
+    #[test]
+    fn json_decimals_keep_their_digits() {
+        // DECIMAL(3,2) 1.50 as an opaque binary JSON scalar, alone and in an array
+        let one_fifty = [0x0f, 0xf6, 0x04, 0x03, 0x02, 0x81, 0x32];
+        let mut o = Vec::new();
+        push_mysql_json(&mut o, &one_fifty).unwrap();
+        assert_eq!(o, b"1.50");
+        let arr = [
+            0x02, 0x01, 0x00, 0x0d, 0x00, 0x0f, 0x07, 0x00, 0xf6, 0x04, 0x03, 0x02, 0x81, 0x32,
+        ];
+        o.clear();
+        push_mysql_json(&mut o, &arr).unwrap();
+        assert_eq!(o, b"[1.50]");
+        // -0.001 as DECIMAL(3,3); 0 as DECIMAL(65,30) (exact zeros, no sign)
+        let mut neg = vec![0x0f, 0xf6, 0x04, 0x03, 0x03];
+        neg.extend([0x7f, 0xfe]); // ~(0x80 0x01) for frac group 001 (2 bytes)
+        o.clear();
+        push_mysql_json(&mut o, &neg).unwrap();
+        assert_eq!(o, b"-0.001");
+        let mut bin = vec![0u8; decimal_bin_size(65, 30)];
+        let mut zero = vec![0x0f, 0xf6, 2 + bin.len() as u8, 65, 30];
+        bin[0] = 0x80;
+        zero.extend(&bin);
+        o.clear();
+        push_mysql_json(&mut o, &zero).unwrap();
+        assert_eq!(
+            String::from_utf8(o.clone()).unwrap(),
+            format!("0.{}", "0".repeat(30))
+        );
+        // precision/scale out of range and short data are errors, not panics
+        assert!(mysql_json_value(&[0x0f, 0xf6, 0x02, 0x00, 0x00]).is_err());
+        assert!(mysql_json_value(&[0x0f, 0xf6, 0x03, 0x03, 0x02, 0x81]).is_err());
+        assert!(mysql_json_value(&[0x0f, 0xf6, 0x02, 66, 0x00]).is_err());
+    }
+
+    #[test]
+    fn json_text_that_is_not_json_is_a_string() {
+        let mut col = ColumnSchema {
+            name: "j".into(),
+            json_key: "\"j\":".into(),
+            type_code: 252,
+            kind: ColKind::Blob { len_bytes: 4 },
+            unsigned: false,
+            text: Some(TextEncoding::Utf8),
+            json_text: true,
+            labels: None,
+            binary_pad: None,
+            special: None,
+            json_origin: Some(std::sync::Arc::new(super::super::table::ColumnOrigin::new(
+                "unit_db", "unit_t", "j",
+            ))),
+        };
+        let mut o = Vec::new();
+        push_value(&mut o, &col, b" {\"a\": [1, 2.50]} ").unwrap();
+        assert_eq!(o, b"{\"a\": [1, 2.50]}");
+        o.clear();
+        push_value(&mut o, &col, b"not \"json\" {").unwrap();
+        assert_eq!(String::from_utf8(o.clone()).unwrap(), r#""not \"json\" {""#);
+        o.clear();
+        push_value(&mut o, &col, b"").unwrap();
+        assert_eq!(o, b"\"\"");
+        let m = crate::metrics::get().encode();
+        assert!(
+            m.contains(r#"binlogd_json_fallback_total{db="unit_db",table="unit_t",column="j"} 2"#),
+            "{m}"
+        );
+        col.json_origin = None;
+        o.clear();
+        push_value(&mut o, &col, b"[1,").unwrap();
+        assert_eq!(o, b"\"[1,\"");
     }
 
     #[test]

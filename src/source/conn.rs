@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Secret, TlsConfig, TlsMode};
 use crate::decode::charset::CollationMap;
-use crate::decode::table::{HintColumn, SchemaHints};
+use crate::decode::table::{HintColumn, SchemaHints, SpecialType};
 use crate::decode::Flavor;
 use crate::source::position::{BinlogCoord, GtidSet, MySqlGtidSet};
 use crate::source::SourceError;
@@ -567,8 +567,8 @@ fn cascading_foreign_keys(ddl: &str) -> Vec<(String, String, Vec<String>)> {
     out
 }
 
-/// information_schema facts for one table: MariaDB JSON columns, and column names/signedness/
-/// labels/primary key for servers without full row metadata.
+/// information_schema facts for one table: MariaDB JSON, UUID, INET4 and INET6 columns, and
+/// column names/signedness/labels/primary key for servers without full row metadata.
 pub async fn fetch_hints(
     conn: &mut Conn,
     db: &str,
@@ -600,6 +600,12 @@ pub async fn fetch_hints(
         });
         if key == "PRI" {
             hints.primary_key.push(name.clone());
+        }
+        // MariaDB UUID/INET4/INET6: COLUMN_TYPE is the bare type name
+        if flavor == Flavor::MariaDb {
+            if let Some(t) = SpecialType::from_type_name(lt.trim()) {
+                hints.special_types.insert(name.clone(), t);
+            }
         }
     }
     hints.columns = Some(hcols);
