@@ -184,7 +184,10 @@ fn print_all(topic: &str, mut msgs: Vec<Msg>, full: bool) {
             Some(v) if full => String::from_utf8_lossy(v).into_owned(),
             Some(v) => short(v),
         };
-        println!("{topic}/{}@{} key {key} value {value}", m.partition, m.offset);
+        println!(
+            "{topic}/{}@{} key {key} value {value}",
+            m.partition, m.offset
+        );
     }
 }
 
