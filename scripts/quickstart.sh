@@ -204,7 +204,7 @@ for line in open(sys.argv[1], encoding="utf-8"):
         detail = ", ".join(f"{c}: {b.get(c)} -> {v}" for c, v in a.items() if b.get(c) != v)
     else:
         detail = ", ".join(f"{c}={v}" for c, v in row.items() if c != key)
-    print(f"   {what} {s['db']}.{s['table']} {key}={row[key]}  {detail:<40} (op \"{e['op']}\", gtid {s['gtid']})")
+    print(f"   {what} {s['db']}.{s['table']} {key}={row[key]}  {detail:<41}  (op \"{e['op']}\", gtid {s['gtid']})")
 PY
 
 DELETED=()
