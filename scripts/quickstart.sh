@@ -39,6 +39,7 @@ die() { echo "quickstart: error: $*" >&2; exit 1; }
 quiet() { "$@" >>"$LOG" 2>&1 || { tail -n 15 "$LOG" >&2; die "$* failed (log: ${LOG#"$REPO"/})"; }; }
 sql() { mariadb --no-defaults --default-character-set=utf8mb4 -h127.0.0.1 -P"$PORT" -uroot -N -B -e "$1"; }
 rcli() { redis-cli -p "$RPORT" "$@"; }
+indent() { sed 's/^/   /'; }
 # GET on binlogd's admin endpoint: the whole response, or nothing
 http_get() {
     (exec 3<>"/dev/tcp/127.0.0.1/$APORT" &&
@@ -89,7 +90,7 @@ if [ -n "${BINLOGD_BIN:-}" ]; then
         TAIL=target/release/examples/kafka_tail
     fi
 else
-    echo "== build: cargo build --release (the first build takes a few minutes)"
+    echo "== build: cargo build --release (a first build takes several minutes)"
     cargo build --release -q --bin binlogd --example kafka_tail
     BIN=target/release/binlogd
     TAIL=target/release/examples/kafka_tail
@@ -143,8 +144,8 @@ echo "== table shop.users has users 1, 2, 3; the application cached them in Redi
 echo "   ${CACHED[*]}"
 
 echo "== $BIN check -c $CFG"
-out=$("$BIN" check -c "$CFG" 2>&1) || { echo "$out" | sed 's/^/   /'; die "binlogd check found problems"; }
-echo "$out" | sed 's/^/   /'
+out=$("$BIN" check -c "$CFG" 2>&1) || { indent <<<"$out"; die "binlogd check found problems"; }
+indent <<<"$out"
 
 # start = "latest" applies again: forget where an earlier run stopped
 quiet "$BIN" position reset -c "$CFG"
@@ -221,7 +222,7 @@ echo "   cached, now deleted: ${DELETED[*]:-none}"
 echo "   cached, still there: ${KEPT[*]:-none}   (rows not changed)"
 
 echo "== Kafka (sink \"kafka\"): topic/partition@offset, key, value of the messages read back (examples/kafka_tail.rs)"
-"$TAIL" "127.0.0.1:$KPORT" "$TOPIC" --expect 3 --timeout 30 | sed 's/^/   /'
+"$TAIL" "127.0.0.1:$KPORT" "$TOPIC" --expect 3 --timeout 30 | indent
 
 if [ "$KEEP" = 1 ]; then
     STOP="bash scripts/quickstart.sh stop"
