@@ -124,6 +124,17 @@ echo "== servers: MariaDB 127.0.0.1:$PORT, Redis :$RPORT, Kafka (tansu) :$KPORT 
 stop_daemon
 quiet bash scripts/kafka.sh stop "$QS/kafka"
 quiet bash scripts/redis.sh stop "$QS/redis"
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+maria_pid=$(cat "$QS/maria/mysqld.pid" 2>/dev/null || true)
+maria_ours=0
+if [ -n "$maria_pid" ] && kill -0 "$maria_pid" 2>/dev/null; then maria_ours=1; fi
+for s in "MariaDB:$PORT:QUICKSTART_PORT:$maria_ours" "Redis:$RPORT:QUICKSTART_REDIS_PORT:0" \
+         "Kafka:$KPORT:QUICKSTART_KAFKA_PORT:0" "binlogd admin:$APORT:QUICKSTART_ADMIN_PORT:0"; do
+    IFS=: read -r name port var ours <<<"$s"
+    if [ "$ours" = 0 ] && port_open "$port"; then
+        die "port $port (for $name) is used by another program; choose another port, e.g. $var=$((port + 1000))"
+    fi
+done
 quiet bash scripts/mariadb.sh start "$QS/maria" "$PORT"
 quiet bash scripts/redis.sh start "$QS/redis" "$RPORT"
 quiet bash scripts/kafka.sh start "$VENV" "$QS/kafka" "$KPORT"
