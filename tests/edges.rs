@@ -107,12 +107,12 @@ fn xa_transactions(f: Flavor) {
         exec_all(
             &mut c,
             &[
-                format!("XA ROLLBACK 'b','q',7"),
-                format!("XA START 'c'"),
+                "XA ROLLBACK 'b','q',7".to_string(),
+                "XA START 'c'".to_string(),
                 format!("INSERT INTO `{name}`.t VALUES (4, 'one phase')"),
-                format!("XA END 'c'"),
-                format!("XA COMMIT 'c' ONE PHASE"),
-                format!("XA COMMIT 'a'"),
+                "XA END 'c'".to_string(),
+                "XA COMMIT 'c' ONE PHASE".to_string(),
+                "XA COMMIT 'a'".to_string(),
                 format!("INSERT INTO `{name}`.o VALUES (2)"),
             ],
         )

@@ -19,7 +19,7 @@ pub const FL_COMPLETED_XA: u8 = 128;
 
 /// The xid an XA GTID event carries: (formatID, gtrid, bqual). MariaDB writes no `XA START`
 /// query: the GTID event of the PREPARE group names the transaction.
-pub fn parse_gtid_xid(d: &[u8]) -> Result<Option<(u64, Vec<u8>, Vec<u8>)>, String> {
+pub fn parse_gtid_xid(d: &[u8]) -> Result<Option<super::statement::Xid>, String> {
     let Some(&flags2) = d.get(12) else {
         return Ok(None);
     };
@@ -39,7 +39,11 @@ pub fn parse_gtid_xid(d: &[u8]) -> Result<Option<(u64, Vec<u8>, Vec<u8>)>, Strin
     let gl = *d.get(p + 4).ok_or_else(bad)? as usize;
     let bl = *d.get(p + 5).ok_or_else(bad)? as usize;
     let data = d.get(p + 6..p + 6 + gl + bl).ok_or_else(bad)?;
-    Ok(Some((fid, data[..gl].to_vec(), data[gl..].to_vec())))
+    Ok(Some(super::statement::Xid {
+        format_id: fid,
+        gtrid: data[..gl].to_vec(),
+        bqual: data[gl..].to_vec(),
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

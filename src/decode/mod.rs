@@ -597,14 +597,8 @@ impl Decoder {
                 self.txn.began = g.flags2 & mariadb::FL_STANDALONE == 0;
                 self.mark_replayed();
                 if g.flags2 & mariadb::FL_PREPARED_XA != 0 {
-                    if let Some((format_id, gtrid, bqual)) =
-                        mariadb::parse_gtid_xid(ev.data()).map_err(malformed)?
-                    {
-                        self.txn.xa = Some(Xid {
-                            format_id,
-                            gtrid,
-                            bqual,
-                        });
+                    if let Some(xid) = mariadb::parse_gtid_xid(ev.data()).map_err(malformed)? {
+                        self.txn.xa = Some(xid);
                     }
                 }
             }

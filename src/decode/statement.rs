@@ -404,7 +404,7 @@ impl<'a> Tokens<'a> {
             self.s = &self.s[end..];
         }
         let hex = |h: &str| -> Option<Vec<u8>> {
-            if h.len() % 2 != 0 {
+            if !h.len().is_multiple_of(2) {
                 return None;
             }
             (0..h.len())
