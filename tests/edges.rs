@@ -52,6 +52,13 @@ fn assert_increasing(ev: &[Value]) {
     }
 }
 
+/// At least `n` events, then whatever else arrives within half a second (nothing should).
+fn settled_events(d: &mut Daemon, n: usize) -> Vec<Value> {
+    d.wait_events(n, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    d.events()
+}
+
 async fn exec_all(c: &mut mysql_async::Conn, qs: &[String]) {
     for q in qs {
         c.query_drop(q).await.unwrap_or_else(|e| panic!("{q}: {e}"));
@@ -118,13 +125,7 @@ fn xa_transactions(f: Flavor) {
         )
         .await;
     });
-    let ev = d.wait_events(5, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
-    let ev = if d.events().len() > ev.len() {
-        d.events()
-    } else {
-        ev
-    };
+    let ev = settled_events(&mut d, 5);
     assert_eq!(
         summary(&ev),
         vec![
@@ -486,13 +487,7 @@ partitions = 3
         )
         .await;
     });
-    let ev = d.wait_events(13, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
-    let ev = if d.events().len() > ev.len() {
-        d.events()
-    } else {
-        ev
-    };
+    let ev = settled_events(&mut d, 13);
     assert_eq!(
         summary(&ev),
         vec![

@@ -174,11 +174,7 @@ pub fn contents_replaced(sql: &str) -> Vec<Replaced> {
             if t.upper() != "TABLE" {
                 return out;
             }
-            let save = t.s;
-            if t.upper() == "IF" && t.upper() == "EXISTS" {
-            } else {
-                t.s = save;
-            }
+            t.skip_if_exists();
             while let Some(n) = t.table_name() {
                 push(&mut out, n, "DROP TABLE");
                 if !t.punct(',') {
@@ -190,11 +186,7 @@ pub fn contents_replaced(sql: &str) -> Vec<Replaced> {
             if !matches!(t.upper().as_str(), "TABLE" | "TABLES") {
                 return out;
             }
-            let save = t.s;
-            if t.upper() == "IF" && t.upper() == "EXISTS" {
-            } else {
-                t.s = save;
-            }
+            t.skip_if_exists();
             while let Some(from) = t.table_name() {
                 if t.upper() != "TO" {
                     break;
@@ -212,11 +204,7 @@ pub fn contents_replaced(sql: &str) -> Vec<Replaced> {
             if t.upper() != "TABLE" {
                 return out;
             }
-            let save = t.s;
-            if t.upper() == "IF" && t.upper() == "EXISTS" {
-            } else {
-                t.s = save;
-            }
+            t.skip_if_exists();
             let Some(name) = t.table_name() else {
                 return out;
             };
@@ -385,6 +373,14 @@ impl<'a> Tokens<'a> {
             Some((Some(first), self.ident()?))
         } else {
             Some((None, first))
+        }
+    }
+
+    /// Skips `IF EXISTS` when it comes next.
+    fn skip_if_exists(&mut self) {
+        let save = self.s;
+        if !(self.upper() == "IF" && self.upper() == "EXISTS") {
+            self.s = save;
         }
     }
 
