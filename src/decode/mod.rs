@@ -109,8 +109,9 @@ struct OpenTxn {
     xa: Option<Xid>,
     /// Acknowledged before a restart: read again only to rebuild the XA state.
     replayed: bool,
-    /// Open savepoints: name and the number of `chunks` before it.
-    savepoints: Vec<(String, usize)>,
+    /// Open savepoints: name, the number of `chunks` before it, and whether all rows after it
+    /// are still held (false once the hold limit handed some on).
+    savepoints: Vec<(String, usize, bool)>,
     /// Rows of a non-transactional table (MyISAM, Aria…): a rollback keeps them.
     non_transactional: bool,
     /// Rows of this transaction already handed on (a large transaction in parts).
@@ -192,6 +193,8 @@ pub struct Decoder {
     committed: Option<Position>,
     /// Chunks of one open transaction are flushed early once they hold this many bytes.
     pub max_txn_buffer: usize,
+    /// …and the part after an open savepoint once it holds this many.
+    pub max_savepoint_hold: usize,
     /// Stop once a transaction ending at or past this coordinate is complete.
     pub stop_at: Option<BinlogCoord>,
     /// Stop once the GTID state covers this set.
@@ -250,6 +253,7 @@ impl Decoder {
             handed_in_txn: None,
             committed: None,
             max_txn_buffer: 4 << 20,
+            max_savepoint_hold: 64 << 20,
             stop_at: None,
             stop_gtid: None,
             stop_time_ms: None,
@@ -819,7 +823,7 @@ impl Decoder {
     /// non-transactional table was changed): the rows of transactional tables after the
     /// savepoint (all of them for `ROLLBACK`) are withdrawn, as a replica applying the
     /// transaction would undo them; rows of non-transactional tables stay.
-    fn roll_back_to(&mut self, mark: usize, what: &str) {
+    fn roll_back_to(&mut self, mark: usize, exact: bool, what: &str) {
         let mark = mark.min(self.txn.chunks.len());
         let tail = self.txn.chunks.split_off(mark);
         let mut withdrawn = 0u64;
@@ -833,12 +837,12 @@ impl Decoder {
         }
         crate::metrics::get().rows_rolled_back.inc_by(withdrawn);
         debug!(what, withdrawn, "rollback inside a transaction");
-        if mark == 0 && self.txn.handed_rows && withdrawn > 0 {
+        if !exact {
             tracing::error!(
                 file = %self.file, gtid = ?self.txn.gtid, what,
-                "a transaction that was handed on in parts (larger than pipeline.batch_max_bytes) and changed a \
-                 non-transactional table ends in a rollback: its transactional row changes handed on before it cannot be \
-                 withdrawn; re-read the affected tables"
+                "a rollback inside a transaction whose rolled-back part was already handed on (it was larger than the \
+                 decoder holds back: 4 MiB for a whole transaction, 64 MiB after a savepoint): the transactional row \
+                 changes handed on before it cannot be withdrawn; re-read the affected tables"
             );
         }
     }
@@ -916,35 +920,36 @@ impl Decoder {
             "SAVEPOINT" | "RELEASE" | "ROLLBACK" if self.in_txn => {
                 match statement::parse_savepoint(head) {
                     Some(Savepoint::Set(name)) => {
-                        self.txn.savepoints.retain(|(n, _)| *n != name);
+                        self.txn.savepoints.retain(|(n, ..)| *n != name);
                         let at = self.txn.chunks.len();
-                        self.txn.savepoints.push((name, at));
+                        self.txn.savepoints.push((name, at, true));
                         Ok(())
                     }
                     Some(Savepoint::Release(name)) => {
-                        if let Some(i) = self.txn.savepoints.iter().rposition(|(n, _)| *n == name) {
+                        if let Some(i) = self.txn.savepoints.iter().rposition(|(n, ..)| *n == name) {
                             self.txn.savepoints.truncate(i);
                         }
                         Ok(())
                     }
                     Some(Savepoint::RollbackTo(name)) => {
-                        let mark = match self.txn.savepoints.iter().rposition(|(n, _)| *n == name) {
+                        let (mark, exact) = match self.txn.savepoints.iter().rposition(|(n, ..)| *n == name) {
                             Some(i) => {
                                 self.txn.savepoints.truncate(i + 1);
-                                self.txn.savepoints[i].1
+                                (self.txn.savepoints[i].1, self.txn.savepoints[i].2)
                             }
                             None => {
                                 // set before anything was logged in this transaction
                                 self.txn.savepoints.clear();
-                                0
+                                (0, !self.txn.handed_rows)
                             }
                         };
-                        self.roll_back_to(mark, "ROLLBACK TO SAVEPOINT");
+                        self.roll_back_to(mark, exact, "ROLLBACK TO SAVEPOINT");
                         Ok(())
                     }
                     None if first == "ROLLBACK" => {
                         // a rolled-back transaction that changed a non-transactional table
-                        self.roll_back_to(0, "ROLLBACK");
+                        let exact = !self.txn.handed_rows;
+                        self.roll_back_to(0, exact, "ROLLBACK");
                         self.commit(ev, end)
                     }
                     None => Ok(()),
@@ -1127,29 +1132,45 @@ impl Decoder {
         self.txn.bytes += chunk.bytes();
         self.txn.chunks.push(chunk);
         // A large transaction is handed on in parts, except what may still be withdrawn: an
-        // XA transaction's rows (until its outcome) and the rows after an open savepoint.
-        if self.txn.bytes >= self.max_txn_buffer && self.txn.xa.is_none() {
-            self.flush_open_txn();
+        // XA transaction's rows (until its outcome) and the rows after an open savepoint (up
+        // to `max_savepoint_hold`: servers log SAVEPOINT but not RELEASE SAVEPOINT, so an open
+        // savepoint may never close before the commit).
+        if self.txn.xa.is_none() {
+            if self.txn.bytes >= self.max_txn_buffer {
+                self.flush_open_txn(false);
+            }
+            if self.txn.bytes >= self.max_savepoint_hold {
+                self.flush_open_txn(true);
+            }
         }
         Ok(())
     }
 
     /// Hands on the open transaction's rows so far (large transactions stream in parts), up to
-    /// the first open savepoint.
-    fn flush_open_txn(&mut self) {
-        let upto = self
-            .txn
-            .savepoints
-            .first()
-            .map(|s| s.1)
-            .unwrap_or(self.txn.chunks.len());
+    /// the first open savepoint — or all of them (`past_savepoints`), after which a rollback to
+    /// those savepoints can no longer be exact.
+    fn flush_open_txn(&mut self, past_savepoints: bool) {
+        let upto = match self.txn.savepoints.first() {
+            Some(sp) if !past_savepoints => sp.1,
+            _ => self.txn.chunks.len(),
+        };
         if upto == 0 {
             return;
+        }
+        if past_savepoints && !self.txn.savepoints.is_empty() {
+            warn!(
+                file = %self.file, gtid = ?self.txn.gtid, held = self.txn.bytes,
+                "a transaction holds more than 64 MiB after an open savepoint: handing it on (a later ROLLBACK TO that \
+                 savepoint could no longer withdraw these rows; servers do not log RELEASE SAVEPOINT)"
+            );
         }
         let rest = self.txn.chunks.split_off(upto);
         let chunks = std::mem::replace(&mut self.txn.chunks, rest);
         for sp in self.txn.savepoints.iter_mut() {
-            sp.1 -= upto;
+            if sp.1 < upto {
+                sp.2 = false;
+            }
+            sp.1 = sp.1.saturating_sub(upto);
         }
         self.txn.bytes = self.txn.chunks.iter().map(|c| c.bytes()).sum();
         self.txn.handed_rows = true;
