@@ -107,9 +107,13 @@ cmd_start() {
             # --no-defaults: never read the host's /etc/mysql/my.cnf (system instance settings).
             # No binlog while bootstrapping: the first binlog (binlog.000001) starts clean.
             "$INSTALL_DB" --no-defaults "${userarg[@]}" "--datadir=$DATADIR" \
-                --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve \
+                --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve --force \
                 >"$DATADIR/mariadb-install-db.log" 2>&1 </dev/null \
-                || { tail -n 30 "$DATADIR/mariadb-install-db.log" >&2; die "mariadb-install-db failed"; }
+                || { tail -n 30 "$DATADIR/mariadb-install-db.log" >&2
+                     # leave nothing half-made behind: a re-run initialises again
+                     mv "$DATADIR/mariadb-install-db.log" "$DATADIR.install-failed.log" 2>/dev/null || true
+                     rm -rf "$DATADIR"
+                     die "mariadb-install-db failed (log: $DATADIR.install-failed.log)"; }
             log "initialised in $((SECONDS - t0))s"
         fi
         write_cnf "$DATADIR" "$PORT"
