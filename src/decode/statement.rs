@@ -147,7 +147,7 @@ pub struct Replaced {
     pub db: Option<String>,
     pub table: String,
     /// What did it: `TRUNCATE`, `DROP TABLE`, `TRUNCATE PARTITION`, `DROP PARTITION`,
-    /// `EXCHANGE PARTITION`, `CONVERT PARTITION`, `RENAME`.
+    /// `EXCHANGE PARTITION`, `CONVERT PARTITION`, `RENAME`, `CREATE OR REPLACE TABLE`.
     pub statement: &'static str,
 }
 
@@ -180,6 +180,18 @@ pub fn contents_replaced(sql: &str) -> Vec<Replaced> {
                 if !t.punct(',') {
                     break;
                 }
+            }
+        }
+        "CREATE" => {
+            // MariaDB's CREATE OR REPLACE TABLE drops the table it replaces
+            if !(t.upper() == "OR" && t.upper() == "REPLACE") {
+                return out;
+            }
+            if t.upper() != "TABLE" {
+                return out; // TEMPORARY, VIEW, …
+            }
+            if let Some(n) = t.table_name() {
+                push(&mut out, n, "CREATE OR REPLACE TABLE");
             }
         }
         "RENAME" => {
@@ -641,6 +653,12 @@ mod edge_statement_tests {
             names("ALTER TABLE a ADD PARTITION (PARTITION p3 VALUES LESS THAN (30))").is_empty()
         );
         assert!(names("CREATE TABLE t (a INT)").is_empty());
+        assert_eq!(
+            names("CREATE OR REPLACE TABLE `d`.t (a INT)"),
+            vec![n(Some("d"), "t", "CREATE OR REPLACE TABLE")]
+        );
+        assert!(names("CREATE OR REPLACE TEMPORARY TABLE t (a INT)").is_empty());
+        assert!(names("CREATE OR REPLACE VIEW v AS SELECT 1").is_empty());
     }
 
     #[test]
