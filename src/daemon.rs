@@ -200,7 +200,10 @@ pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
                 Vec::new()
             }
         };
-        match src.check_divergence(Some(g), &tails).await {
+        match src
+            .check_divergence(Some(g), "the stored position", &tails)
+            .await
+        {
             Ok(()) => {}
             Err(SourceError::Diverged(d)) => {
                 out.push(finding(Severity::Error, d.to_string()));
@@ -429,7 +432,10 @@ async fn check_history(
     };
     let servers = [identity_label(&was), identity_label(&now)];
     let tails = kafka_tails(cfg, &servers).await?;
-    match src.check_divergence(Some(gtid), &tails).await {
+    match src
+        .check_divergence(Some(gtid), "the stored position", &tails)
+        .await
+    {
         Ok(()) => Ok(None),
         Err(SourceError::Diverged(d)) if accept => {
             let h = src.history().await?;
@@ -595,6 +601,7 @@ pub async fn run(
                 let _ = acked_tx.send(Some(Acked {
                     position: p.clone(),
                     event_ts_ms: s.event_ts_ms,
+                    rows: 0,
                 }));
                 stored = stored.map(|mut s| {
                     s.position = p;
@@ -664,12 +671,31 @@ pub async fn run(
     };
     let lag = tokio::spawn(watch_lag(cfg.clone(), flavor));
     let (sr, _src) = source_task.await.map_err(other)?;
+    // the source has stopped: if the lock cannot be confirmed (now or while draining), what is
+    // still queued is not handed on (the next start reads it again from the stored position)
+    let abandon = {
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            let mut f = lease.fence.subscribe();
+            loop {
+                if *f.borrow_and_update() == Fence::Hold {
+                    warn!("the source has stopped while the pipeline lock is not confirmed: what is still queued is not handed on");
+                    lease.fence.send_replace(Fence::Lost);
+                    return;
+                }
+                if f.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let pr = pipeline.await.map_err(other)?;
     // the pipeline has drained: store the last acknowledged position, then release the lock
     let cr = checkpointer.await.map_err(other)?;
     forward.abort();
     lag.abort();
     fencing.abort();
+    abandon.abort();
     metrics.active.set(0);
     metrics.set_state("stopped");
     if let Err(e) = &sr {
@@ -891,10 +917,23 @@ impl Store {
         let mut last_store = TInstant::now() - self.interval;
         let mut last_ping = TInstant::now();
         let mut next_reconnect = TInstant::now();
+        let keepalive = (self.interval * 10).max(Duration::from_secs(10));
         loop {
             let cur = acked.borrow_and_update().clone();
-            let want_store = cur.is_some() && stored != cur;
             let now = TInstant::now();
+            // A position that moved without row changes (past transactions of tables not
+            // streamed, or binlogd's own checkpoint writes read back) is stored only every
+            // `keepalive`: storing it at once would write to the checkpoint server again and
+            // again, and with the checkpoint on the source every such write is a transaction
+            // a replica must have received before a failover.
+            let want_store = cur.is_some()
+                && stored != cur
+                && (closed
+                    || stored
+                        .as_ref()
+                        .zip(cur.as_ref())
+                        .is_none_or(|(s, c)| s.rows != c.rows)
+                    || now >= last_store + keepalive);
             let store_due = want_store && (closed || now >= last_store + self.interval);
             let ping_due = now >= last_ping + self.ping_every;
             let reconnect_due = !healthy && now >= next_reconnect;
@@ -909,13 +948,21 @@ impl Store {
             if !act {
                 let wake = if healthy && want_store {
                     (last_ping + self.ping_every).min(last_store + self.interval)
+                } else if healthy && cur.is_some() && stored != cur {
+                    (last_ping + self.ping_every).min(last_store + keepalive)
                 } else if healthy {
                     last_ping + self.ping_every
                 } else {
                     next_reconnect
                 };
                 tokio::select! {
-                    r = acked.changed(), if !closed => if r.is_err() { closed = true },
+                    r = acked.changed(), if !closed => if r.is_err() {
+                        closed = true;
+                        // the final store happens even if this position was stored before:
+                        // the checkpoint server may have changed under the same URL (a
+                        // failover), and the position must be there
+                        stored = None;
+                    },
                     _ = tokio::time::sleep_until(wake) => {}
                 }
                 continue;
@@ -928,6 +975,9 @@ impl Store {
                         cp = fresh;
                         healthy = true;
                         last_ping = TInstant::now();
+                        // store the position again: the new connection may reach another
+                        // server than the old one (a failover behind the same URL)
+                        stored = None;
                     }
                     Ok(None) => {
                         // before anything else: no batch may reach a sink any more

@@ -36,6 +36,9 @@ pub struct Acked {
     pub position: Position,
     /// Event time (ms) of that transaction.
     pub event_ts_ms: u64,
+    /// Row changes handed on in this run up to that transaction: a position that moved
+    /// without rows (e.g. past binlogd's own checkpoint writes) need not be stored at once.
+    pub rows: u64,
 }
 
 struct InFlight {
@@ -141,6 +144,7 @@ impl Pipeline {
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let metrics = crate::metrics::get();
         let mut seq = 0u64;
+        let mut rows_in = 0u64;
         let mut source_open = true;
         let mut gate = self.gate.clone();
         let mut fence = self.fence.clone();
@@ -213,7 +217,8 @@ impl Pipeline {
                                 }
                             }
                         };
-                        let commit = b.commit.clone().map(|position| Acked { position, event_ts_ms: b.last_event_ms });
+                        rows_in += b.rows() as u64;
+                        let commit = b.commit.clone().map(|position| Acked { position, event_ts_ms: b.last_event_ms, rows: rows_in });
                         inflight.push_back(InFlight { seq, commit, _permit: permit });
                         metrics.pipeline_in_flight.store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let b = Arc::new(b);

@@ -166,16 +166,16 @@ pub struct Lacking {
 
 /// The part of what was delivered (`stored`, the Kafka `tails`) that the server's history
 /// lacks; `None` when everything is contained.
-pub fn lacking(stored: Option<&GtidSet>, tails: &[Tail], h: &History) -> Option<Lacking> {
+pub fn lacking(stored: Option<(&GtidSet, &str)>, tails: &[Tail], h: &History) -> Option<Lacking> {
     let mut evidence = Vec::new();
     match h {
         History::MySql(executed) => {
             let mut missing = match stored {
-                Some(GtidSet::MySql(s)) => s.subtract(executed),
+                Some((GtidSet::MySql(s), _)) => s.subtract(executed),
                 _ => MySqlGtidSet::default(),
             };
-            if !missing.sids.is_empty() {
-                evidence.push("the stored position".to_string());
+            if let (false, Some((_, what))) = (missing.sids.is_empty(), stored) {
+                evidence.push(what.to_string());
             }
             for t in tails {
                 let Some((sid, gno)) = t.gtid.rsplit_once(':') else {
@@ -205,11 +205,11 @@ pub fn lacking(stored: Option<&GtidSet>, tails: &[Tail], h: &History) -> Option<
         History::MariaDb(state) => {
             // the highest delivered sequence number per (domain, server id), and its evidence
             let mut need: BTreeMap<(u32, u32), (u64, Vec<String>)> = BTreeMap::new();
-            if let Some(GtidSet::MariaDb(p)) = stored {
+            if let Some((GtidSet::MariaDb(p), what)) = stored {
                 for (d, (s, n)) in &p.domains {
                     let e = need.entry((*d, *s)).or_insert((*n, Vec::new()));
                     e.0 = e.0.max(*n);
-                    e.1.push("the stored position".to_string());
+                    e.1.push(what.to_string());
                 }
             }
             for t in tails {
@@ -309,14 +309,16 @@ pub struct Diverged {
     pub accept: String,
 }
 
-/// Checks `stored` (and the Kafka `tails`) against the server's history.
+/// Checks `stored` (what was delivered; `what` names it in the error) and the Kafka `tails`
+/// against the server's history.
 pub fn check(
     stored: Option<&GtidSet>,
+    what: &str,
     tails: &[Tail],
     history: &History,
     server: &Identity,
 ) -> Result<(), Box<Diverged>> {
-    match lacking(stored, tails, history) {
+    match lacking(stored.map(|s| (s, what)), tails, history) {
         None => Ok(()),
         Some(l) => Err(Box::new(Diverged {
             server: server.clone(),
@@ -336,6 +338,7 @@ mod tests {
 
     const P: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
     const R: &str = "4e11fa47-71ca-11e1-9e33-c80aa9429562";
+    const SP: &str = "the stored position";
 
     fn tail(g: &str) -> Tail {
         Tail {
@@ -350,19 +353,19 @@ mod tests {
     fn mysql_contained_and_lacking() {
         let e = History::MySql(format!("{P}:1-300,{R}:1-20").parse().unwrap());
         let ok = GtidSet::parse_any(&format!("{P}:1-300")).unwrap();
-        assert!(lacking(Some(&ok), &[tail(&format!("{P}:299"))], &e).is_none());
+        assert!(lacking(Some((&ok, SP)), &[tail(&format!("{P}:299"))], &e).is_none());
         let s = GtidSet::parse_any(&format!("{P}:1-600")).unwrap();
-        let l = lacking(Some(&s), &[], &e).unwrap();
+        let l = lacking(Some((&s, SP)), &[], &e).unwrap();
         assert_eq!(l.count, 300);
         assert_eq!(l.ranges, format!("{P}:301-600"));
         assert_eq!(common(&s, &e).unwrap().to_string(), format!("{P}:1-300"));
         // the checkpoint lagged, the Kafka tails did not
         let stale = GtidSet::parse_any(&format!("{P}:1-250")).unwrap();
-        let l = lacking(Some(&stale), &[tail(&format!("{P}:598"))], &e).unwrap();
+        let l = lacking(Some((&stale, SP)), &[tail(&format!("{P}:598"))], &e).unwrap();
         assert_eq!(l.ranges, format!("{P}:301-598"));
         assert_eq!(l.count, 298);
         assert!(l.evidence[0].contains("Kafka t/1"), "{:?}", l.evidence);
-        let err = check(Some(&s), &[], &e, &Identity::default()).unwrap_err();
+        let err = check(Some(&s), SP, &[], &e, &Identity::default()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("lacks 300 transaction(s)"), "{msg}");
         assert!(
@@ -384,20 +387,20 @@ mod tests {
         let h = History::MariaDb(st);
         // caught up: the new primary has 0-1-5 and continued with its own
         let ok = GtidSet::parse_any("0-1-5,1-1-3").unwrap();
-        assert!(lacking(Some(&ok), &[], &h).is_none());
+        assert!(lacking(Some((&ok, SP)), &[], &h).is_none());
         // behind: 0-1-6..8 were delivered; the server wrote 0-2-6, 0-2-7 instead
         let s = GtidSet::parse_any("0-1-8,1-1-3").unwrap();
-        let l = lacking(Some(&s), &[], &h).unwrap();
+        let l = lacking(Some((&s, SP)), &[], &h).unwrap();
         assert_eq!(l.count, 3);
         assert_eq!(l.ranges, "0-1-6 … 0-1-8");
         assert_eq!(l.instead.as_deref(), Some("0-2-7"));
         assert_eq!(common(&s, &h).unwrap().to_string(), "0-1-5,1-1-3");
         // a Kafka tail ahead of a stale checkpoint
-        let l = lacking(Some(&ok), &[tail("0-1-9")], &h).unwrap();
+        let l = lacking(Some((&ok, SP)), &[tail("0-1-9")], &h).unwrap();
         assert_eq!((l.count, l.ranges.as_str()), (4, "0-1-6 … 0-1-9"));
         // a domain the server never had
         let s2 = GtidSet::parse_any("5-1-2").unwrap();
-        assert_eq!(lacking(Some(&s2), &[], &h).unwrap().count, 2);
+        assert_eq!(lacking(Some((&s2, SP)), &[], &h).unwrap().count, 2);
         assert!(common(&s2, &h).is_err());
         assert!("0-1".parse::<MariaState>().is_err());
         assert_eq!("".parse::<MariaState>().unwrap(), MariaState::default());

@@ -185,12 +185,14 @@ impl Source {
     pub async fn check_divergence(
         &self,
         delivered: Option<&GtidSet>,
+        what: &str,
         tails: &[divergence::Tail],
     ) -> Result<(), SourceError> {
         let mut c = self.conn().await?;
         let h = divergence::read_history(&mut c, self.info.flavor).await?;
         let _ = c.disconnect().await;
-        divergence::check(delivered, tails, &h, &self.identity()).map_err(SourceError::Diverged)
+        divergence::check(delivered, what, tails, &h, &self.identity())
+            .map_err(SourceError::Diverged)
     }
 
     /// The server's history now.
@@ -208,7 +210,10 @@ impl Source {
         if !matches!(e, SourceError::Purged { .. }) || !sp.by_gtid {
             return e;
         }
-        match self.check_divergence(sp.gtid.as_ref(), &[]).await {
+        match self
+            .check_divergence(sp.gtid.as_ref(), "the position streaming resumes from", &[])
+            .await
+        {
             Err(d @ SourceError::Diverged(_)) => d,
             _ => e,
         }
@@ -369,6 +374,16 @@ impl Source {
         // stream must not continue from another history unchecked
         let now = divergence::read_identity(&mut c, self.info.flavor).await?;
         if now.differs(&self.identity()) {
+            // what was handed on must be in the new server's history, else say so now
+            let h = divergence::read_history(&mut c, self.info.flavor).await?;
+            divergence::check(
+                sp.acked.as_ref().or(sp.gtid.as_ref()),
+                "the position this run handed on",
+                &[],
+                &h,
+                &now,
+            )
+            .map_err(SourceError::Diverged)?;
             return Err(SourceError::ServerChanged {
                 was: self.identity(),
                 now,
