@@ -744,7 +744,9 @@ impl Lease {
             let age = crate::metrics::mono_ms()
                 .saturating_sub(self.confirmed.load(std::sync::atomic::Ordering::Relaxed));
             let stale = age > self.fence_after.as_millis() as u64;
-            match *self.fence.borrow() {
+            // copy the state out: a borrow held across send_replace would deadlock
+            let state = *self.fence.borrow();
+            match state {
                 Fence::Lost => return,
                 Fence::Open if stale => {
                     error!(

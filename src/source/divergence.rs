@@ -203,13 +203,13 @@ pub fn lacking(stored: Option<(&GtidSet, &str)>, tails: &[Tail], h: &History) ->
             })
         }
         History::MariaDb(state) => {
-            // the highest delivered sequence number per (domain, server id), and its evidence
-            let mut need: BTreeMap<(u32, u32), (u64, Vec<String>)> = BTreeMap::new();
+            // every delivered sequence number per (domain, server id), with its evidence
+            let mut need: BTreeMap<(u32, u32), Vec<(u64, String)>> = BTreeMap::new();
             if let Some((GtidSet::MariaDb(p), what)) = stored {
                 for (d, (s, n)) in &p.domains {
-                    let e = need.entry((*d, *s)).or_insert((*n, Vec::new()));
-                    e.0 = e.0.max(*n);
-                    e.1.push(what.to_string());
+                    need.entry((*d, *s))
+                        .or_default()
+                        .push((*n, what.to_string()));
                 }
             }
             for t in tails {
@@ -217,19 +217,21 @@ pub fn lacking(stored: Option<(&GtidSet, &str)>, tails: &[Tail], h: &History) ->
                     continue;
                 };
                 for (d, (s, n)) in p.domains {
-                    let e = need.entry((d, s)).or_insert((n, Vec::new()));
-                    e.0 = e.0.max(n);
-                    e.1.push(format!(
-                        "Kafka {}/{} (last message {})",
-                        t.topic, t.partition, t.gtid
+                    need.entry((d, s)).or_default().push((
+                        n,
+                        format!(
+                            "Kafka {}/{} (last message {})",
+                            t.topic, t.partition, t.gtid
+                        ),
                     ));
                 }
             }
             let mut count = 0u64;
             let mut ranges = Vec::new();
             let mut instead = Vec::new();
-            for ((d, s), (n, ev)) in need {
+            for ((d, s), items) in need {
                 let have = state.last.get(&(d, s)).copied();
+                let n = items.iter().map(|(n, _)| *n).max().unwrap_or(0);
                 if have.is_some_and(|m| m >= n) {
                     continue;
                 }
@@ -245,8 +247,9 @@ pub fn lacking(stored: Option<(&GtidSet, &str)>, tails: &[Tail], h: &History) ->
                         instead.push(format!("{d2}-{s2}-{m}"));
                     }
                 }
-                for e in ev {
-                    if !evidence.contains(&e) {
+                // only what the server lacks is evidence
+                for (k, e) in items {
+                    if have.is_none_or(|m| k > m) && !evidence.contains(&e) {
                         evidence.push(e);
                     }
                 }
@@ -398,6 +401,10 @@ mod tests {
         // a Kafka tail ahead of a stale checkpoint
         let l = lacking(Some((&ok, SP)), &[tail("0-1-9")], &h).unwrap();
         assert_eq!((l.count, l.ranges.as_str()), (4, "0-1-6 … 0-1-9"));
+        assert_eq!(
+            l.evidence,
+            vec!["Kafka t/1 (last message 0-1-9)".to_string()]
+        );
         // a domain the server never had
         let s2 = GtidSet::parse_any("5-1-2").unwrap();
         assert_eq!(lacking(Some((&s2, SP)), &[], &h).unwrap().count, 2);
