@@ -13,7 +13,9 @@
 //! - the pipeline lock as a lease through a network partition (the active daemon's checkpoint
 //!   connection blackholed by a proxy, sockets open): the old active stops handing on before the
 //!   standby takes over, emits nothing after, loses nothing; `/readyz` never says "active" for
-//!   both.
+//!   both;
+//! - `/readyz` within one heartbeat: 503 naming the cause when the source stream or a sink stops
+//!   answering (sockets open), 200 again after.
 
 mod common;
 
@@ -1113,4 +1115,114 @@ fn partition_lease_mariadb() {
 #[test]
 fn partition_lease_mysql() {
     partition_lease(Flavor::MySql);
+}
+
+// ------------------------------------------------------------------------------------------
+// /readyz within one heartbeat
+// ------------------------------------------------------------------------------------------
+
+/// Waits until `/readyz` answers `code` with a body containing `needle`; returns how long.
+fn readyz_until(addr: &str, code: u16, needle: &str, d: &Daemon) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if let Some((c, body)) = try_get(addr, "/readyz") {
+            if c == code && body.contains(needle) {
+                return t0.elapsed();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "/readyz never answered {code} with {needle:?}; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `/readyz` turns 503 within one `source.heartbeat` (1 s here) plus the margin when the source
+/// stream stops delivering (its connection blackholed, nothing closed) and when a sink stops
+/// answering (Redis behind a blackholing proxy), naming the cause; and 200 again after.
+fn readyz_within_heartbeat(f: Flavor) {
+    let _g = serial();
+    let rt = rt();
+    let name = format!("readyz_{}", f.tag());
+    let dir = workdir(&name);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, &name).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{name}`.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"
+        ))
+        .await
+        .unwrap();
+    });
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let src = Proxy::start(f.port());
+    let redis_port: u16 = redis_url()
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let rp = Proxy::start(redis_port);
+    let cfg = config_for(&src.url("cdc:cdc"), f, &name, &name, &start, &dir, "")
+        .replace(
+            "[checkpoint]\n",
+            &format!("[checkpoint]\nurl = \"{}\"\n", f.cdc_url()),
+        )
+        + &format!(
+            "[[sinks.redis]]\nname = \"cache\"\nurl = \"redis://127.0.0.1:{}/\"\n[[sinks.redis.rules]]\n\
+             table = \"{name}.t\"\nkeys = [\"{name}:{{id}}\"]\n",
+            rp.port
+        );
+    let mut d = Daemon::start(&dir, &cfg);
+    let addr = d.admin_addr();
+    readyz_until(&addr, 200, "active", &d);
+    let mut w = Writer::start(f.root_url(), &name, 0);
+    w.wait(20);
+    // the source stream goes silent (no close): unready within a heartbeat and the margin
+    src.pause();
+    let source_unready = readyz_until(&addr, 503, "no event or heartbeat from the source", &d);
+    std::thread::sleep(Duration::from_millis(1500));
+    src.resume();
+    let source_ready = readyz_until(&addr, 200, "active", &d);
+    w.wait(20);
+    // the Redis sink stops answering
+    rp.pause();
+    let sink_unready = readyz_until(&addr, 503, "cache", &d);
+    std::thread::sleep(Duration::from_millis(1500));
+    rp.resume();
+    let sink_ready = readyz_until(&addr, 200, "active", &d);
+    w.finish();
+    let want = rt.block_on(table_state(&f.root_url(), &name));
+    settle(&mut d, &want, 0..i64::MAX);
+    assert_eq!(d.stop(), Some(0));
+    eprintln!(
+        "{}: /readyz (heartbeat 1s): 503 {:.2}s after the source stream went silent, 200 {:.2}s after it \
+         flowed again; 503 naming the sink {:.2}s after Redis stopped answering, 200 {:.2}s after it answered",
+        f.tag(),
+        source_unready.as_secs_f64(),
+        source_ready.as_secs_f64(),
+        sink_unready.as_secs_f64(),
+        sink_ready.as_secs_f64()
+    );
+    // heartbeat (1 s) + margin (0.5 s) + the time to the first missed heartbeat and polling
+    assert!(
+        source_unready < Duration::from_millis(3000),
+        "{source_unready:?}"
+    );
+    assert!(
+        sink_unready < Duration::from_millis(2500),
+        "{sink_unready:?}"
+    );
+}
+
+#[test]
+fn readyz_within_one_heartbeat_mariadb() {
+    readyz_within_heartbeat(Flavor::MariaDb);
+}
+
+#[test]
+fn readyz_within_one_heartbeat_mysql() {
+    readyz_within_heartbeat(Flavor::MySql);
 }
