@@ -924,10 +924,10 @@ fn log_time(log: &str, needle: &str) -> Option<u64> {
 /// the standby takes over within the lease plus a few seconds; the old active emits nothing
 /// after that, nothing is lost, and `/readyz` never answers 200 on both. After the partition
 /// heals, the old active stops.
-fn partition_lease(f: Flavor) {
+fn partition_lease(f: Flavor, full: bool) {
     let _g = serial();
     let rt = rt();
-    let name = format!("lease_{}", f.tag());
+    let name = format!("lease_{}{}", if full { "full_" } else { "" }, f.tag());
     let dir_a = workdir(&name);
     let dir_b = workdir(&format!("{name}_b"));
     let mut c = rt.block_on(root(f));
@@ -941,11 +941,16 @@ fn partition_lease(f: Flavor) {
     });
     let start = rt.block_on(binlog_end(&mut c, f));
     let proxy = Proxy::start(f.port());
+    // a full partition cuts A's source stream too
+    let src_proxy = Proxy::start(f.port());
     let base = config(f, &name, &name, &start, &dir_a, "");
-    let cfg_a = base.replace(
+    let mut cfg_a = base.replace(
         "[checkpoint]\n",
         &format!("[checkpoint]\nurl = \"{}\"\n", proxy.url("cdc:cdc")),
     );
+    if full {
+        cfg_a = cfg_a.replace(&f.cdc_url(), &src_proxy.url("cdc:cdc"));
+    }
     let mut a = Daemon::start(&dir_a, &cfg_a);
     let addr_a = a.admin_addr();
     let t0 = Instant::now();
@@ -1004,6 +1009,9 @@ fn partition_lease(f: Flavor) {
     let cut_ms = now_ms();
     cut_at.store(cut_ms, Ordering::Relaxed);
     proxy.pause();
+    if full {
+        src_proxy.pause();
+    }
     let takeover = loop {
         if log_of(&b).contains("holding the pipeline lock: active") {
             break t_cut.elapsed();
@@ -1045,9 +1053,11 @@ fn partition_lease(f: Flavor) {
         .filter(|e| e["ts_ms"].as_u64().unwrap_or(0) >= takeover_ms)
         .count();
     let log_a = log_of(&a);
-    let fenced_ms = log_time(&log_a, "self-fencing").expect("A logs that it fenced itself");
+    let fenced_ms = log_time(&log_a, "self-fencing")
+        .unwrap_or_else(|| panic!("A logs that it fenced itself:\n{}", a.log_text()));
     // the partition heals: A finds the lock taken and stops, emitting nothing more
     proxy.resume();
+    src_proxy.resume();
     let code = a.wait_exit(Duration::from_secs(60), "after the partition healed");
     assert_eq!(code, Some(1), "{}", a.log_text());
     assert!(
@@ -1080,11 +1090,16 @@ fn partition_lease(f: Flavor) {
     assert_eq!(b.stop(), Some(0));
     let fence_s = (fenced_ms as f64 - cut_ms as f64) / 1000.0;
     eprintln!(
-        "{}: partition of the active daemon's checkpoint connection (lock_lease 15s): A unready after {:.1}s, \
+        "{}: partition of the active daemon's {} (lock_lease 15s): A unready after {:.1}s, \
          A fenced itself after {fence_s:.1}s, B took over after {:.1}s and was ready after {:.1}s; A's last event \
          {:.1}s after the cut, {after_takeover} events from A after the takeover; {n} transactions, {distinct} row \
          changes, 0 lost ({repeats} repeated by B from the stored position); both ready at once: {} samples",
         f.tag(),
+        if full {
+            "connections (source and checkpoint)"
+        } else {
+            "checkpoint connection (its source stream flowing)"
+        },
         a_unready as f64 / 1000.0,
         takeover.as_secs_f64(),
         b_ready as f64 / 1000.0,
@@ -1109,12 +1124,22 @@ fn partition_lease(f: Flavor) {
 
 #[test]
 fn partition_lease_mariadb() {
-    partition_lease(Flavor::MariaDb);
+    partition_lease(Flavor::MariaDb, false);
 }
 
 #[test]
 fn partition_lease_mysql() {
-    partition_lease(Flavor::MySql);
+    partition_lease(Flavor::MySql, false);
+}
+
+#[test]
+fn partition_full_lease_mariadb() {
+    partition_lease(Flavor::MariaDb, true);
+}
+
+#[test]
+fn partition_full_lease_mysql() {
+    partition_lease(Flavor::MySql, true);
 }
 
 // ------------------------------------------------------------------------------------------

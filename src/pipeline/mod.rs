@@ -192,7 +192,9 @@ impl Pipeline {
                 Ok(f) = fence_changed(&mut fence) => if f == Fence::Lost {
                     return Err(SinkError::Fatal {
                         sink: "pipeline".into(),
-                        message: "stopped without handing on what was queued: this daemon lost the pipeline lock".into(),
+                        message: "stopped without handing on what was queued: the pipeline lock is not confirmed \
+                                  or was lost (fenced); the next start reads it again from the stored position"
+                            .into(),
                     });
                 },
                 b = rx.recv(), if source_open && gate_open(&gate) && fence_open(&fence) => match b {

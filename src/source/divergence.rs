@@ -232,7 +232,7 @@ pub fn lacking(stored: Option<(&GtidSet, &str)>, tails: &[Tail], h: &History) ->
             for ((d, s), items) in need {
                 let have = state.last.get(&(d, s)).copied();
                 let n = items.iter().map(|(n, _)| *n).max().unwrap_or(0);
-                if have.is_some_and(|m| m >= n) {
+                if n == 0 || have.is_some_and(|m| m >= n) {
                     continue;
                 }
                 let from = have.map_or(1, |m| m + 1);
@@ -405,6 +405,8 @@ mod tests {
             l.evidence,
             vec!["Kafka t/1 (last message 0-1-9)".to_string()]
         );
+        // sequence number 0: nothing delivered in that domain
+        assert!(lacking(Some((&GtidSet::parse_any("7-1-0").unwrap(), SP)), &[], &h).is_none());
         // a domain the server never had
         let s2 = GtidSet::parse_any("5-1-2").unwrap();
         assert_eq!(lacking(Some((&s2, SP)), &[], &h).unwrap().count, 2);
