@@ -12,12 +12,13 @@ use crate::checkpoint::{Checkpoint, CheckpointError, SourceIdentity};
 use crate::config::Config;
 use crate::decode::Flavor;
 use crate::event::{Batch, SourceInfo};
-use crate::pipeline::{Acked, Pipeline};
+use crate::pipeline::{Acked, Fence, Pipeline};
 use crate::sinks::file::FileSink;
 use crate::sinks::kafka::{KafkaSink, KafkaStats};
 use crate::sinks::redis::{RedisSink, RedisStats};
 use crate::sinks::{Sink, SinkError};
 use crate::source::conn::{self, Severity};
+use crate::source::divergence::Identity;
 use crate::source::position::{BinlogCoord, GtidSet, Position, StartPosition};
 use crate::source::{Source, SourceError, SourceStats, StartPoint};
 
@@ -175,6 +176,45 @@ pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
         return vec![finding(Severity::Error, e.to_string())];
     }
     let p = &stored.position;
+    let mut out = Vec::new();
+    let was = stored_identity(&stored);
+    if was.server_id != 0 && was.differs(&src.identity()) {
+        out.push(finding(
+            Severity::Warning,
+            format!(
+                "the stored position was read from another server ({was}) than the source ({}): a failover; its \
+                 history is checked against what was delivered",
+                src.identity()
+            ),
+        ));
+    }
+    if let Some(g) = &p.gtid {
+        let servers = [identity_label(&was), identity_label(&src.identity())];
+        let tails = match kafka_tails(cfg, &servers).await {
+            Ok(t) => t,
+            Err(e) => {
+                out.push(finding(
+                    Severity::Warning,
+                    format!("{e}; the Kafka partition tails are checked again at startup"),
+                ));
+                Vec::new()
+            }
+        };
+        match src
+            .check_divergence(Some(g), "the stored position", &tails)
+            .await
+        {
+            Ok(()) => {}
+            Err(SourceError::Diverged(d)) => {
+                out.push(finding(Severity::Error, d.to_string()));
+                return out;
+            }
+            Err(e) => {
+                out.extend(cannot(&e));
+                return out;
+            }
+        }
+    }
     let purged = |what: String| {
         finding(
             Severity::Error,
@@ -187,14 +227,20 @@ pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
     };
     let mut c = match src.conn().await {
         Ok(c) => c,
-        Err(e) => return cannot(&e),
+        Err(e) => {
+            out.extend(cannot(&e));
+            return out;
+        }
     };
     let files = match conn::binlog_files(&mut c).await {
         Ok(f) => f,
-        Err(e) => return cannot(&e),
+        Err(e) => {
+            out.extend(cannot(&e));
+            return out;
+        }
     };
     let sp = src.resume_point(p);
-    let out = match (&p.gtid, sp.by_gtid) {
+    let purged_findings = match (&p.gtid, sp.by_gtid) {
         (Some(GtidSet::MySql(set)), true) => {
             let covered: Result<Option<i64>, _> = mysql_async::prelude::Queryable::exec_first(
                 &mut c,
@@ -211,7 +257,7 @@ pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
         (Some(GtidSet::MariaDb(have)), true) => {
             let oldest = match files.first() {
                 Some((f, _)) => f.clone(),
-                None => return Vec::new(),
+                None => return out,
             };
             let start: Result<Option<String>, _> = mysql_async::prelude::Queryable::exec_first(
                 &mut c,
@@ -248,13 +294,187 @@ pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
         }
     };
     let _ = c.disconnect().await;
+    out.extend(purged_findings);
     out
+}
+
+/// `true` when the checkpoint is stored on the source server itself (no `checkpoint.url`, or
+/// one that reaches the same server).
+async fn checkpoint_on_source(cfg: &Config, src: &Source) -> Result<bool, DaemonError> {
+    if cfg.checkpoint.url.is_none() {
+        return Ok(true);
+    }
+    let opts = cfg.checkpoint_opts().map_err(other)?;
+    let mut c = tokio::time::timeout(cfg.source.connect_timeout.0, mysql_async::Conn::new(opts))
+        .await
+        .map_err(|_| other("the checkpoint server does not answer"))?
+        .map_err(|e| DaemonError::Checkpoint(CheckpointError::Mysql(e)))?;
+    let flavor = if conn::server_info(&mut c)
+        .await
+        .map_err(|e| DaemonError::Checkpoint(CheckpointError::Mysql(e)))?
+        .flavor
+        == Flavor::MySql
+    {
+        Flavor::MySql
+    } else {
+        Flavor::MariaDb
+    };
+    let id = crate::source::divergence::read_identity(&mut c, flavor)
+        .await
+        .map_err(other)?;
+    let _ = c.disconnect().await;
+    Ok(flavor == src.info.flavor && !id.differs(&src.identity()))
+}
+
+/// The deployment's failover safety, for `binlogd check` and startup: a checkpoint stored on
+/// the source itself is replicated with it, so after a failover to a replica that was behind
+/// it no longer says what the sinks received.
+pub async fn check_failover_setup(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
+    let gtids = match src.info.flavor {
+        Flavor::MariaDb => true,
+        Flavor::MySql => src.info.gtid_mode.as_deref() == Some("ON"),
+    };
+    // a Kafka exactly_once sink's partition tails record what was delivered, outside the pair
+    if !gtids || cfg.sinks.kafka.iter().any(|k| k.exactly_once) {
+        return Vec::new();
+    }
+    match checkpoint_on_source(cfg, src).await {
+        Ok(true) => vec![conn::Finding {
+            severity: Severity::Warning,
+            message: "the checkpoint is stored on the source server: after a failover to a replica that was behind, \
+                      its replicated copy is older than what the sinks already received, so binlogd cannot see that the \
+                      new primary lacks changes it delivered. Fix: store it on a server outside the failover pair \
+                      (checkpoint.url), or add a Kafka sink with exactly_once = true (its partition tails are checked)"
+                .into(),
+        }],
+        Ok(false) => Vec::new(),
+        Err(e) => vec![conn::Finding {
+            severity: Severity::Warning,
+            message: format!("cannot tell whether the checkpoint server is the source server: {e}"),
+        }],
+    }
+}
+
+/// What `binlogd run` does besides streaming.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Exit after handing on every transaction up to this coordinate.
+    pub stop_at: Option<BinlogCoord>,
+    /// Resume although the source server lacks transactions already handed to the sinks (a
+    /// failover to a replica that was behind): from the last transaction both histories share.
+    pub accept_divergence: bool,
+}
+
+/// The stored position's source identity.
+fn stored_identity(s: &crate::checkpoint::Stored) -> Identity {
+    Identity {
+        server_id: s.server_id,
+        server_uuid: s.server_uuid.clone(),
+    }
+}
+
+/// Kafka `exactly_once` sinks: the GTIDs at their partitions' tails that were written from
+/// the stored position's server or from the current one (older tails, from a server before
+/// an accepted divergence, no longer count).
+async fn kafka_tails(
+    cfg: &Config,
+    servers: &[String],
+) -> Result<Vec<crate::source::divergence::Tail>, DaemonError> {
+    let mut out = Vec::new();
+    for k in cfg.sinks.kafka.iter().filter(|k| k.exactly_once) {
+        let (k2, pipeline, name) = (
+            k.clone(),
+            cfg.pipeline.name.clone(),
+            cfg.source.name.clone(),
+        );
+        let tails = tokio::task::spawn_blocking(move || {
+            crate::sinks::kafka::probe::tail_gtids(&k2, &pipeline, &name)
+        })
+        .await
+        .map_err(other)?
+        .map_err(|m| {
+            DaemonError::Sink(SinkError::Fatal {
+                sink: k.name.clone(),
+                message: format!("cannot read the partition tails to check them against the source's history: {m}"),
+            })
+        })?;
+        out.extend(tails.into_iter().filter(|t| servers.contains(&t.server)));
+    }
+    Ok(out)
+}
+
+/// The identity strings sinks record (`binlogd.server`): server_uuid, else server_id.
+fn identity_label(id: &Identity) -> String {
+    id.server_uuid
+        .clone()
+        .unwrap_or_else(|| id.server_id.to_string())
+}
+
+/// Before streaming: the stored position (and the Kafka tails) against the server's history.
+/// Diverged: an error, or with `accept` the position to resume from (logged loudly).
+async fn check_history(
+    cfg: &Config,
+    src: &Source,
+    stored: &crate::checkpoint::Stored,
+    accept: bool,
+) -> Result<Option<Position>, DaemonError> {
+    let was = stored_identity(stored);
+    let now = src.identity();
+    if was.server_id != 0 && was.differs(&now) {
+        warn!(
+            stored_from = %was,
+            now = %now,
+            "the source server is not the one the stored position was read from: a failover (or a new source); checking that its history contains what was delivered"
+        );
+    }
+    let Some(gtid) = stored.position.gtid.as_ref() else {
+        return Ok(None);
+    };
+    let servers = [identity_label(&was), identity_label(&now)];
+    let tails = kafka_tails(cfg, &servers).await?;
+    match src
+        .check_divergence(Some(gtid), "the stored position", &tails)
+        .await
+    {
+        Ok(()) => Ok(None),
+        Err(SourceError::Diverged(d)) if accept => {
+            let h = src.history().await?;
+            let common = |g: &GtidSet| {
+                crate::source::divergence::common(g, &h).map_err(|e| {
+                    other(format!("--accept-divergence: {e}. The divergence was: {d}"))
+                })
+            };
+            let mut p = stored.position.clone();
+            p.gtid = Some(common(gtid)?);
+            // the old server's coordinates mean nothing here: resume by GTID
+            p.coord = BinlogCoord {
+                file: String::new(),
+                pos: 4,
+            };
+            if let Some(r) = p.restart.as_mut() {
+                if let Some(g) = r.gtid.clone() {
+                    r.gtid = Some(common(&g)?);
+                }
+            }
+            error!(
+                lacking = d.lacking.count,
+                gtids = %d.lacking.ranges,
+                stored = %gtid,
+                resume_from = %p.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default(),
+                server = %now,
+                "ACCEPTING A DIVERGED HISTORY (--accept-divergence): the sinks keep transactions this server never had; \
+                 streaming resumes after the last transaction both histories share. Re-read the affected tables into the sinks"
+            );
+            Ok(Some(p))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `binlogd run`.
 pub async fn run(
     cfg: Config,
-    stop_at: Option<BinlogCoord>,
+    opts: RunOptions,
     shutdown: watch::Receiver<bool>,
     filter_updates: Option<watch::Receiver<crate::source::FilterUpdate>>,
 ) -> Result<(), DaemonError> {
@@ -263,6 +483,11 @@ pub async fn run(
     crate::admin::start(&cfg.admin.listen)
         .await
         .map_err(other)?;
+    let hb = cfg.source.heartbeat.0;
+    metrics.ready_limit_ms.store(
+        (hb + (hb / 2).max(Duration::from_millis(500))).as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (mut src, mut findings) = Source::connect(cfg.clone()).await?;
     src.filter_updates = filter_updates;
     {
@@ -282,6 +507,7 @@ pub async fn run(
         }
         let _ = c.disconnect().await;
     }
+    findings.extend(check_failover_setup(&cfg, &src).await);
     let fatal: Vec<String> = findings
         .iter()
         .filter(|f| f.severity != Severity::Warning)
@@ -305,6 +531,10 @@ pub async fn run(
     info!(server = %src.info.version, flavor = ?src.info.flavor, "connected to source");
 
     let mut cp = open_checkpoint(&cfg).await?;
+    // the lock is a lease: the server ends this session (and frees the lock) when this daemon
+    // stops confirming it, e.g. cut off by a network partition
+    cp.set_session_timeout(cfg.checkpoint.lock_wait_timeout_secs())
+        .await?;
     let mut shutdown_wait = shutdown.clone();
     let mut waited = false;
     while !cp.try_lock().await? {
@@ -318,41 +548,107 @@ pub async fn run(
             _ = shutdown_wait.changed() => return Ok(()),
         }
     }
-    info!(lock = %cp.lock_name(), "holding the pipeline lock: active");
+    let locked_at = crate::metrics::mono_ms();
+    info!(lock = %cp.lock_name(), lease = ?cfg.checkpoint.lock_lease.0, "holding the pipeline lock: active");
+    let stored = cp.load().await?;
+    let (schema, table) = {
+        let (s, t) = cp.table();
+        (s.to_string(), t.to_string())
+    };
+
+    // From here the lock is kept alive by the store task, also while the startup below
+    // (history checks, Kafka probes, sinks) takes its time.
+    let (fence_tx, fence_rx) = watch::channel(Fence::Open);
+    let lease = Arc::new(Lease {
+        confirmed: std::sync::atomic::AtomicU64::new(0),
+        fence: fence_tx,
+        fence_after: cfg.checkpoint.fence_after(),
+        lease: cfg.checkpoint.lock_lease.0,
+    });
+    lease.confirm(locked_at);
     metrics.active.set(1);
     metrics.set_state("active");
-    let stored = cp.load().await?;
-    if let Some(s) = &stored {
-        validate_stored(&s.position, &src, s.server_uuid.as_deref())?;
-        info!(position = %s.position.coord, gtid = ?s.position.gtid.as_ref().map(|g| g.to_string()), "resuming from stored position");
-    }
-    let identity = SourceIdentity {
-        server_id: src.info.server_id,
-        server_uuid: src.info.server_uuid.clone(),
-    };
-    let sinks = open_sinks(&cfg, &[], source_info(&cfg, Some(&src.info), false))?;
-    let start = src
-        .resolve_start(stored.as_ref().map(|s| &s.position))
-        .await?;
-    info!(file = %start.coord, gtid = ?start.gtid.as_ref().map(|g| g.to_string()), by_gtid = start.by_gtid, "start position");
-    let mut decoder = src.new_decoder()?;
-    let (schema, table) = cp.table();
-    decoder.exclude_table(schema, table);
-    decoder.exclude_table(schema, "schema_migrations");
-    decoder.exclude_table(schema, "checkpoint_restart");
-    decoder.stop_at = stop_at;
-
-    let (tx, rx) = mpsc::channel(2);
     let (acked_tx, acked_rx) = watch::channel::<Option<Acked>>(None);
     let (gate_tx, gate_rx) = watch::channel(true);
+    // the source stops on an external signal or when the checkpointer loses the lock
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let identity = src.identity();
+    let store = Store {
+        opts: cfg.checkpoint_opts().map_err(other)?,
+        schema: cfg.checkpoint.schema.clone(),
+        pipeline: cfg.pipeline.name.clone(),
+        id: SourceIdentity {
+            server_id: identity.server_id,
+            server_uuid: identity.server_uuid.clone(),
+        },
+        interval: cfg.checkpoint.interval.0,
+        max_unstored: cfg.checkpoint.max_unstored.0,
+        store_timeout: cfg.checkpoint.store_timeout.0,
+        ping_every: cfg.checkpoint.ping_every(hb),
+        wait_timeout_secs: cfg.checkpoint.lock_wait_timeout_secs(),
+        gate: gate_tx,
+        lease: lease.clone(),
+    };
+    let checkpointer = tokio::spawn(store.run(cp, acked_rx, stop_tx.clone()));
+    let fencing = tokio::spawn(lease.clone().watch());
+
+    let startup = async {
+        let mut stored = stored;
+        if let Some(s) = &stored {
+            validate_stored(&s.position, &src, s.server_uuid.as_deref())?;
+            if let Some(p) = check_history(&cfg, &src, s, opts.accept_divergence).await? {
+                // store the accepted position at once: the next start needs no flag
+                let _ = acked_tx.send(Some(Acked {
+                    position: p.clone(),
+                    event_ts_ms: s.event_ts_ms,
+                    rows: 0,
+                }));
+                stored = stored.map(|mut s| {
+                    s.position = p;
+                    s
+                });
+            } else if opts.accept_divergence {
+                info!("--accept-divergence: the source server's history contains the stored position; nothing to accept");
+            }
+        }
+        if let Some(s) = &stored {
+            info!(position = %s.position.coord, gtid = ?s.position.gtid.as_ref().map(|g| g.to_string()), "resuming from stored position");
+        }
+        let sinks = open_sinks(&cfg, &[], source_info(&cfg, Some(&src.info), false))?;
+        let start = src
+            .resolve_start(stored.as_ref().map(|s| &s.position))
+            .await?;
+        info!(file = %start.coord, gtid = ?start.gtid.as_ref().map(|g| g.to_string()), by_gtid = start.by_gtid, "start position");
+        let mut decoder = src.new_decoder()?;
+        decoder.exclude_table(&schema, &table);
+        decoder.exclude_table(&schema, "schema_migrations");
+        decoder.exclude_table(&schema, "checkpoint_restart");
+        decoder.stop_at = opts.stop_at.clone();
+        Ok::<_, DaemonError>((sinks, start, decoder))
+    }
+    .await;
+    let (sinks, start, mut decoder) = match startup {
+        Ok(x) => x,
+        Err(e) => {
+            // nothing was streamed: end the store task (it stores an accepted position, if
+            // any) and free the lock
+            drop(acked_tx);
+            let _ = tokio::time::timeout(cfg.checkpoint.store_timeout.0, checkpointer).await;
+            fencing.abort();
+            metrics.active.set(0);
+            metrics.set_state("stopped");
+            return Err(e);
+        }
+    };
+
+    let (tx, rx) = mpsc::channel(2);
     let pipeline = tokio::spawn(
         Pipeline::new(cfg.pipeline.max_in_flight.0 as usize)
             .gated(gate_rx)
+            .fenced(fence_rx)
             .run(rx, sinks, acked_tx),
     );
     let stats = Arc::new(SourceStats::default());
-    // the source stops on an external signal or when the checkpointer loses the lock
-    let (stop_tx, stop_rx) = watch::channel(false);
     let forward = {
         let stop_tx = stop_tx.clone();
         let mut ext = shutdown.clone();
@@ -373,24 +669,33 @@ pub async fn run(
             (r, src)
         })
     };
-    let store = Store {
-        opts: cfg.checkpoint_opts().map_err(other)?,
-        schema: cfg.checkpoint.schema.clone(),
-        pipeline: cfg.pipeline.name.clone(),
-        id: identity,
-        interval: cfg.checkpoint.interval.0,
-        max_unstored: cfg.checkpoint.max_unstored.0,
-        store_timeout: cfg.checkpoint.store_timeout.0,
-        gate: gate_tx,
-    };
-    let checkpointer = tokio::spawn(store.run(cp, acked_rx, stop_tx));
     let lag = tokio::spawn(watch_lag(cfg.clone(), flavor));
     let (sr, _src) = source_task.await.map_err(other)?;
+    // the source has stopped: if the lock cannot be confirmed (now or while draining), what is
+    // still queued is not handed on (the next start reads it again from the stored position)
+    let abandon = {
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            let mut f = lease.fence.subscribe();
+            loop {
+                if *f.borrow_and_update() == Fence::Hold {
+                    warn!("the source has stopped while the pipeline lock is not confirmed: what is still queued is not handed on");
+                    lease.fence.send_replace(Fence::Lost);
+                    return;
+                }
+                if f.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let pr = pipeline.await.map_err(other)?;
     // the pipeline has drained: store the last acknowledged position, then release the lock
     let cr = checkpointer.await.map_err(other)?;
     forward.abort();
     lag.abort();
+    fencing.abort();
+    abandon.abort();
     metrics.active.set(0);
     metrics.set_state("stopped");
     if let Err(e) = &sr {
@@ -401,6 +706,69 @@ pub async fn run(
     pr?;
     info!("stopped");
     Ok(())
+}
+
+/// The pipeline lock as a lease: when it was last confirmed, and the fence that stops handing
+/// on batches once it has not been confirmed for `fence_after`.
+struct Lease {
+    /// `mono_ms` at the start of the last round trip on the lock session that succeeded.
+    confirmed: std::sync::atomic::AtomicU64,
+    fence: watch::Sender<Fence>,
+    fence_after: Duration,
+    lease: Duration,
+}
+
+impl Lease {
+    fn confirm(&self, at: u64) {
+        self.confirmed
+            .fetch_max(at, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::get().lock_confirmed(at);
+    }
+
+    /// Another daemon may hold the lock: nothing reaches a sink any more.
+    fn lose(&self) {
+        self.fence.send_replace(Fence::Lost);
+        let m = crate::metrics::get();
+        m.active.set(0);
+        m.set_state("lost the pipeline lock");
+    }
+
+    /// Closes the fence when the lock has not been confirmed for `fence_after` (before the
+    /// server can free it), opens it again when it is confirmed.
+    async fn watch(self: Arc<Self>) {
+        let m = crate::metrics::get();
+        let tick =
+            (self.fence_after / 40).clamp(Duration::from_millis(20), Duration::from_millis(200));
+        loop {
+            tokio::time::sleep(tick).await;
+            let age = crate::metrics::mono_ms()
+                .saturating_sub(self.confirmed.load(std::sync::atomic::Ordering::Relaxed));
+            let stale = age > self.fence_after.as_millis() as u64;
+            // copy the state out: a borrow held across send_replace would deadlock
+            let state = *self.fence.borrow();
+            match state {
+                Fence::Lost => return,
+                Fence::Open if stale => {
+                    error!(
+                        unconfirmed_for = ?Duration::from_millis(age),
+                        lease = ?self.lease,
+                        "the pipeline lock could not be confirmed for longer than the lease allows: stopped handing \
+                         batches to the sinks (self-fencing) before the checkpoint server can free the lock for a standby"
+                    );
+                    self.fence.send_replace(Fence::Hold);
+                    m.active.set(0);
+                    m.set_state("fenced");
+                }
+                Fence::Hold if !stale => {
+                    info!("the pipeline lock is confirmed again: handing on batches resumes");
+                    self.fence.send_replace(Fence::Open);
+                    m.active.set(1);
+                    m.set_state("active");
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Measures the lag in bytes (acknowledged position → the server's current position) every
@@ -477,137 +845,205 @@ struct Store {
     interval: Duration,
     max_unstored: Duration,
     store_timeout: Duration,
+    /// Confirm the lock this often when there is nothing to store.
+    ping_every: Duration,
+    /// The lock session's server-side `wait_timeout`.
+    wait_timeout_secs: u64,
     /// Open while the pipeline may read from the source.
     gate: watch::Sender<bool>,
+    lease: Arc<Lease>,
 }
 
 impl Store {
-    /// A checkpoint call that does not answer within `store_timeout` counts as failed.
+    /// A checkpoint call that does not answer within `limit` counts as failed.
     async fn bounded<T>(
-        &self,
+        limit: Duration,
         call: impl std::future::Future<Output = Result<T, CheckpointError>>,
     ) -> Result<T, CheckpointError> {
-        tokio::time::timeout(self.store_timeout, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(CheckpointError::Invalid(format!(
-                    "no answer within {:?} (checkpoint.store_timeout)",
-                    self.store_timeout
-                )))
-            })
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(CheckpointError::Invalid(format!(
+                "no answer within {limit:?} (checkpoint.store_timeout)"
+            )))
+        })
+    }
+
+    /// A new lock session after the old one failed. `Ok(None)`: another daemon holds the lock.
+    async fn reconnect(&self, old: &Checkpoint) -> Result<Option<Checkpoint>, String> {
+        let t = crate::metrics::mono_ms();
+        let mut fresh = Self::bounded(
+            self.store_timeout,
+            Checkpoint::connect(self.opts.clone(), &self.schema, &self.pipeline),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Self::bounded(
+            self.store_timeout,
+            fresh.set_session_timeout(self.wait_timeout_secs),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let relocked = tokio::time::timeout(
+            self.store_timeout + Duration::from_secs(10),
+            fresh.retake_lock(old.lock_session()),
+        )
+        .await;
+        match relocked {
+            Ok(Ok(true)) => {
+                self.lease.confirm(t);
+                Ok(Some(fresh))
+            }
+            Ok(Ok(false)) => Ok(None),
+            Ok(Err(e)) => Err(format!("taking the pipeline lock again failed: {e}")),
+            Err(_) => Err("taking the pipeline lock again did not answer in time".into()),
+        }
     }
 
     /// Stores the acknowledged position at most every `interval`, and once more when the
-    /// pipeline ends. A failed store is retried on a fresh connection, which must take the
-    /// pipeline lock again: if another daemon holds it now, this one stops (`stop`).
+    /// pipeline ends; between stores confirms the lock every `ping_every` (the lease). A failed
+    /// store or confirmation is retried on a fresh connection, which must take the pipeline
+    /// lock again: if another daemon holds it now, this one stops (`stop`) and hands nothing
+    /// more to the sinks.
     async fn run(
         self,
         mut cp: Checkpoint,
         mut acked: watch::Receiver<Option<Acked>>,
         stop: watch::Sender<bool>,
     ) -> Result<(), DaemonError> {
+        use tokio::time::Instant as TInstant;
         let mut stored: Option<Acked> = None;
         let mut healthy = true;
         // since when an acknowledged position is waiting to be stored (stores failing)
         let mut unstored_since: Option<Instant> = None;
+        let mut closed = false;
+        let mut final_attempts = 0u32;
+        let mut last_store = TInstant::now() - self.interval;
+        let mut last_ping = TInstant::now();
+        let mut next_reconnect = TInstant::now();
+        let keepalive = (self.interval * 10).max(Duration::from_secs(10));
         loop {
-            let mut closed = tokio::select! {
-                r = acked.changed() => r.is_err(),
-                _ = tokio::time::sleep(self.interval) => false,
-            };
-            if !closed {
-                // at most one store per interval, but the final store (the pipeline ended)
-                // happens at once: a graceful stop does not wait out the interval
-                let until = tokio::time::Instant::now() + self.interval;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => break,
-                        r = acked.changed() => if r.is_err() {
-                            closed = true;
-                            break;
-                        },
-                    }
-                }
-            }
             let cur = acked.borrow_and_update().clone();
-            let attempts = if closed { 3 } else { 1 };
-            for attempt in 0..attempts {
-                let Some(a) = cur.as_ref() else { break };
-                if stored.as_ref() == Some(a) {
-                    break;
+            let now = TInstant::now();
+            // A position that moved without row changes (past transactions of tables not
+            // streamed, or binlogd's own checkpoint writes read back) is stored only every
+            // `keepalive`: storing it at once would write to the checkpoint server again and
+            // again, and with the checkpoint on the source every such write is a transaction
+            // a replica must have received before a failover.
+            let want_store = cur.is_some()
+                && stored != cur
+                && (closed
+                    || stored
+                        .as_ref()
+                        .zip(cur.as_ref())
+                        .is_none_or(|(s, c)| s.rows != c.rows)
+                    || now >= last_store + keepalive);
+            let store_due = want_store && (closed || now >= last_store + self.interval);
+            let ping_due = now >= last_ping + self.ping_every;
+            let reconnect_due = !healthy && now >= next_reconnect;
+            if closed && !want_store {
+                return Ok(());
+            }
+            let act = if healthy {
+                store_due || ping_due
+            } else {
+                reconnect_due || (closed && want_store)
+            };
+            if !act {
+                let wake = if healthy && want_store {
+                    (last_ping + self.ping_every).min(last_store + self.interval)
+                } else if healthy && cur.is_some() && stored != cur {
+                    (last_ping + self.ping_every).min(last_store + keepalive)
+                } else if healthy {
+                    last_ping + self.ping_every
+                } else {
+                    next_reconnect
+                };
+                tokio::select! {
+                    r = acked.changed(), if !closed => if r.is_err() {
+                        closed = true;
+                        // the final store happens even if this position was stored before:
+                        // the checkpoint server may have changed under the same URL (a
+                        // failover), and the position must be there
+                        stored = None;
+                    },
+                    _ = tokio::time::sleep_until(wake) => {}
                 }
-                if !healthy {
-                    let fresh = self
-                        .bounded(Checkpoint::connect(
-                            self.opts.clone(),
-                            &self.schema,
-                            &self.pipeline,
-                        ))
-                        .await;
-                    match fresh {
-                        Ok(mut fresh) => {
-                            let previous = cp.lock_session();
-                            let relocked = tokio::time::timeout(
-                                self.store_timeout + Duration::from_secs(10),
-                                fresh.retake_lock(previous),
-                            )
-                            .await;
-                            if matches!(relocked, Err(_) | Ok(Err(_))) {
-                                warn!(result = ?relocked.map(|r| r.map_err(|e| e.to_string())), "taking the pipeline lock again failed; retrying");
-                                continue;
-                            }
-                            if !matches!(relocked, Ok(Ok(true))) {
-                                let _ = stop.send(true);
-                                // let the pipeline drain so the source sees the stop
-                                let _ = self.gate.send(true);
-                                return Err(other(format!(
-                                    "lost the pipeline lock binlogd:{} (the checkpoint connection dropped and another binlogd took over); stopping this one",
-                                    self.pipeline
-                                )));
-                            }
-                            info!("checkpoint connection re-established, lock held");
-                            cp = fresh;
-                            healthy = true;
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "checkpoint server unreachable; the stored position stays behind")
-                        }
+                continue;
+            }
+            if !healthy && (reconnect_due || closed) {
+                next_reconnect = TInstant::now() + self.interval.max(Duration::from_secs(1));
+                match self.reconnect(&cp).await {
+                    Ok(Some(fresh)) => {
+                        info!("checkpoint connection re-established, lock held");
+                        cp = fresh;
+                        healthy = true;
+                        last_ping = TInstant::now();
+                        // store the position again: the new connection may reach another
+                        // server than the old one (a failover behind the same URL)
+                        stored = None;
                     }
-                }
-                if healthy {
-                    let r = self
-                        .bounded(cp.store(&a.position, &self.id, a.event_ts_ms))
-                        .await;
-                    match r {
-                        Ok(()) => {
-                            unstored_since = None;
-                            if !*self.gate.borrow() {
-                                info!("checkpoint stored again; reading from the binlog resumes");
-                                let _ = self.gate.send(true);
-                                crate::metrics::get().set_sink_ready("checkpoint", true);
-                            }
-                            tracing::debug!(position = %a.position.coord, "checkpoint stored");
-                            let m = crate::metrics::get();
-                            m.checkpoint_stores.inc();
-                            m.stored_at_ms.store(
-                                crate::event::now_ms(),
-                                std::sync::atomic::Ordering::Relaxed,
-                            );
-                            stored = Some(a.clone());
-                            break;
-                        }
-                        Err(e) => {
-                            crate::metrics::get().checkpoint_errors.inc();
-                            warn!(error = %e, "storing the checkpoint failed; retrying on a new connection");
-                            healthy = false;
-                        }
+                    Ok(None) => {
+                        // before anything else: no batch may reach a sink any more
+                        self.lease.lose();
+                        let _ = stop.send(true);
+                        let _ = self.gate.send(true);
+                        return Err(other(format!(
+                            "lost the pipeline lock binlogd:{} (the checkpoint connection dropped and another binlogd took over); stopping this one",
+                            self.pipeline
+                        )));
                     }
-                }
-                if attempt + 1 < attempts {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Err(e) => {
+                        warn!(error = %e, "checkpoint server unreachable; the stored position stays behind")
+                    }
                 }
             }
-            if cur.is_some() && stored != cur {
+            if let Some(a) = cur.clone().filter(|_| healthy && store_due) {
+                let t = crate::metrics::mono_ms();
+                last_store = TInstant::now();
+                match Self::bounded(
+                    self.store_timeout,
+                    cp.store(&a.position, &self.id, a.event_ts_ms),
+                )
+                .await
+                {
+                    Ok(()) => {
+                        self.lease.confirm(t);
+                        last_ping = last_store;
+                        unstored_since = None;
+                        if !*self.gate.borrow() {
+                            info!("checkpoint stored again; reading from the binlog resumes");
+                            let _ = self.gate.send(true);
+                            crate::metrics::get().set_sink_ready("checkpoint", true);
+                        }
+                        tracing::debug!(position = %a.position.coord, "checkpoint stored");
+                        let m = crate::metrics::get();
+                        m.checkpoint_stores.inc();
+                        m.stored_at_ms
+                            .store(crate::event::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                        stored = cur.clone();
+                    }
+                    Err(e) => {
+                        crate::metrics::get().checkpoint_errors.inc();
+                        warn!(error = %e, "storing the checkpoint failed; retrying on a new connection");
+                        healthy = false;
+                    }
+                }
+            } else if healthy && ping_due {
+                let t = crate::metrics::mono_ms();
+                last_ping = TInstant::now();
+                let limit = self.store_timeout.min(self.lease.fence_after);
+                match Self::bounded(limit, cp.holds_lock()).await {
+                    Ok(true) => self.lease.confirm(t),
+                    Ok(false) => {
+                        warn!("the lock session no longer holds the pipeline lock; taking it again on a new connection");
+                        healthy = false;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "confirming the pipeline lock failed; retrying on a new connection");
+                        healthy = false;
+                    }
+                }
+            }
+            if want_store && stored != cur {
                 let since = *unstored_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.max_unstored && *self.gate.borrow() && !closed {
                     warn!(
@@ -617,12 +1053,13 @@ impl Store {
                     let _ = self.gate.send(false);
                     crate::metrics::get().set_sink_ready("checkpoint", false);
                 }
-            }
-            if closed {
-                if cur.is_some() && stored != cur {
-                    return Err(other("could not store the final position; the next start repeats the changes after the last stored one"));
+                if closed {
+                    final_attempts += 1;
+                    if final_attempts >= 3 {
+                        return Err(other("could not store the final position; the next start repeats the changes after the last stored one"));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                return Ok(());
             }
         }
     }

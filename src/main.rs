@@ -71,7 +71,8 @@ enum Cmd {
     #[command(after_help = "Examples:\n  \
         binlogd run -c config/binlogd.toml\n  \
         RUST_LOG=binlogd=debug binlogd run -c config/binlogd.toml\n  \
-        binlogd run -c config/binlogd.toml --stop-at binlog.000042:1234")]
+        binlogd run -c config/binlogd.toml --stop-at binlog.000042:1234\n  \
+        binlogd run -c config/binlogd.toml --accept-divergence   (after a failover, see README)")]
     Run {
         /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
         #[arg(short, long, default_value = "config/binlogd.toml")]
@@ -80,6 +81,11 @@ enum Cmd {
         /// benchmarks).
         #[arg(long, value_name = "FILE:POS")]
         stop_at: Option<BinlogCoord>,
+        /// Resume although the source server lacks transactions already handed to the sinks
+        /// (a failover to a replica that was behind): stream its history after the last
+        /// transaction both share. Logged loudly; the accepted position is stored at once.
+        #[arg(long)]
+        accept_divergence: bool,
     },
     /// Validate the config, connect, and check server settings and privileges.
     #[command(
@@ -408,14 +414,15 @@ fn main() -> ExitCode {
         let log_reload = init_logging(if quiet { None } else { Some(&cfg) }, quiet);
         let result: Result<()> = match cli.cmd {
             Cmd::Check { .. } => return check(cfg).await,
-            Cmd::Run { stop_at, .. } => {
+            Cmd::Run { stop_at, accept_divergence, .. } => {
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let (filter_tx, filter_rx) = watch::channel((0u64, None));
                 let signals = spawn_signal_handler(stop_tx);
                 let reload = spawn_reload_handler(config_path.clone(), cfg.clone(), filter_tx, log_reload);
                 let deadline = cfg.pipeline.shutdown_timeout.0;
                 let mut stopping = stop_rx.clone();
-                let run = daemon::run(cfg, stop_at, stop_rx, Some(filter_rx));
+                let opts = daemon::RunOptions { stop_at, accept_divergence };
+                let run = daemon::run(cfg, opts, stop_rx, Some(filter_rx));
                 tokio::pin!(run);
                 let r = tokio::select! {
                     r = &mut run => r.map_err(anyhow::Error::from),
@@ -575,6 +582,7 @@ async fn check(cfg: Config) -> ExitCode {
             }
             all.extend(binlogd::sinks::check(&cfg, &mut c, true).await);
             all.extend(daemon::check_stored(&cfg, &src).await);
+            all.extend(daemon::check_failover_setup(&cfg, &src).await);
             if let Err(e) = conn::binlog_files(&mut c).await {
                 all.push(conn::Finding {
                     severity: Severity::Error,

@@ -96,14 +96,36 @@ pub struct Metrics {
     pub source_idle: AtomicBool,
     /// Batches handed on and not yet acknowledged by every sink.
     pub pipeline_in_flight: AtomicU64,
+    /// Readiness confirmations (`mono_ms` times): the last event or heartbeat from the
+    /// source, and the last time the pipeline lock was confirmed on the checkpoint server.
+    pub source_seen_ms: AtomicU64,
+    pub lock_confirmed_ms: AtomicU64,
+    /// The source waits for the pipeline to take a batch (backpressure), not for the server.
+    pub source_handing_on: AtomicBool,
+    /// Not ready when a confirmation is older than this (ms; 0: not checked):
+    /// `source.heartbeat` plus a margin.
+    pub ready_limit_ms: AtomicU64,
     /// Why the daemon is not ready, when it is a whole-process reason (standby, starting).
     pub state: Mutex<String>,
+    /// Per sink: since when (`mono_ms`) its current batch is being written (absent: idle).
+    sink_busy: Mutex<std::collections::BTreeMap<String, u64>>,
     sink_ok: Mutex<std::collections::BTreeMap<String, bool>>,
     /// Binlog file of the last acknowledged position.
     pub acked_file: Mutex<String>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// Milliseconds on a monotonic clock (since the first call in this process, plus 1 so that 0
+/// can mean "never").
+pub fn mono_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
 
 /// The process's metrics.
 pub fn get() -> &'static Metrics {
@@ -156,7 +178,12 @@ impl Metrics {
             stored_at_ms: AtomicU64::new(0),
             source_idle: AtomicBool::new(false),
             pipeline_in_flight: AtomicU64::new(0),
+            source_seen_ms: AtomicU64::new(0),
+            lock_confirmed_ms: AtomicU64::new(0),
+            source_handing_on: AtomicBool::new(false),
+            ready_limit_ms: AtomicU64::new(0),
             state: Mutex::new("starting".into()),
+            sink_busy: Mutex::new(Default::default()),
             sink_ok: Mutex::new(Default::default()),
             acked_file: Mutex::new(String::new()),
         };
@@ -347,6 +374,27 @@ impl Metrics {
         }
     }
 
+    /// The source stream delivered an event or heartbeat (or handed a batch on).
+    pub fn source_confirmed(&self) {
+        self.source_seen_ms.store(mono_ms(), Ordering::Relaxed);
+    }
+
+    /// The pipeline lock was confirmed by a round trip that started at `at` (`mono_ms`).
+    pub fn lock_confirmed(&self, at: u64) {
+        self.lock_confirmed_ms.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// A sink starts (`true`) or finished (`false`) writing a batch.
+    pub fn sink_busy(&self, sink: &str, busy: bool) {
+        if let Ok(mut m) = self.sink_busy.lock() {
+            if busy {
+                m.insert(sink.to_string(), mono_ms());
+            } else {
+                m.remove(sink);
+            }
+        }
+    }
+
     pub fn set_state(&self, s: &str) {
         if let Ok(mut g) = self.state.lock() {
             *g = s.to_string();
@@ -404,7 +452,10 @@ impl Metrics {
         s
     }
 
-    /// Readiness: `Ok(summary)` when active, connected, and every sink's last attempt worked.
+    /// Readiness: `Ok(summary)` when active, connected, and every sink's last attempt worked;
+    /// and, within `ready_limit_ms` (one heartbeat plus a margin), the source stream delivered
+    /// an event or heartbeat, the pipeline lock was confirmed, and no sink has been writing one
+    /// batch for longer.
     pub fn readiness(&self) -> Result<String, String> {
         let state = self.state.lock().map(|s| s.clone()).unwrap_or_default();
         if self.active.get() != 1 {
@@ -416,7 +467,25 @@ impl Metrics {
                     .into(),
             );
         }
-        let bad: Vec<String> = self
+        let limit = self.ready_limit_ms.load(Ordering::Relaxed);
+        let now = mono_ms();
+        let age = |t: &AtomicU64| now.saturating_sub(t.load(Ordering::Relaxed));
+        if limit > 0 {
+            if !self.source_handing_on.load(Ordering::Relaxed) && age(&self.source_seen_ms) > limit
+            {
+                return Err(format!(
+                    "{{\"status\":\"active\",\"active\":true,\"problem\":\"no event or heartbeat from the source for {} ms\"}}",
+                    age(&self.source_seen_ms)
+                ));
+            }
+            if age(&self.lock_confirmed_ms) > limit {
+                return Err(format!(
+                    "{{\"status\":\"active\",\"active\":true,\"problem\":\"pipeline lock not confirmed for {} ms\"}}",
+                    age(&self.lock_confirmed_ms)
+                ));
+            }
+        }
+        let mut bad: Vec<String> = self
             .sink_ok
             .lock()
             .map(|m| {
@@ -426,6 +495,15 @@ impl Metrics {
                     .collect()
             })
             .unwrap_or_default();
+        if limit > 0 {
+            if let Ok(m) = self.sink_busy.lock() {
+                for (n, since) in m.iter() {
+                    if now.saturating_sub(*since) > limit && !bad.contains(n) {
+                        bad.push(n.clone());
+                    }
+                }
+            }
+        }
         if !bad.is_empty() {
             return Err(format!(
                 "{{\"status\":\"active\",\"active\":true,\"problem\":\"sinks not ready\",\"sinks\":{:?}}}",

@@ -56,6 +56,39 @@ pub struct CheckpointConfig {
     /// A store (or reconnect) that takes longer than this counts as failed.
     #[serde(default = "default_store_timeout")]
     pub store_timeout: HumanDuration,
+    /// The pipeline lock is a lease: its session on the checkpoint server gets a
+    /// `wait_timeout` of this plus a few seconds (so the server frees the lock of a daemon cut
+    /// off by a network partition), and is confirmed well within it. A daemon that cannot
+    /// confirm the lock for longer than the lease minus a margin stops handing on batches
+    /// before the server can free it; a standby takes over within about the lease plus a few
+    /// seconds.
+    #[serde(default = "default_lock_lease")]
+    pub lock_lease: HumanDuration,
+}
+
+/// Seconds the lock session's `wait_timeout` exceeds `checkpoint.lock_lease`.
+pub const LEASE_SERVER_EXTRA_SECS: u64 = 5;
+
+impl CheckpointConfig {
+    /// The lock session's server-side `wait_timeout` (s): a few seconds above the lease.
+    pub fn lock_wait_timeout_secs(&self) -> u64 {
+        self.lock_lease.0.as_secs_f64().ceil() as u64 + LEASE_SERVER_EXTRA_SECS
+    }
+
+    /// Without a confirmed lock for this long, the daemon stops handing on batches (the lease
+    /// minus a fifth: the server frees the lock no earlier than `lock_wait_timeout_secs` after
+    /// the last confirmation).
+    pub fn fence_after(&self) -> Duration {
+        self.lock_lease.0 - self.lock_lease.0 / 5
+    }
+
+    /// How often the lock is confirmed: a fifth of the lease, and at least every half
+    /// heartbeat (readiness reports an unconfirmed lock after one heartbeat).
+    pub fn ping_every(&self, heartbeat: Duration) -> Duration {
+        (self.lock_lease.0 / 5)
+            .min(heartbeat / 2)
+            .max(Duration::from_millis(100))
+    }
 }
 
 impl Default for CheckpointConfig {
@@ -69,6 +102,7 @@ impl Default for CheckpointConfig {
             interval: default_interval(),
             max_unstored: default_max_unstored(),
             store_timeout: default_store_timeout(),
+            lock_lease: default_lock_lease(),
         }
     }
 }
@@ -84,6 +118,9 @@ fn default_max_unstored() -> HumanDuration {
 }
 fn default_store_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_lock_lease() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
 }
 
 #[derive(Debug, Error)]
@@ -345,6 +382,15 @@ impl Checkpoint {
 
     pub fn lock_name(&self) -> String {
         format!("binlogd:{}", self.pipeline)
+    }
+
+    /// Gives this session a short server-side idle timeout, so that the server ends it (and
+    /// frees the pipeline lock) when this daemon is cut off without the connection closing.
+    pub async fn set_session_timeout(&mut self, secs: u64) -> Result<(), CheckpointError> {
+        self.conn
+            .query_drop(format!("SET SESSION wait_timeout = {secs}"))
+            .await?;
+        Ok(())
     }
 
     /// Tries to take the pipeline lock on this connection (held until it closes).

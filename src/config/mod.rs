@@ -343,6 +343,12 @@ impl Config {
                 self.checkpoint.schema
             ));
         }
+        if self.checkpoint.lock_lease.0 < std::time::Duration::from_secs(2) {
+            return Err(format!(
+                "checkpoint.lock_lease ({:?}) must be at least 2s",
+                self.checkpoint.lock_lease
+            ));
+        }
         if s.read_timeout.0 <= s.heartbeat.0 {
             return Err(format!(
                 "source.read_timeout ({:?}) must be longer than source.heartbeat ({:?}), or idle streams would be dropped",

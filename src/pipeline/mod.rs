@@ -15,6 +15,19 @@ use crate::source::position::Position;
 pub struct Pipeline {
     max_in_flight: usize,
     gate: Option<watch::Receiver<bool>>,
+    fence: Option<watch::Receiver<Fence>>,
+}
+
+/// Whether this daemon may hand batches to the sinks: only while it is sure to hold the
+/// pipeline lock (the lease, see `daemon.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    Open,
+    /// The lock could not be confirmed for too long: nothing more reaches a sink (batches
+    /// already being written finish) until it is confirmed again.
+    Hold,
+    /// Another daemon may hold the lock now: nothing more reaches a sink, ever.
+    Lost,
 }
 
 /// A transaction end every sink has acknowledged.
@@ -23,6 +36,9 @@ pub struct Acked {
     pub position: Position,
     /// Event time (ms) of that transaction.
     pub event_ts_ms: u64,
+    /// Row changes handed on in this run up to that transaction: a position that moved
+    /// without rows (e.g. past binlogd's own checkpoint writes) need not be stored at once.
+    pub rows: u64,
 }
 
 struct InFlight {
@@ -39,10 +55,18 @@ impl Pipeline {
         self
     }
 
+    /// Hands batches to the sinks only while `fence` is [`Fence::Open`]; on
+    /// [`Fence::Lost`] the pipeline ends at once, without writing what is queued.
+    pub fn fenced(mut self, fence: watch::Receiver<Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
     pub fn new(max_in_flight: usize) -> Self {
         Pipeline {
             max_in_flight: max_in_flight.clamp(1 << 16, u32::MAX as usize),
             gate: None,
+            fence: None,
         }
     }
 
@@ -64,6 +88,7 @@ impl Pipeline {
             let (atx, arx) = watch::channel(0u64);
             let etx = err_tx.clone();
             let name = sink.name().to_string();
+            let mut fence = self.fence.clone();
             let span = info_span!("sink", sink = %name);
             handles.push(tokio::spawn(
                 async move {
@@ -79,8 +104,22 @@ impl Pipeline {
                     m.set_sink_ready(&name, true);
                     while let Some(b) = srx.recv().await {
                         in_flight.set(srx.len() as i64 + 1);
+                        if !wait_unfenced(&mut fence).await {
+                            let _ = etx
+                                .send(SinkError::Fatal {
+                                    sink: name.clone(),
+                                    message:
+                                        "batch not written: this daemon lost the pipeline lock"
+                                            .into(),
+                                })
+                                .await;
+                            return;
+                        }
                         let t0 = std::time::Instant::now();
-                        if let Err(e) = sink.write(&b).await {
+                        m.sink_busy(&name, true);
+                        let r = sink.write(&b).await;
+                        m.sink_busy(&name, false);
+                        if let Err(e) = r {
                             errors.inc();
                             m.set_sink_ready(&name, false);
                             let _ = etx.send(e).await;
@@ -105,8 +144,10 @@ impl Pipeline {
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let metrics = crate::metrics::get();
         let mut seq = 0u64;
+        let mut rows_in = 0u64;
         let mut source_open = true;
         let mut gate = self.gate.clone();
+        let mut fence = self.fence.clone();
         let (any_ack_tx, mut any_ack_rx) = mpsc::channel::<()>(1);
         // one watcher per sink forwards "something was acked" to a single channel
         for mut arx in ack_rxs.clone() {
@@ -148,7 +189,15 @@ impl Pipeline {
                     metrics.pipeline_in_flight.store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok(()) = gate_changed(&mut gate) => {}
-                b = rx.recv(), if source_open && gate_open(&gate) => match b {
+                Ok(f) = fence_changed(&mut fence) => if f == Fence::Lost {
+                    return Err(SinkError::Fatal {
+                        sink: "pipeline".into(),
+                        message: "stopped without handing on what was queued: the pipeline lock is not confirmed \
+                                  or was lost (fenced); the next start reads it again from the stored position"
+                            .into(),
+                    });
+                },
+                b = rx.recv(), if source_open && gate_open(&gate) && fence_open(&fence) => match b {
                     None => {
                         source_open = false;
                         sink_txs.clear();
@@ -170,7 +219,8 @@ impl Pipeline {
                                 }
                             }
                         };
-                        let commit = b.commit.clone().map(|position| Acked { position, event_ts_ms: b.last_event_ms });
+                        rows_in += b.rows() as u64;
+                        let commit = b.commit.clone().map(|position| Acked { position, event_ts_ms: b.last_event_ms, rows: rows_in });
                         inflight.push_back(InFlight { seq, commit, _permit: permit });
                         metrics.pipeline_in_flight.store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let b = Arc::new(b);
@@ -192,6 +242,44 @@ impl Pipeline {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+fn fence_open(fence: &Option<watch::Receiver<Fence>>) -> bool {
+    fence.as_ref().is_none_or(|f| *f.borrow() == Fence::Open)
+}
+
+async fn fence_changed(fence: &mut Option<watch::Receiver<Fence>>) -> Result<Fence, ()> {
+    match fence {
+        Some(f) => match f.changed().await {
+            Ok(()) => Ok(*f.borrow_and_update()),
+            Err(_) => {
+                // the lease keeper is gone (the daemon is stopping): stop watching
+                *fence = None;
+                Err(())
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits while the fence holds; `false` when the lock is lost (do not write).
+async fn wait_unfenced(fence: &mut Option<watch::Receiver<Fence>>) -> bool {
+    let Some(f) = fence.as_mut() else {
+        return true;
+    };
+    loop {
+        let cur = *f.borrow_and_update();
+        match cur {
+            Fence::Open => return true,
+            Fence::Lost => return false,
+            Fence::Hold => {
+                if f.changed().await.is_err() {
+                    // the lease keeper ended while holding: the daemon is stopping
+                    return *f.borrow() == Fence::Open;
+                }
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod binlog_file;
 pub mod conn;
+pub mod divergence;
 pub mod position;
 
 use futures_util::{FutureExt, StreamExt};
@@ -50,6 +51,21 @@ pub enum SourceError {
     Decode(#[from] DecodeError),
     #[error("gave up after {attempts} failed reconnects; last error: {last}")]
     GaveUp { attempts: u32, last: String },
+    /// The server lacks transactions already handed to the sinks (a failover to a replica
+    /// that was behind).
+    #[error(transparent)]
+    Diverged(Box<divergence::Diverged>),
+    #[error(
+        "the source server changed while streaming: it was {was}, it is now {now} (a failover?). binlogd stops \
+         so that its next start checks the new server's history against the stored position before streaming \
+         from it; start it again (systemd and Kubernetes do)"
+    )]
+    ServerChanged {
+        was: divergence::Identity,
+        now: divergence::Identity,
+    },
+    #[error("source server: {0}")]
+    History(#[from] divergence::HistoryError),
 }
 
 impl From<mysql_async::Error> for SourceError {
@@ -125,7 +141,10 @@ fn is_fatal(e: &SourceError) -> bool {
         SourceError::Mysql(mysql_async::Error::Server(s)) => {
             matches!(s.code, 1227 | 1044 | 1142 | 1047)
         }
-        SourceError::Mysql(_) | SourceError::Connect { .. } | SourceError::Tls { .. } => false,
+        SourceError::Mysql(_)
+        | SourceError::Connect { .. }
+        | SourceError::Tls { .. }
+        | SourceError::History(_) => false,
         _ => true,
     }
 }
@@ -151,6 +170,53 @@ impl Source {
             },
             findings,
         ))
+    }
+
+    /// The server's identity as read at connect time.
+    pub fn identity(&self) -> divergence::Identity {
+        divergence::Identity {
+            server_id: self.info.server_id,
+            server_uuid: self.info.server_uuid.clone(),
+        }
+    }
+
+    /// Checks a start position's GTID set against the server's history (see
+    /// [`divergence`]): `Err(SourceError::Diverged)` when the server lacks some of it.
+    pub async fn check_divergence(
+        &self,
+        delivered: Option<&GtidSet>,
+        what: &str,
+        tails: &[divergence::Tail],
+    ) -> Result<(), SourceError> {
+        let mut c = self.conn().await?;
+        let h = divergence::read_history(&mut c, self.info.flavor).await?;
+        let _ = c.disconnect().await;
+        divergence::check(delivered, what, tails, &h, &self.identity())
+            .map_err(SourceError::Diverged)
+    }
+
+    /// The server's history now.
+    pub async fn history(&self) -> Result<divergence::History, SourceError> {
+        let mut c = self.conn().await?;
+        let h = divergence::read_history(&mut c, self.info.flavor).await?;
+        let _ = c.disconnect().await;
+        Ok(h)
+    }
+
+    /// Error 1236 while resuming by GTID means "purged" or "this server never had that GTID"
+    /// (MariaDB uses the same code for both): when the server's history lacks the position,
+    /// it is a divergence, not a purge.
+    async fn explain_1236(&self, sp: &StartPoint, e: SourceError) -> SourceError {
+        if !matches!(e, SourceError::Purged { .. }) || !sp.by_gtid {
+            return e;
+        }
+        match self
+            .check_divergence(sp.gtid.as_ref(), "the position streaming resumes from", &[])
+            .await
+        {
+            Err(d @ SourceError::Diverged(_)) => d,
+            _ => e,
+        }
     }
 
     pub fn replica_id(&self) -> u32 {
@@ -304,6 +370,25 @@ impl Source {
 
     async fn open_stream(&self, sp: &StartPoint) -> Result<BinlogStream, SourceError> {
         let mut c = self.conn().await?;
+        // a reconnect may reach another server (a VIP or DNS name moved in a failover): the
+        // stream must not continue from another history unchecked
+        let now = divergence::read_identity(&mut c, self.info.flavor).await?;
+        if now.differs(&self.identity()) {
+            // what was handed on must be in the new server's history, else say so now
+            let h = divergence::read_history(&mut c, self.info.flavor).await?;
+            divergence::check(
+                sp.acked.as_ref().or(sp.gtid.as_ref()),
+                "the position this run handed on",
+                &[],
+                &h,
+                &now,
+            )
+            .map_err(SourceError::Diverged)?;
+            return Err(SourceError::ServerChanged {
+                was: self.identity(),
+                now,
+            });
+        }
         let hb = self.cfg.source.heartbeat.0.as_nanos() as u64;
         c.query_drop(format!(
             "SET @master_heartbeat_period = {hb}, @source_heartbeat_period = {hb}"
@@ -383,6 +468,7 @@ impl Source {
                     decoder.expect_gtid_continuity();
                 }
                 crate::metrics::get().connected.set(1);
+                crate::metrics::get().source_confirmed();
                 self.pump(
                     decoder,
                     stream,
@@ -402,12 +488,16 @@ impl Source {
             m.connected.set(0);
             m.source_idle
                 .store(false, std::sync::atomic::Ordering::Relaxed);
+            let result = match result {
+                Err(e @ SourceError::Purged { .. }) => Err(self.explain_1236(&sp, e).await),
+                r => r,
+            };
             match result {
                 Ok(()) => return Ok(()), // shutdown
                 Err(e) if is_fatal(&e) => {
                     // hand on the complete transactions decoded before the failure
                     if let Some(b) = decoder.take_batch() {
-                        let _ = tx.send(b).await;
+                        let _ = hand_on(&tx, b).await;
                     }
                     return Err(e);
                 }
@@ -427,7 +517,7 @@ impl Source {
                     warn!(error = %e, retry_in = ?backoff, attempt = failures, "replication stream lost; reconnecting");
                     // hand on whatever complete transactions were decoded
                     if let Some(b) = decoder.take_batch() {
-                        if tx.send(b).await.is_err() {
+                        if hand_on(&tx, b).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -465,7 +555,7 @@ impl Source {
         loop {
             if *shutdown.borrow() || decoder.reached_stop() {
                 if let Some(b) = decoder.take_batch() {
-                    let _ = tx.send(b).await;
+                    let _ = hand_on(tx, b).await;
                 }
                 let _ = stream.close().await;
                 return Ok(());
@@ -475,7 +565,7 @@ impl Source {
                 Some(n) => n,
                 None => {
                     if let Some(b) = decoder.take_batch() {
-                        if tx.send(b).await.is_err() {
+                        if hand_on(tx, b).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -519,6 +609,8 @@ impl Source {
                 Some(Err(e)) => return Err(classify(e, at)),
                 Some(Ok(ev)) => ev,
             };
+            // an event or a heartbeat: the stream is alive (readiness)
+            metrics.source_confirmed();
             *failures = 0;
             *backoff = self.cfg.source.reconnect_backoff_initial.0;
             stats
@@ -569,13 +661,26 @@ impl Source {
             }
             if decoder.pending_bytes() >= batch_max {
                 if let Some(b) = decoder.take_batch() {
-                    if tx.send(b).await.is_err() {
+                    if hand_on(tx, b).await.is_err() {
                         return Ok(());
                     }
                 }
             }
         }
     }
+}
+
+/// Hands a batch to the pipeline. While this waits (backpressure: the sinks are behind, or the
+/// pipeline is paused), the stream is not read, which readiness must not blame on the source.
+async fn hand_on(tx: &mpsc::Sender<Batch>, b: Batch) -> Result<(), mpsc::error::SendError<Batch>> {
+    let m = crate::metrics::get();
+    m.source_handing_on
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = tx.send(b).await;
+    m.source_handing_on
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    m.source_confirmed();
+    r
 }
 
 /// The next event of the stream. mysql_async/mysql_common cut events out of packets trusting

@@ -159,6 +159,67 @@ impl MySqlGtidSet {
         })
     }
 
+    /// The GTIDs of `self` that are not in `other`.
+    pub fn subtract(&self, other: &MySqlGtidSet) -> MySqlGtidSet {
+        let mut out = MySqlGtidSet::default();
+        for (sid, ivs) in &self.sids {
+            let theirs = other.sids.get(sid).map(Vec::as_slice).unwrap_or(&[]);
+            let mut left: Vec<(u64, u64)> = Vec::new();
+            for &(a, b) in ivs {
+                // cut the interval [a, b] by every interval of `theirs` (sorted, disjoint)
+                let mut from = a;
+                for &(x, y) in theirs {
+                    if y < from || x > b {
+                        continue;
+                    }
+                    if x > from {
+                        left.push((from, x - 1));
+                    }
+                    if y >= b {
+                        from = b.saturating_add(1);
+                        break;
+                    }
+                    from = y + 1;
+                }
+                if from <= b {
+                    left.push((from, b));
+                }
+            }
+            if !left.is_empty() {
+                out.sids.insert(sid.clone(), left);
+            }
+        }
+        out
+    }
+
+    /// The GTIDs in both sets.
+    pub fn intersect(&self, other: &MySqlGtidSet) -> MySqlGtidSet {
+        self.subtract(&self.subtract(other))
+    }
+
+    /// How many transactions the set holds.
+    pub fn count(&self) -> u64 {
+        self.sids
+            .values()
+            .flat_map(|v| v.iter())
+            .map(|&(a, b)| b.saturating_sub(a).saturating_add(1))
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// The highest GTID number of `sid` in the set that is below `gno` (0: none).
+    pub fn last_below(&self, sid: &str, gno: u64) -> u64 {
+        self.sids
+            .get(sid)
+            .map(|v| {
+                v.iter()
+                    .filter(|&&(a, _)| a < gno)
+                    .map(|&(_, b)| b.min(gno - 1))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    }
+
     /// The set as `Sid`s for COM_BINLOG_DUMP_GTID.
     pub fn to_sids(&self) -> Result<Vec<mysql_common::packets::Sid<'static>>, String> {
         self.sids
@@ -392,6 +453,26 @@ mod tests {
         assert_eq!(t.to_sids().unwrap().len(), 2);
         assert!(MySqlGtidSet::from_str("nope:1").is_err());
         assert!(MySqlGtidSet::from_str(&format!("{u}:5-2")).is_err());
+    }
+
+    #[test]
+    fn mysql_set_algebra() {
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let v = "4e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let s: MySqlGtidSet = format!("{u}:1-600,{v}:1-3").parse().unwrap();
+        let e: MySqlGtidSet = format!("{u}:1-300:400-450,{v}:1-10").parse().unwrap();
+        let d = s.subtract(&e);
+        assert_eq!(d.to_string(), format!("{u}:301-399:451-600"));
+        assert_eq!(d.count(), 99 + 150);
+        assert_eq!(
+            s.intersect(&e).to_string(),
+            format!("{u}:1-300:400-450,{v}:1-3")
+        );
+        assert!(e.subtract(&e).sids.is_empty());
+        assert_eq!(e.last_below(u, 420), 419);
+        assert_eq!(e.last_below(u, 350), 300);
+        assert_eq!(e.last_below(u, 1), 0);
+        assert_eq!(e.last_below(v, 1000), 10);
     }
 
     #[test]

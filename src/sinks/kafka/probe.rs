@@ -35,6 +35,8 @@ pub struct Probed {
     pub base: String,
     pub pos: MsgPos,
     pub partitions: i32,
+    /// The row change's transaction GTID (`binlogd.gtid`), empty when the server had none.
+    pub gtid: String,
 }
 
 /// `binlog.000042` → (`binlog`, 42).
@@ -177,6 +179,68 @@ impl Prober {
     }
 }
 
+/// `true` when `topic` can be a name the topic template `template` renders (`{server}` already
+/// replaced): `{db}` and `{table}` stand for any non-empty text.
+pub fn template_matches(template: &str, topic: &str) -> bool {
+    let pattern = template.replace("{table}", "{db}");
+    let parts: Vec<&str> = pattern.split("{db}").collect();
+    if parts.len() == 1 {
+        return topic == template;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !topic.starts_with(first) || topic.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &topic[first.len()..];
+    if !rest.ends_with(last) {
+        return false;
+    }
+    rest = &rest[..rest.len() - last.len()];
+    // each placeholder takes at least one character; the literals between come in order
+    for lit in &parts[1..parts.len() - 1] {
+        let Some(i) = rest.get(1..).and_then(|r| r.find(lit)) else {
+            return false;
+        };
+        rest = &rest[1 + i + lit.len()..];
+    }
+    !rest.is_empty()
+}
+
+/// `exactly_once`, before streaming: the GTIDs of the last messages `pipeline` wrote to each
+/// partition of every topic the sink's template can name (blocking).
+pub fn tail_gtids(
+    cfg: &KafkaSinkConfig,
+    pipeline: &str,
+    source_name: &str,
+) -> Result<Vec<crate::source::divergence::Tail>, String> {
+    let mut prober = Prober::new(cfg, pipeline)?;
+    let template = cfg.topic.replace("{server}", source_name);
+    let md = prober
+        .consumer
+        .fetch_metadata(None, prober.timeout)
+        .map_err(|e| format!("exactly_once: listing the topics: {e}"))?;
+    let topics: Vec<(String, i32)> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && template_matches(&template, t.name()))
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect();
+    let mut out = Vec::new();
+    for (topic, n) in topics {
+        for (p, pr) in prober.probe(&topic, n)? {
+            if pr.pipeline == pipeline && !pr.gtid.is_empty() {
+                out.push(crate::source::divergence::Tail {
+                    topic: topic.clone(),
+                    partition: p,
+                    gtid: pr.gtid,
+                    server: pr.server,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn parse<M: Message>(m: &M) -> Probed {
     let mut pr = Probed::default();
     let mut file = String::new();
@@ -194,6 +258,7 @@ fn parse<M: Message>(m: &M) -> Probed {
                 "binlogd.pipeline" => pr.pipeline = v,
                 "binlogd.partitions" => pr.partitions = v.parse().unwrap_or(0),
                 "binlogd.tombstone" => pr.pos.tombstone = v == "1",
+                "binlogd.gtid" => pr.gtid = v,
                 _ => {}
             }
         }
@@ -224,6 +289,20 @@ mod tests {
         ] {
             assert_eq!(murmur2(s.as_bytes()) as i32, want, "{s}");
         }
+    }
+
+    #[test]
+    fn topic_templates() {
+        assert!(template_matches("shop.{db}.{table}", "shop.app.users"));
+        assert!(template_matches("shop.{db}.{table}", "shop.app.a.b"));
+        assert!(!template_matches("shop.{db}.{table}", "shop.app."));
+        assert!(!template_matches("shop.{db}.{table}", "other.app.users"));
+        assert!(template_matches("events", "events"));
+        assert!(!template_matches("events", "events2"));
+        assert!(template_matches("cdc-{table}", "cdc-t"));
+        assert!(!template_matches("cdc-{table}", "cdc-"));
+        assert!(template_matches("{db}_{table}_v1", "a_b_v1"));
+        assert!(!template_matches("{db}_{table}_v1", "ab_v1"));
     }
 
     #[test]
