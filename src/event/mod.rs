@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::decode::rows::{Cell, RowsChunk};
-use crate::decode::value::{push_value, write_json_str};
+use crate::decode::value::{push_value_in, write_json_str};
 use crate::source::position::Position;
 
 pub use crate::decode::rows::Op;
@@ -150,7 +150,8 @@ impl<'a> Change<'a> {
                 self.write_partial_json(out, i, v)?;
                 continue;
             }
-            push_value(out, col, v).map_err(|m| self.err(&col.name, m))?;
+            push_value_in(out, col, v, self.chunk.text_checked)
+                .map_err(|m| self.err(&col.name, m))?;
         }
         out.push(b'}');
         Ok(())
@@ -197,7 +198,8 @@ impl<'a> Change<'a> {
                 continue;
             }
             let v = &self.chunk.data[cell.start as usize..(cell.start + cell.len) as usize];
-            push_value(out, col, v).map_err(|m| self.err(&col.name, m))?;
+            push_value_in(out, col, v, self.chunk.text_checked)
+                .map_err(|m| self.err(&col.name, m))?;
         }
         out.push(b'}');
         Ok(())
