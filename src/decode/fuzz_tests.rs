@@ -22,7 +22,7 @@ use super::charset::{transcode_into, CollationMap, TextEncoding};
 use super::mariadb;
 use super::rows::{self, RowsEventKind};
 use super::table::{ColKind, ColumnSchema, HintColumn, SchemaHints, SpecialType};
-use super::value::{decimal_to_string, mysql_json_value, push_value};
+use super::value::{check_value, decimal_to_string, mysql_json_value, push_value, push_value_in};
 use super::{jsondiff, DecodeError, Decoder, Flavor, Step};
 use crate::event::SourceInfo;
 use crate::filter::TableFilter;
@@ -690,12 +690,26 @@ proptest! {
             }
         });
         // and the value cut to the length the row splitter gives it
+        let mut cut = None;
         if let Some(n) = rows::fixed_size(kind) {
             if n <= v.len() {
                 out.clear();
                 if push_value(&mut out, &col, &v[..n]).is_ok() {
                     serde_json::from_slice::<serde_json::Value>(&out).expect("rendered JSON parses");
                 }
+                cut = Some(&v[..n]);
+            }
+        }
+        // the check before a batch fails exactly when rendering does, with its error; a
+        // checked value renders the same without its text being validated again
+        for v in [Some(&v[..]), cut].into_iter().flatten() {
+            let mut rendered = Vec::new();
+            let r = push_value(&mut rendered, &col, v).map(|_| ());
+            prop_assert_eq!(check_value(&col, v), r.clone());
+            if r.is_ok() {
+                let mut again = Vec::new();
+                push_value_in(&mut again, &col, v, true).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(again, rendered);
             }
         }
     }

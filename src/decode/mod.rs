@@ -183,6 +183,8 @@ pub struct Decoder {
     txn: OpenTxn,
     in_txn: bool,
     pending: Batch,
+    /// `pending.bytes()`, kept as transactions join it (asked after every event).
+    pending_size: usize,
     payload: Option<Payload>,
     /// Rows events before this coordinate are not emitted (start at a mid-file position).
     emit_from: Option<BinlogCoord>,
@@ -216,8 +218,6 @@ pub struct Decoder {
     replay_gtid: Option<GtidSet>,
     /// Event time of the last "XA transaction held long" warning.
     xa_warned_ms: u64,
-    /// Rendering buffer for the value checks.
-    scratch: Vec<u8>,
     /// Statistics
     pub events: u64,
     pub bytes_read: u64,
@@ -247,6 +247,7 @@ impl Decoder {
             txn: OpenTxn::default(),
             in_txn: false,
             pending: Batch::default(),
+            pending_size: 0,
             payload: None,
             emit_from: None,
             skip_upto: None,
@@ -264,7 +265,6 @@ impl Decoder {
             held_xa: Vec::new(),
             replay_gtid: None,
             xa_warned_ms: 0,
-            scratch: Vec::new(),
             events: 0,
             bytes_read: 0,
         }
@@ -391,7 +391,14 @@ impl Decoder {
     }
 
     pub fn pending_bytes(&self) -> usize {
-        self.pending.bytes()
+        // as `Batch::bytes` counts it
+        self.pending_size + 64
+    }
+
+    /// Adds (part of) a transaction to what is handed on next.
+    fn push_pending(&mut self, t: TxnChunks) {
+        self.pending_size += t.chunks.iter().map(|c| c.bytes()).sum::<usize>();
+        self.pending.txns.push(t);
     }
 
     pub fn has_pending(&self) -> bool {
@@ -403,6 +410,7 @@ impl Decoder {
         if !self.has_pending() {
             return None;
         }
+        self.pending_size = 0;
         Some(std::mem::take(&mut self.pending))
     }
 
@@ -871,6 +879,7 @@ impl Decoder {
                     .txn
                     .commit_ts_ms
                     .unwrap_or(ev.header().timestamp() as u64 * 1000),
+                text_checked: false,
             };
             seen.push((db, r.table));
             self.txn.chunks.push(chunk);
@@ -1121,11 +1130,14 @@ impl Decoder {
             first_row,
             server_id: ev.header().server_id(),
             ts_ms,
+            text_checked: false,
         };
         if !self.in_txn {
             self.in_txn = true;
         }
-        validate::check_chunk(&chunk, &mut self.scratch)?;
+        let mut chunk = chunk;
+        validate::check_chunk(&chunk)?;
+        chunk.text_checked = true;
         if !chunk.table.transactional {
             self.txn.non_transactional = true;
         }
@@ -1181,7 +1193,7 @@ impl Decoder {
             });
             self.pending.last_event_ms = last.ts_ms;
         }
-        self.pending.txns.push(TxnChunks {
+        self.push_pending(TxnChunks {
             file: self.file.clone(),
             gtid: self.txn.gtid.clone(),
             chunks,
@@ -1247,7 +1259,7 @@ impl Decoder {
             .map(|c| c.ts_ms)
             .unwrap_or(ev.header().timestamp() as u64 * 1000);
         if !chunks.is_empty() {
-            self.pending.txns.push(TxnChunks {
+            self.push_pending(TxnChunks {
                 file: self.file.clone(),
                 gtid: self.txn.gtid.clone(),
                 chunks,

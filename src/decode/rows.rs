@@ -112,6 +112,9 @@ pub struct RowsChunk {
     /// Server id and timestamp (ms) from the event header.
     pub server_id: u32,
     pub ts_ms: u64,
+    /// Set by [`super::validate::check_chunk`]: every text value is valid in its character set,
+    /// so rendering need not check UTF-8 again.
+    pub text_checked: bool,
 }
 
 impl RowsChunk {

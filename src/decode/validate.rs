@@ -7,15 +7,21 @@
 //! as each rows event arrives; a failure stops the stream *before* the event, and everything
 //! ahead of it is still handed on (invariant 4). Values that cannot fail (integers, temporal
 //! types, binary strings: sizes already checked by the row splitter) are not looked at again.
+//!
+//! The checks do not render: [`check_value`] fails exactly when rendering would (DECIMAL digit
+//! groups decoded into a stack buffer, ENUM indexes against the labels, text validated in its
+//! character set — a MariaDB JSON column's text too: text that is not JSON is rendered as a
+//! string, so only its character set can fail). A checked chunk is marked `text_checked`, and
+//! the sinks then copy its UTF-8 text without validating it a second time.
 
 use super::charset::TextEncoding;
 use super::rows::{Cell, RowsChunk};
 use super::table::ColKind;
-use super::value::push_value;
+use super::value::check_value;
 use super::DecodeError;
 
-/// Checks every value of `chunk`; `scratch` is a reusable rendering buffer.
-pub fn check_chunk(chunk: &RowsChunk, scratch: &mut Vec<u8>) -> Result<(), DecodeError> {
+/// Checks every value of `chunk`.
+pub fn check_chunk(chunk: &RowsChunk) -> Result<(), DecodeError> {
     let t = &chunk.table;
     let fallible: Vec<usize> = t
         .columns
@@ -69,14 +75,7 @@ pub fn check_chunk(chunk: &RowsChunk, scratch: &mut Vec<u8>) -> Result<(), Decod
                     super::jsondiff::apply(&mut doc, v).map_err(bad)?;
                     continue;
                 }
-                if matches!(col.text, Some(TextEncoding::Utf8)) {
-                    if let Err(e) = std::str::from_utf8(v) {
-                        return Err(bad(format!("invalid UTF-8 at byte {}", e.valid_up_to())));
-                    }
-                    continue;
-                }
-                scratch.clear();
-                push_value(scratch, col, v).map_err(bad)?;
+                check_value(col, v).map_err(bad)?;
             }
         }
     }

@@ -17,27 +17,79 @@ pub type ValueError = String;
 /// Appends `s` as a JSON string literal.
 #[inline]
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    write_json_bytes(out, s.as_bytes());
+}
+
+/// One flag byte (0 or 1) per byte of `c` that a JSON string escapes (`"`, `\\`, control
+/// characters), as four little-endian words. Written so that the compiler makes it a few SIMD
+/// compares.
+#[inline(always)]
+fn escape_flags(c: &[u8; 32]) -> [u64; 4] {
+    let mut f = [0u8; 32];
+    for (d, &b) in f.iter_mut().zip(c) {
+        *d = ((b < 0x20) | (b == b'"') | (b == b'\\')) as u8;
+    }
+    let mut w = [0u64; 4];
+    for (q, x) in w.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&f[q * 8..q * 8 + 8]);
+        *x = u64::from_le_bytes(b);
+    }
+    w
+}
+
+/// Appends the escape sequence of a byte that JSON strings escape.
+#[inline]
+fn push_escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        _ => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[(b >> 4) as usize],
+            HEX[(b & 15) as usize],
+        ]),
+    }
+}
+
+/// Appends `bytes` (text the caller knows to be UTF-8) as a JSON string literal: `"`, `\\`
+/// and control characters escaped, everything else copied as it is. Looks at 32 bytes at a
+/// time and copies the runs between the bytes to escape.
+#[inline]
+pub fn write_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
-    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(format!("\\u{:04x}", b).as_bytes());
-                start = i + 1;
-                continue;
+    let mut i = 0;
+    let n = bytes.len();
+    while i < n {
+        let flags = match bytes[i..].first_chunk::<32>() {
+            Some(c) => escape_flags(c),
+            None => {
+                // the last bytes, padded with bytes that need no escaping
+                let mut pad = [b'a'; 32];
+                pad[..n - i].copy_from_slice(&bytes[i..]);
+                escape_flags(&pad)
             }
-            _ => continue,
         };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
-        start = i + 1;
+        for (q, &w) in flags.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                let j = i + q * 8 + (w.trailing_zeros() / 8) as usize;
+                out.extend_from_slice(&bytes[start..j]);
+                push_escape(out, bytes[j]);
+                start = j + 1;
+                w &= w - 1;
+            }
+        }
+        i += 32;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
@@ -184,15 +236,97 @@ pub fn decimal_to_string(
     scale: u8,
     out: &mut Vec<u8>,
 ) -> Result<(), ValueError> {
-    let s = decimal_text(b, precision, scale)?;
+    let mut text = [0u8; DECIMAL_TEXT_MAX];
+    let n = decimal_into(b, precision, scale, &mut text)?;
     out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(&text[..n]);
     out.push(b'"');
     Ok(())
 }
 
 /// Decodes a binary DECIMAL into its exact digits (`-12.50`; never `-0`).
 pub fn decimal_text(b: &[u8], precision: u8, scale: u8) -> Result<String, ValueError> {
+    let mut text = [0u8; DECIMAL_TEXT_MAX];
+    let n = decimal_into(b, precision, scale, &mut text)?;
+    Ok(text[..n].iter().map(|&c| c as char).collect())
+}
+
+/// Longest DECIMAL text: sign, 65 digits, point, and a leading `0` (`-0.123…`).
+const DECIMAL_TEXT_MAX: usize = 72;
+
+/// Writes `v` as exactly `w` decimal digits (zero-padded) at `dst[*at..]`.
+#[inline]
+fn put_digits(dst: &mut [u8], at: &mut usize, mut v: u64, w: usize) {
+    for k in (0..w).rev() {
+        dst[*at + k] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    *at += w;
+}
+
+/// Fails exactly when [`decimal_into`] does, with its error, without producing the digits.
+pub fn decimal_check(b: &[u8], precision: u8, scale: u8) -> Result<(), ValueError> {
+    const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+    const POW10: [u64; 10] = [
+        1,
+        10,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        1_000_000,
+        10_000_000,
+        100_000_000,
+        1_000_000_000,
+    ];
+    if precision == 0 || precision > 65 || scale > 30 || scale > precision {
+        return Err(format!("bad DECIMAL({precision},{scale})"));
+    }
+    let size = decimal_bin_size(precision, scale);
+    if b.len() != size || size == 0 {
+        return Err(format!(
+            "DECIMAL({precision},{scale}) needs {size} bytes, got {}",
+            b.len()
+        ));
+    }
+    let mask: u8 = if b[0] & 0x80 == 0 { 0xff } else { 0 };
+    let intg = (precision - scale) as usize;
+    let (intg0, intg0x) = (intg / 9, intg % 9);
+    let (frac0, frac0x) = (scale as usize / 9, scale as usize % 9);
+    // group widths in storage order
+    let groups = std::iter::once(intg0x)
+        .filter(|&d| d > 0)
+        .chain(std::iter::repeat_n(9, intg0 + frac0))
+        .chain(std::iter::once(frac0x).filter(|&d| d > 0));
+    let mut p = 0usize;
+    for d in groups {
+        let n = DIG2BYTES[d];
+        let g = b.get(p..p + n).ok_or("DECIMAL too short")?;
+        let mut v = 0u64;
+        for (k, &x) in g.iter().enumerate() {
+            // the sign bit is flipped in the first byte; negatives are stored complemented
+            let x = if p + k == 0 { x ^ 0x80 } else { x } ^ mask;
+            v = (v << 8) | x as u64;
+        }
+        p += n;
+        if v >= POW10[d] {
+            return Err(format!(
+                "corrupt DECIMAL({precision},{scale}): a {d}-digit group holds {v}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a binary DECIMAL into `text` (no allocation); returns the length. Errors on what
+/// the server cannot have written: a bad precision/scale, a wrong size, or a digit group
+/// holding more digits than it may.
+pub fn decimal_into(
+    b: &[u8],
+    precision: u8,
+    scale: u8,
+    text: &mut [u8; DECIMAL_TEXT_MAX],
+) -> Result<usize, ValueError> {
     const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
     const POW10: [u64; 10] = [
         1,
@@ -228,7 +362,6 @@ pub fn decimal_text(b: &[u8], precision: u8, scale: u8) -> Result<String, ValueE
     let (intg0, intg0x) = (intg / 9, intg % 9);
     let (frac0, frac0x) = (scale as usize / 9, scale as usize % 9);
     let mut p = 0usize;
-    let mut digits = String::with_capacity(precision as usize + 2);
     // A group of `d` digits is stored in DIG2BYTES[d] bytes; a stored value of `d + 1` or more
     // digits is not a DECIMAL the server wrote (MySQL's bin2decimal rejects it too).
     let take = |d: usize, p: &mut usize| -> Result<u64, ValueError> {
@@ -242,36 +375,54 @@ pub fn decimal_text(b: &[u8], precision: u8, scale: u8) -> Result<String, ValueE
         }
         Ok(v)
     };
+    // integer digits, zero-padded per group, at text[1..]; text[0] is kept for the sign
+    let mut at = 1usize;
     if intg0x > 0 {
         let v = take(intg0x, &mut p)?;
-        digits.push_str(&format!("{v:0w$}", w = intg0x));
+        put_digits(text, &mut at, v, intg0x);
     }
     for _ in 0..intg0 {
         let v = take(9, &mut p)?;
-        digits.push_str(&format!("{v:09}"));
+        put_digits(text, &mut at, v, 9);
     }
-    let int_part = digits.trim_start_matches('0');
-    let mut s = String::with_capacity(precision as usize + 3);
-    if neg {
-        s.push('-');
-    }
-    s.push_str(if int_part.is_empty() { "0" } else { int_part });
+    // leading zeros dropped; no digit left is "0"
+    let first = text[1..at]
+        .iter()
+        .position(|&c| c != b'0')
+        .map_or(at, |k| k + 1);
+    let (int_start, int_end) = if first == at {
+        text[at] = b'0';
+        (at, at + 1)
+    } else {
+        (first, at)
+    };
+    let mut nonzero = first != at;
+    // the sign goes right before the integer part
+    let start = if neg { int_start - 1 } else { int_start };
+    let mut at = int_end;
     if scale > 0 {
-        s.push('.');
+        text[at] = b'.';
+        at += 1;
+        let frac_start = at;
         for _ in 0..frac0 {
             let v = take(9, &mut p)?;
-            s.push_str(&format!("{v:09}"));
+            put_digits(text, &mut at, v, 9);
         }
         if frac0x > 0 {
             let v = take(frac0x, &mut p)?;
-            s.push_str(&format!("{v:0w$}", w = frac0x));
+            put_digits(text, &mut at, v, frac0x);
         }
+        nonzero |= text[frac_start..at].iter().any(|&c| c != b'0');
     }
     // "-0.00" is how MySQL prints negative zero? It prints "0.00": normalise.
-    if neg && s[1..].bytes().all(|c| c == b'0' || c == b'.') {
-        s.remove(0);
-    }
-    Ok(s)
+    let start = if neg && nonzero {
+        text[start] = b'-';
+        start
+    } else {
+        int_start
+    };
+    text.copy_within(start..at, 0);
+    Ok(at - start)
 }
 
 fn push_b64(out: &mut Vec<u8>, v: &[u8]) {
@@ -286,13 +437,27 @@ fn push_b64(out: &mut Vec<u8>, v: &[u8]) {
     out.push(b'"');
 }
 
-fn push_text(out: &mut Vec<u8>, enc: TextEncoding, v: &[u8]) -> Result<(), ValueError> {
-    match enc {
-        TextEncoding::Utf8 => {
-            let s = std::str::from_utf8(v)
-                .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
-            write_json_str(out, s);
+/// `v` as UTF-8 text (SIMD validation; std's for the position of an error).
+#[inline]
+pub fn utf8(v: &[u8]) -> Result<&str, ValueError> {
+    match simdutf8::basic::from_utf8(v) {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            std::str::from_utf8(v).map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))
         }
+    }
+}
+
+/// `text_checked`: the value was checked by [`check_value`] (valid in its character set).
+fn push_text(
+    out: &mut Vec<u8>,
+    enc: TextEncoding,
+    v: &[u8],
+    text_checked: bool,
+) -> Result<(), ValueError> {
+    match enc {
+        TextEncoding::Utf8 if text_checked => write_json_bytes(out, v),
+        TextEncoding::Utf8 => write_json_str(out, utf8(v)?),
         TextEncoding::Binary => push_b64(out, v),
         other => {
             let mut s = String::with_capacity(v.len() * 2);
@@ -431,8 +596,7 @@ fn push_json_text(
 ) -> Result<(), ValueError> {
     let owned;
     let s: &str = match enc {
-        TextEncoding::Utf8 => std::str::from_utf8(v)
-            .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?,
+        TextEncoding::Utf8 => utf8(v)?,
         other => {
             let mut t = String::with_capacity(v.len());
             transcode_into(other, v, &mut t)?;
@@ -601,8 +765,87 @@ fn push_ipv6(out: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
+/// Text that is not valid in its character set: the error rendering it gives.
+fn check_text(enc: TextEncoding, v: &[u8]) -> Result<(), ValueError> {
+    match enc {
+        TextEncoding::Utf8 => utf8(v).map(|_| ()),
+        TextEncoding::Binary => Ok(()),
+        TextEncoding::Other(e) => {
+            // borrowed, no copy, while the text is ASCII
+            let (_, had_errors) = e.decode_without_bom_handling(v);
+            if had_errors {
+                return Err(format!("invalid {} byte sequence", e.name()));
+            }
+            Ok(())
+        }
+        TextEncoding::Utf32 => transcode_into(enc, v, &mut String::new()),
+    }
+}
+
+/// Checks, without rendering, that [`push_value`] renders `v`: fails exactly when it would,
+/// with its error, for the kinds whose rendering depends on the value's bytes (DECIMAL digit
+/// groups, MySQL binary JSON, VECTOR, ENUM indexes, text in its character set; sizes and
+/// column attributes as `push_value` checks them). The value checks before a rows event joins
+/// a batch (`validate.rs`) use it.
+pub fn check_value(col: &ColumnSchema, v: &[u8]) -> Result<(), ValueError> {
+    if let Some(n) = fixed_size(col.kind) {
+        if v.len() != n {
+            return Err(format!(
+                "{} bytes for a {:?} value, which takes {n}",
+                v.len(),
+                col.kind
+            ));
+        }
+    }
+    match col.kind {
+        ColKind::Int(n) if !(1..=8).contains(&n) => Err(format!("integer of {n} bytes")),
+        ColKind::Time2 { fsp } | ColKind::DateTime2 { fsp } | ColKind::Timestamp2 { fsp }
+            if fsp > 6 =>
+        {
+            Err(format!("fractional-seconds precision {fsp} (at most 6)"))
+        }
+        ColKind::Decimal { precision, scale } => decimal_check(v, precision, scale),
+        ColKind::Json { .. } => mysql_json_value(v).map(|_| ()),
+        ColKind::Vector { .. } if !v.len().is_multiple_of(4) => {
+            Err("VECTOR length is not a multiple of 4".into())
+        }
+        ColKind::Enum { .. } => {
+            let idx = le_uint(v) as usize;
+            match &col.labels {
+                Some(l) if idx > l.len() => Err(format!(
+                    "ENUM index {idx} out of range ({} labels)",
+                    l.len()
+                )),
+                _ => Ok(()),
+            }
+        }
+        ColKind::Str { .. } | ColKind::Blob { .. } => {
+            let enc = col.text.unwrap_or(TextEncoding::Binary);
+            if enc == TextEncoding::Binary {
+                // base64, or MariaDB UUID/INET: cannot fail
+                return Ok(());
+            }
+            // text, or MariaDB JSON text (which falls back to a string when it is not JSON):
+            // only the character set can fail
+            check_text(enc, v)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Appends the JSON rendering of one non-NULL value.
 pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(), ValueError> {
+    push_value_in(out, col, v, false)
+}
+
+/// [`push_value`] for a value already checked by [`check_value`] when `text_checked` (text is
+/// then copied without checking its UTF-8 again).
+pub fn push_value_in(
+    out: &mut Vec<u8>,
+    col: &ColumnSchema,
+    v: &[u8],
+    text_checked: bool,
+) -> Result<(), ValueError> {
     // The row splitter cuts fixed-size values to their size; checked again here so that no
     // caller can make the decoders below index past a value.
     if let Some(n) = fixed_size(col.kind) {
@@ -760,7 +1003,7 @@ pub fn push_value(out: &mut Vec<u8>, col: &ColumnSchema, v: &[u8]) -> Result<(),
                     push_b64(out, v);
                 }
             } else {
-                push_text(out, enc, v)?;
+                push_text(out, enc, v, text_checked)?;
             }
         }
         ColKind::Json { .. } => push_mysql_json(out, v)?,
@@ -833,6 +1076,207 @@ mod tests {
         // -123.45 is the bitwise complement
         assert_eq!(dec(&[0x7f, 0x84, 0xd2], 5, 2), "\"-123.45\"");
         assert_eq!(dec(&[0x80, 0x00, 0x05], 5, 2), "\"0.05\"");
+    }
+
+    /// The escaping before the word-at-a-time loop, as the reference.
+    fn json_str_reference(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.push(b'"');
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let esc: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..=0x1f => {
+                    out.extend_from_slice(&bytes[start..i]);
+                    out.extend_from_slice(format!("\\u{:04x}", b).as_bytes());
+                    start = i + 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[start..i]);
+            out.extend_from_slice(esc);
+            start = i + 1;
+        }
+        out.extend_from_slice(&bytes[start..]);
+        out.push(b'"');
+    }
+
+    #[test]
+    fn json_escaping_matches_the_reference() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..20_000 {
+            let len = (next() % 100) as usize;
+            let v: Vec<u8> = (0..len)
+                .map(|_| match case % 4 {
+                    3 if next() % 50 != 0 => b'a' + (next() % 26) as u8,
+                    0 => next() as u8,
+                    1 => b"ab\"\\\n\x01\x1f\x7f \xc3\xa9xyz"[(next() % 14) as usize],
+                    _ => 0x18 + (next() % 0x70) as u8,
+                })
+                .collect();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            write_json_bytes(&mut a, &v);
+            json_str_reference(&mut b, &v);
+            assert_eq!(a, b, "{v:?}");
+        }
+        for b in 0..=255u8 {
+            for (at, len) in (0..12)
+                .map(|a| (a, 12))
+                .chain((0..70).map(|l| (l / 2, l + 1)))
+            {
+                let mut v = vec![b'a'; len];
+                v[at] = b;
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                write_json_bytes(&mut x, &v);
+                json_str_reference(&mut y, &v);
+                assert_eq!(x, y);
+            }
+        }
+    }
+
+    /// The DECIMAL decoder before it wrote into a stack buffer, as the reference.
+    fn decimal_text_reference(b: &[u8], precision: u8, scale: u8) -> Result<String, ValueError> {
+        const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+        const POW10: [u64; 10] = [
+            1,
+            10,
+            100,
+            1_000,
+            10_000,
+            100_000,
+            1_000_000,
+            10_000_000,
+            100_000_000,
+            1_000_000_000,
+        ];
+        if precision == 0 || precision > 65 || scale > 30 || scale > precision {
+            return Err(format!("bad DECIMAL({precision},{scale})"));
+        }
+        let size = decimal_bin_size(precision, scale);
+        if b.len() != size || size == 0 {
+            return Err(format!(
+                "DECIMAL({precision},{scale}) needs {size} bytes, got {}",
+                b.len()
+            ));
+        }
+        let neg = b[0] & 0x80 == 0;
+        let mask: u8 = if neg { 0xff } else { 0 };
+        let mut buf = [0u8; 40];
+        buf[..size].copy_from_slice(b);
+        buf[0] ^= 0x80;
+        for x in &mut buf[..size] {
+            *x ^= mask;
+        }
+        let intg = (precision - scale) as usize;
+        let (intg0, intg0x) = (intg / 9, intg % 9);
+        let (frac0, frac0x) = (scale as usize / 9, scale as usize % 9);
+        let mut p = 0usize;
+        let mut digits = String::with_capacity(precision as usize + 2);
+        // A group of `d` digits is stored in DIG2BYTES[d] bytes; a stored value of `d + 1` or more
+        // digits is not a DECIMAL the server wrote (MySQL's bin2decimal rejects it too).
+        let take = |d: usize, p: &mut usize| -> Result<u64, ValueError> {
+            let n = DIG2BYTES[d];
+            let v = be_uint(buf.get(*p..*p + n).ok_or("DECIMAL too short")?);
+            *p += n;
+            if v >= POW10[d] {
+                return Err(format!(
+                    "corrupt DECIMAL({precision},{scale}): a {d}-digit group holds {v}"
+                ));
+            }
+            Ok(v)
+        };
+        if intg0x > 0 {
+            let v = take(intg0x, &mut p)?;
+            digits.push_str(&format!("{v:0w$}", w = intg0x));
+        }
+        for _ in 0..intg0 {
+            let v = take(9, &mut p)?;
+            digits.push_str(&format!("{v:09}"));
+        }
+        let int_part = digits.trim_start_matches('0');
+        let mut s = String::with_capacity(precision as usize + 3);
+        if neg {
+            s.push('-');
+        }
+        s.push_str(if int_part.is_empty() { "0" } else { int_part });
+        if scale > 0 {
+            s.push('.');
+            for _ in 0..frac0 {
+                let v = take(9, &mut p)?;
+                s.push_str(&format!("{v:09}"));
+            }
+            if frac0x > 0 {
+                let v = take(frac0x, &mut p)?;
+                s.push_str(&format!("{v:0w$}", w = frac0x));
+            }
+        }
+        // "-0.00" is how MySQL prints negative zero? It prints "0.00": normalise.
+        if neg && s[1..].bytes().all(|c| c == b'0' || c == b'.') {
+            s.remove(0);
+        }
+        Ok(s)
+    }
+
+    #[test]
+    fn decimal_text_matches_the_reference() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for precision in 1..=65u8 {
+            for scale in 0..=precision.min(30) {
+                let size = decimal_bin_size(precision, scale);
+                for case in 0..60 {
+                    let mut b: Vec<u8> = (0..size).map(|_| next() as u8).collect();
+                    if case % 3 == 0 {
+                        // mostly valid: small digit groups, either sign
+                        for v in b.iter_mut().skip(1) {
+                            *v &= 0x0f;
+                        }
+                    }
+                    if case % 7 == 0 {
+                        // zero, positive or negative
+                        let neg = case % 2 == 0;
+                        for v in b.iter_mut() {
+                            *v = if neg { 0xff } else { 0 };
+                        }
+                        b[0] ^= 0x80;
+                    }
+                    let want = decimal_text_reference(&b, precision, scale);
+                    assert_eq!(
+                        decimal_check(&b, precision, scale),
+                        want.clone().map(|_| ()),
+                        "check {precision},{scale} {b:?}"
+                    );
+                    assert_eq!(
+                        decimal_text(&b, precision, scale),
+                        want,
+                        "{precision},{scale} {b:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            decimal_text(&[0x80], 0, 0),
+            decimal_text_reference(&[0x80], 0, 0)
+        );
+        assert_eq!(
+            decimal_text(&[0x80], 5, 2),
+            decimal_text_reference(&[0x80], 5, 2)
+        );
     }
 
     #[test]

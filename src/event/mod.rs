@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::decode::rows::{Cell, RowsChunk};
-use crate::decode::value::{push_value, write_json_str};
+use crate::decode::value::{push_value_in, write_json_str};
 use crate::source::position::Position;
 
 pub use crate::decode::rows::Op;
@@ -150,7 +150,8 @@ impl<'a> Change<'a> {
                 self.write_partial_json(out, i, v)?;
                 continue;
             }
-            push_value(out, col, v).map_err(|m| self.err(&col.name, m))?;
+            push_value_in(out, col, v, self.chunk.text_checked)
+                .map_err(|m| self.err(&col.name, m))?;
         }
         out.push(b'}');
         Ok(())
@@ -197,7 +198,8 @@ impl<'a> Change<'a> {
                 continue;
             }
             let v = &self.chunk.data[cell.start as usize..(cell.start + cell.len) as usize];
-            push_value(out, col, v).map_err(|m| self.err(&col.name, m))?;
+            push_value_in(out, col, v, self.chunk.text_checked)
+                .map_err(|m| self.err(&col.name, m))?;
         }
         out.push(b'}');
         Ok(())
@@ -210,9 +212,20 @@ impl<'a> Change<'a> {
         src: &SourceInfo,
         now_ms: u64,
     ) -> Result<(), Box<RenderError>> {
-        out.extend_from_slice(b"{\"op\":\"");
-        out.extend_from_slice(self.op().code().as_bytes());
-        out.extend_from_slice(b"\",\"before\":");
+        let mut env = Envelope::default();
+        env.set(self, src);
+        self.write_json_env(out, &env, now_ms)
+    }
+
+    /// [`Self::write_json`] with the parts every row of this change's chunk shares rendered
+    /// once in `env` ([`Envelope::set`] for this chunk).
+    pub fn write_json_env(
+        &self,
+        out: &mut Vec<u8>,
+        env: &Envelope,
+        now_ms: u64,
+    ) -> Result<(), Box<RenderError>> {
+        out.extend_from_slice(&env.op);
         match self.chunk.before(self.row) {
             Some(c) => self.write_image(out, c, false)?,
             None => out.extend_from_slice(b"null"),
@@ -222,33 +235,60 @@ impl<'a> Change<'a> {
             Some(c) => self.write_image(out, c, true)?,
             None => out.extend_from_slice(b"null"),
         }
+        out.extend_from_slice(&env.source);
+        out.extend_from_slice(itoa::Buffer::new().format(self.row_index()).as_bytes());
+        out.extend_from_slice(&env.tail);
+        out.extend_from_slice(itoa::Buffer::new().format(now_ms).as_bytes());
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// The bytes of a change's JSON document that are the same for every row of one chunk (op,
+/// source block up to the row index, GTID), rendered once per chunk by the sinks.
+#[derive(Debug, Default)]
+pub struct Envelope {
+    /// `{"op":"c","before":`
+    op: Vec<u8>,
+    /// `,"source":{…,"pos":N,"row":`
+    source: Vec<u8>,
+    /// `,"gtid":…},"ts_ms":`
+    tail: Vec<u8>,
+}
+
+impl Envelope {
+    /// Renders the shared parts for the chunk (and transaction) of `ch`.
+    pub fn set(&mut self, ch: &Change<'_>, src: &SourceInfo) {
+        let (op, out, tail) = (&mut self.op, &mut self.source, &mut self.tail);
+        op.clear();
+        op.extend_from_slice(b"{\"op\":\"");
+        op.extend_from_slice(ch.op().code().as_bytes());
+        op.extend_from_slice(b"\",\"before\":");
+        out.clear();
         out.extend_from_slice(b",\"source\":{\"connector\":\"binlogd\",\"version\":\"");
         out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
         out.extend_from_slice(b"\",\"name\":");
         write_json_str(out, &src.name);
         out.extend_from_slice(b",\"server_id\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.chunk.server_id).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(ch.chunk.server_id).as_bytes());
         out.extend_from_slice(b",\"ts_ms\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.chunk.ts_ms).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(ch.chunk.ts_ms).as_bytes());
         out.extend_from_slice(b",\"db\":");
-        write_json_str(out, self.db());
+        write_json_str(out, ch.db());
         out.extend_from_slice(b",\"table\":");
-        write_json_str(out, self.table());
+        write_json_str(out, ch.table());
         out.extend_from_slice(b",\"file\":");
-        write_json_str(out, &self.txn.file);
+        write_json_str(out, &ch.txn.file);
         out.extend_from_slice(b",\"pos\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.chunk.pos).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(ch.chunk.pos).as_bytes());
         out.extend_from_slice(b",\"row\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.row_index()).as_bytes());
-        out.extend_from_slice(b",\"gtid\":");
-        match &self.txn.gtid {
-            Some(g) => write_json_str(out, g),
-            None => out.extend_from_slice(b"null"),
+        tail.clear();
+        tail.extend_from_slice(b",\"gtid\":");
+        match &ch.txn.gtid {
+            Some(g) => write_json_str(tail, g),
+            None => tail.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b"},\"ts_ms\":");
-        out.extend_from_slice(itoa::Buffer::new().format(now_ms).as_bytes());
-        out.push(b'}');
-        Ok(())
+        tail.extend_from_slice(b"},\"ts_ms\":");
     }
 }
 

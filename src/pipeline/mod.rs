@@ -298,16 +298,27 @@ async fn gate_changed(gate: &mut Option<watch::Receiver<bool>>) -> Result<(), ()
 fn count_rows(b: &Batch) {
     let m = crate::metrics::get();
     m.transactions.inc_by(b.txns.len() as u64);
-    for t in &b.txns {
-        for c in &t.chunks {
-            m.rows
-                .get_or_create(&crate::metrics::TableOp {
-                    db: c.table.db.clone(),
-                    table: c.table.table.clone(),
-                    op: c.op.code().to_string(),
-                })
-                .inc_by(c.rows as u64);
+    // summed per table and op first: one metric look-up (which allocates its key) per table
+    // and op in the batch, not per rows event
+    let mut sums: Vec<(&crate::decode::table::TableSchema, crate::event::Op, u64)> = Vec::new();
+    for c in b.txns.iter().flat_map(|t| t.chunks.iter()) {
+        let t = &*c.table;
+        match sums
+            .iter_mut()
+            .find(|(st, op, _)| *op == c.op && st.db == t.db && st.table == t.table)
+        {
+            Some(e) => e.2 += c.rows as u64,
+            None => sums.push((t, c.op, c.rows as u64)),
         }
+    }
+    for (t, op, n) in sums {
+        m.rows
+            .get_or_create(&crate::metrics::TableOp {
+                db: t.db.clone(),
+                table: t.table.clone(),
+                op: op.code().to_string(),
+            })
+            .inc_by(n);
     }
 }
 
