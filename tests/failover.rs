@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -482,33 +481,6 @@ fn log_of(d: &Daemon) -> String {
     std::fs::read_to_string(&d.log).unwrap_or_default()
 }
 
-/// `binlogd run -c <dir>/binlogd.toml ARGS…` (the config as written, no position reset).
-fn run_with(dir: &Path, args: &[&str]) -> Daemon {
-    let cfg = dir.join("binlogd.toml");
-    let log = dir.join("binlogd.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .args(args)
-        .env("RUST_LOG", "binlogd=debug")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .unwrap(),
-        )
-        .spawn()
-        .expect("spawn binlogd");
-    Daemon {
-        child,
-        out: dir.join("out.jsonl"),
-        log,
-        config: cfg,
-    }
-}
-
 /// The number in "lacks N transaction(s)" of the last divergence error in `log`.
 fn lacking_count(log: &str) -> u64 {
     let i = log.rfind("lacks ").expect("a divergence error");
@@ -706,7 +678,7 @@ fn behind_failover(f: Flavor, separate: bool) {
         "nothing from the new primary before the operator decides"
     );
     // the operator accepts
-    let mut d = run_with(&pr.dir, &["--accept-divergence"]);
+    let mut d = Daemon::run_with(&pr.dir, &["--accept-divergence"]);
     w2.wait(20);
     let n_r = w2.finish();
     let want_r = part(
@@ -828,7 +800,7 @@ fn kafka_tails(f: Flavor) {
     assert!(lacking >= n_p - at_stop, "{lacking} < {}", n_p - at_stop);
     assert_eq!(d.events().len(), delivered, "nothing emitted");
     // accepted: the new primary's changes reach Kafka (and the file), none lost
-    let mut d = run_with(&pr.dir, &["--accept-divergence"]);
+    let mut d = Daemon::run_with(&pr.dir, &["--accept-divergence"]);
     w2.wait(20);
     let n_r = w2.finish();
     let want_r = part(

@@ -112,8 +112,6 @@ struct OpenTxn {
     /// Open savepoints: name, the number of `chunks` before it, and whether all rows after it
     /// are still held (false once the hold limit handed some on).
     savepoints: Vec<(String, usize, bool)>,
-    /// Rows of a non-transactional table (MyISAM, Aria…): a rollback keeps them.
-    non_transactional: bool,
     /// Rows of this transaction already handed on (a large transaction in parts).
     handed_rows: bool,
     /// The resume point before this transaction began.
@@ -285,14 +283,6 @@ impl Decoder {
     /// (they were acknowledged before the restart); also by coordinate through `emit_from`.
     pub fn replay_acknowledged(&mut self, acked: Option<GtidSet>) {
         self.replay_gtid = acked;
-    }
-
-    /// Prepared XA transactions held: (count, row changes).
-    pub fn held_xa(&self) -> (usize, u64) {
-        (
-            self.held_xa.len(),
-            self.held_xa.iter().map(|h| h.rows).sum(),
-        )
     }
 
     /// Prepares for a new stream after a reconnect (keeps a pending `emit_from`).
@@ -1138,9 +1128,6 @@ impl Decoder {
         let mut chunk = chunk;
         validate::check_chunk(&chunk)?;
         chunk.text_checked = true;
-        if !chunk.table.transactional {
-            self.txn.non_transactional = true;
-        }
         self.txn.bytes += chunk.bytes();
         self.txn.chunks.push(chunk);
         // A large transaction is handed on in parts, except what may still be withdrawn: an

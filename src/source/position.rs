@@ -422,17 +422,18 @@ impl Position {
     }
 }
 
-/// The sequence number of a binlog file name (`binlog.000042` → 42), for ordering coordinates
-/// across files; names without a numeric suffix give 0.
-pub fn file_seq(file: &str) -> u64 {
-    file.rsplit_once('.')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or(0)
+/// A binlog file name's base and sequence number (`binlog.000042` → (`binlog`, 42)), for
+/// ordering coordinates across files; names without a numeric suffix give 0.
+pub fn file_seq(file: &str) -> (&str, u64) {
+    match file.rsplit_once('.') {
+        Some((base, n)) => (base, n.parse().unwrap_or(0)),
+        None => (file, 0),
+    }
 }
 
 /// `a` is at or before `b` in the binlog of one server.
 pub fn coord_le(a_file: &str, a_pos: u64, b: &BinlogCoord) -> bool {
-    (file_seq(a_file), a_pos) <= (file_seq(&b.file), b.pos)
+    (file_seq(a_file).1, a_pos) <= (file_seq(&b.file).1, b.pos)
 }
 
 #[cfg(test)]

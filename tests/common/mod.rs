@@ -115,43 +115,24 @@ impl Daemon {
         // a fresh pipeline: forget what an earlier run of this test stored
         let (code, out) = run_binlogd(&["position", "reset", "-c", cfg.to_str().unwrap()]);
         assert_eq!(code, 0, "position reset: {out}");
+        Daemon::run_with(dir, &[])
+    }
+
+    /// `binlogd run -c <dir>/binlogd.toml ARGS…` (the config as written, no position reset).
+    pub fn run_with(dir: &std::path::Path, args: &[&str]) -> Daemon {
+        let config = dir.join("binlogd.toml");
         let log = dir.join("binlogd.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .env("RUST_LOG", "binlogd=debug")
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .expect("spawn binlogd");
+        let child = spawn_run(&config, &log, args, &[]);
         Daemon {
             child,
             out: dir.join("out.jsonl"),
             log,
-            config: cfg,
+            config,
         }
     }
 
     pub fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
-            .args(["run", "-c"])
-            .arg(&self.config)
-            .env("RUST_LOG", "binlogd=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn binlogd");
+        self.child = spawn_run(&self.config, &self.log, &[], &[]);
     }
 
     pub fn events(&self) -> Vec<Value> {
@@ -226,6 +207,31 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// `binlogd run -c CONFIG ARGS…` with debug logs appended to `log`.
+fn spawn_run(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_binlogd"))
+        .args(["run", "-c"])
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "binlogd=debug")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .expect("spawn binlogd")
 }
 
 impl Drop for Daemon {
@@ -743,23 +749,8 @@ impl Daemon {
         let cfg = dir.join("binlogd.toml");
         std::fs::write(&cfg, config).unwrap();
         let log = dir.join("binlogd.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_binlogd"));
-        cmd.args(["run", "-c"])
-            .arg(&cfg)
-            .env("RUST_LOG", "binlogd=debug")
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            );
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         Daemon {
-            child: cmd.spawn().expect("spawn binlogd"),
+            child: spawn_run(&cfg, &log, &[], env),
             out: dir.join("out.jsonl"),
             log,
             config: cfg,

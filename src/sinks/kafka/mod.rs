@@ -450,14 +450,13 @@ impl KafkaSink {
                         })
             };
             // a truncate goes to every partition, so a consumer of any partition sees it
-            let sends: Vec<(i32, bool)> = if truncate {
-                (0..n).map(|p| (p, false)).collect()
-            } else if tombstone {
-                vec![(partition, false), (partition, true)]
+            let partitions = if truncate {
+                0..n
             } else {
-                vec![(partition, false)]
+                partition..partition + 1
             };
-            for (partition, tomb) in sends {
+            let tombs = if tombstone { 2 } else { 1 };
+            for (partition, tomb) in partitions.flat_map(|p| (0..tombs).map(move |t| (p, t == 1))) {
                 if skip(partition, tomb) {
                     self.stats.skipped_present.inc();
                     continue;

@@ -39,13 +39,7 @@ pub struct Probed {
     pub gtid: String,
 }
 
-/// `binlog.000042` → (`binlog`, 42).
-pub fn file_seq(file: &str) -> (&str, u64) {
-    match file.rsplit_once('.') {
-        Some((base, n)) => (base, n.parse().unwrap_or(0)),
-        None => (file, 0),
-    }
-}
+pub use crate::source::position::file_seq;
 
 /// Kafka's murmur2 (the Java client's default partitioner hash).
 pub fn murmur2(data: &[u8]) -> u32 {

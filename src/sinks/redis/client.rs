@@ -149,27 +149,51 @@ impl Deleter {
             match self.try_delete_matching(patterns).await {
                 Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) => {
-                    attempt += 1;
-                    self.stats.retries.inc();
-                    self.stats.ready(false);
-                    if self.retry_max > 0 && attempt >= self.retry_max {
-                        return Err(SinkError::Fatal {
-                            sink: self.sink.clone(),
-                            message: format!(
-                                "redis SCAN for truncate patterns failed {attempt} times in a row ({e}); giving up \
-                                 (retry_max = {}); the position was not advanced past the truncate",
-                                self.retry_max
-                            ),
-                        });
-                    }
-                    warn!(sink = %self.sink, error = %e, attempt, retry_in = ?backoff,
-                        "redis SCAN for truncate patterns failed; retrying (nothing after this transaction is acknowledged until it succeeds)");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.backoff_max);
+                    self.failed_attempt(
+                        &mut attempt,
+                        &mut backoff,
+                        "SCAN for truncate patterns",
+                        &e,
+                        "the truncate",
+                        patterns.len(),
+                    )
+                    .await?;
                 }
                 Err(fatal) => return Err(fatal),
             }
         }
+    }
+
+    /// After a failed attempt: counts it, gives up after `retry_max` in a row (an error naming
+    /// what could not be done), else logs and waits the doubling backoff.
+    async fn failed_attempt(
+        &mut self,
+        attempt: &mut u32,
+        backoff: &mut Duration,
+        what: &str,
+        error: &str,
+        past: &str,
+        pending: usize,
+    ) -> Result<(), SinkError> {
+        *attempt += 1;
+        self.stats.retries.inc();
+        self.stats.ready(false);
+        if self.retry_max > 0 && *attempt >= self.retry_max {
+            return Err(SinkError::Fatal {
+                sink: self.sink.clone(),
+                message: format!(
+                    "redis {what} failed {attempt} times in a row ({error}); giving up (retry_max = {}); the position was not advanced past {past}",
+                    self.retry_max
+                ),
+            });
+        }
+        warn!(
+            sink = %self.sink, error = %error, attempt = *attempt, retry_in = ?*backoff, pending,
+            "redis {what} failed; retrying (nothing after this transaction is acknowledged until it succeeds)"
+        );
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(self.backoff_max);
+        Ok(())
     }
 
     /// One pass: SCAN each node for each pattern and delete page by page.
@@ -377,27 +401,16 @@ impl Deleter {
                 return Ok(deleted);
             }
             pending.retain(|i| !done.contains(i));
-            attempt += 1;
-            self.stats.retries.inc();
-            self.stats.ready(false);
-            let e = err.unwrap_or_default();
-            if self.retry_max > 0 && attempt >= self.retry_max {
-                return Err(SinkError::Fatal {
-                    sink: self.sink.clone(),
-                    message: format!(
-                        "redis {} failed {attempt} times in a row ({e}); giving up (retry_max = {}); the position was not advanced past these keys",
-                        self.command.as_str(),
-                        self.retry_max
-                    ),
-                });
-            }
-            warn!(
-                sink = %self.sink, error = %e, attempt, retry_in = ?backoff, pending_commands = pending.len(),
-                "redis {} failed; retrying (nothing after this transaction is acknowledged until it succeeds)",
-                self.command.as_str()
-            );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.backoff_max);
+            let what = self.command.as_str();
+            self.failed_attempt(
+                &mut attempt,
+                &mut backoff,
+                what,
+                &err.unwrap_or_default(),
+                "these keys",
+                pending.len(),
+            )
+            .await?;
         }
     }
 
