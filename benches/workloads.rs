@@ -64,11 +64,7 @@ fn timed(cmd: &Command, count: bool) -> Measured {
         .arg(&tf)
         .arg(cmd.get_program())
         .args(cmd.get_args())
-        .stdout(if count {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        .stdout(if count { Stdio::piped() } else { Stdio::null() });
     for (k, v) in cmd.get_envs() {
         if let Some(v) = v {
             c.env(k, v);
@@ -130,10 +126,38 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "alpha", "bravo", "charlie", "delta", "écho", "foxtrot", "golf", "hôtel", "india", "juliett",
-    "kilo", "lima", "mike", "november", "oscar", "papa", "québec", "romeo", "sierra", "tango",
-    "uniform", "victor", "whiskey", "x-ray", "yankee", "zulu", "日本語", "emoji 🚀", "quote\"d",
-    "back\\slash", "tab\tbed", "new\nline",
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "écho",
+    "foxtrot",
+    "golf",
+    "hôtel",
+    "india",
+    "juliett",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "québec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "x-ray",
+    "yankee",
+    "zulu",
+    "日本語",
+    "emoji 🚀",
+    "quote\"d",
+    "back\\slash",
+    "tab\tbed",
+    "new\nline",
 ];
 
 fn words(r: &mut Rng, n: usize) -> String {
@@ -297,7 +321,11 @@ async fn gen_wide(c: &mut mysql_async::Conn) -> (String, u64, u64) {
     (file, start, end)
 }
 
-fn gen_sysbench(port: u16, c: &mut mysql_async::Conn, rt: &tokio::runtime::Runtime) -> (String, u64, u64) {
+fn gen_sysbench(
+    port: u16,
+    c: &mut mysql_async::Conn,
+    rt: &tokio::runtime::Runtime,
+) -> (String, u64, u64) {
     let sb = |phase: &str, extra: &[&str]| {
         let mut cmd = Command::new("sysbench");
         cmd.arg("oltp_write_only")
@@ -314,7 +342,9 @@ fn gen_sysbench(port: u16, c: &mut mysql_async::Conn, rt: &tokio::runtime::Runti
         sh(&mut cmd);
     };
     let (file, start) = rt.block_on(async {
-        c.query_drop("DROP DATABASE IF EXISTS sbtest").await.unwrap();
+        c.query_drop("DROP DATABASE IF EXISTS sbtest")
+            .await
+            .unwrap();
         c.query_drop("CREATE DATABASE sbtest").await.unwrap();
         c.query_drop("FLUSH BINARY LOGS").await.unwrap();
         master_status(c).await
@@ -346,7 +376,8 @@ fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3);
-    let wanted = std::env::var("BINLOGD_BENCH_WORKLOADS").unwrap_or_else(|_| "sysbench,wide".into());
+    let wanted =
+        std::env::var("BINLOGD_BENCH_WORKLOADS").unwrap_or_else(|_| "sysbench,wide".into());
     let dir = std::env::var("BINLOGD_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo().join("target/bench-wl"));
@@ -418,7 +449,9 @@ fn main() {
         let (file, start, end) = match w {
             "sysbench" => gen_sysbench(port, &mut c, &rt),
             "wide" => rt.block_on(async {
-                c.query_drop("DROP DATABASE IF EXISTS benchwl").await.unwrap();
+                c.query_drop("DROP DATABASE IF EXISTS benchwl")
+                    .await
+                    .unwrap();
                 c.query_drop("CREATE DATABASE benchwl").await.unwrap();
                 gen_wide(&mut c).await
             }),
@@ -447,7 +480,8 @@ fn main() {
     }
     drop(c);
 
-    let mut bins: Vec<(String, PathBuf)> = vec![("binlogd".into(), env!("CARGO_BIN_EXE_binlogd").into())];
+    let mut bins: Vec<(String, PathBuf)> =
+        vec![("binlogd".into(), env!("CARGO_BIN_EXE_binlogd").into())];
     if let Ok(extra) = std::env::var("BINLOGD_BENCH_BINS") {
         for e in extra.split(',').filter(|e| !e.is_empty()) {
             let (l, p) = e.split_once('=').expect("BINLOGD_BENCH_BINS: label=path,…");
@@ -458,7 +492,11 @@ fn main() {
     let mut report = String::new();
     for w in wanted.split(',') {
         let r = ranges.iter().find(|r| r.name == w).unwrap().clone();
-        let include = if w == "sysbench" { "sbtest.*" } else { "benchwl.*" };
+        let include = if w == "sysbench" {
+            "sbtest.*"
+        } else {
+            "benchwl.*"
+        };
         let cfg = dir.join(format!("{w}.toml"));
         std::fs::write(
             &cfg,
@@ -512,7 +550,9 @@ fn main() {
                     let m = timed(&run, true);
                     match rows {
                         None => rows = Some(m.lines),
-                        Some(n) => assert_eq!(n, m.lines, "{w}: every run delivers the same row changes"),
+                        Some(n) => {
+                            assert_eq!(n, m.lines, "{w}: every run delivers the same row changes")
+                        }
                     }
                     m
                 };
@@ -558,12 +598,11 @@ fn main() {
         let raw_med = med(res[0].1.iter().map(|m| rows / m.wall).collect());
         for (l, ms) in &res {
             let rate = med(ms.iter().map(|m| rows / m.wall).collect());
-            let ratio = med(
-                ms.iter()
-                    .zip(&res[0].1)
-                    .map(|(m, raw)| raw.wall / m.wall)
-                    .collect(),
-            );
+            let ratio = med(ms
+                .iter()
+                .zip(&res[0].1)
+                .map(|(m, raw)| raw.wall / m.wall)
+                .collect());
             s += &format!(
                 "{:<10} {:>11.0} rows/s  {:>6.2} CPU-s  {:>6.2} CPU µs/row  {:>6.1} MiB  {:>5.2}× raw (raw median {:.0} rows/s)\n",
                 l,
