@@ -289,7 +289,9 @@ impl Envelope {
             .as_ref()
             .is_some_and(|(t, _)| Arc::ptr_eq(t, &ch.chunk.table))
         {
-            let mut t = Vec::new();
+            // (the buffer is reused)
+            let mut t = self.table.take().map(|(_, t)| t).unwrap_or_default();
+            t.clear();
             t.extend_from_slice(b"\"db\":");
             write_json_str(&mut t, ch.db());
             t.extend_from_slice(b",\"table\":");
@@ -301,7 +303,8 @@ impl Envelope {
             .as_ref()
             .is_some_and(|(f, _)| Arc::ptr_eq(f, &ch.txn.file))
         {
-            let mut f = Vec::new();
+            let mut f = self.file.take().map(|(_, f)| f).unwrap_or_default();
+            f.clear();
             f.extend_from_slice(b",\"file\":");
             write_json_str(&mut f, &ch.txn.file);
             self.file = Some((ch.txn.file.clone(), f));
