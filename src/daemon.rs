@@ -964,6 +964,9 @@ pub async fn replay_files(
     let mut decoder: Option<crate::decode::Decoder> = None;
     let mut rows = 0u64;
     let mut from = range.from.clone();
+    // On an error the transactions before it, already handed to the pipeline, are still
+    // written (invariant 4): the pipeline is drained before the error is returned.
+    let read: Result<(), DaemonError> = async {
     'files: for path in &paths {
         let name = path
             .file_name()
@@ -1053,7 +1056,12 @@ pub async fn replay_files(
             }
         }
     }
+    Ok(())
+    }
+    .await;
     drop(ptx);
-    pipeline.await.map_err(other)??;
+    let drained = pipeline.await.map_err(other);
+    read?;
+    drained??;
     Ok(rows)
 }
