@@ -275,7 +275,7 @@ impl Envelope {
         self.op.extend_from_slice(b"{\"op\":\"");
         self.op.extend_from_slice(ch.op().code().as_bytes());
         self.op.extend_from_slice(b"\",\"before\":");
-        if !self.head.as_ref().is_some_and(|(n, _)| *n == src.name) {
+        if self.head.as_ref().is_none_or(|(n, _)| *n != src.name) {
             let mut h = Vec::new();
             h.extend_from_slice(b",\"source\":{\"connector\":\"binlogd\",\"version\":\"");
             h.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
