@@ -964,9 +964,6 @@ pub async fn replay_files(
     let mut decoder: Option<crate::decode::Decoder> = None;
     let mut rows = 0u64;
     let mut from = range.from.clone();
-    // On an error the transactions before it, already handed to the pipeline, are still
-    // written (invariant 4): the pipeline is drained before the error is returned.
-    let read: Result<(), DaemonError> = async {
     'files: for path in &paths {
         let name = path
             .file_name()
@@ -1056,12 +1053,7 @@ pub async fn replay_files(
             }
         }
     }
-    Ok(())
-    }
-    .await;
     drop(ptx);
-    let drained = pipeline.await.map_err(other);
-    read?;
-    drained??;
+    pipeline.await.map_err(other)??;
     Ok(rows)
 }
