@@ -964,6 +964,7 @@ pub async fn replay_files(
     let mut decoder: Option<crate::decode::Decoder> = None;
     let mut rows = 0u64;
     let mut from = range.from.clone();
+    let mut failed: Option<SourceError> = None;
     'files: for path in &paths {
         let name = path
             .file_name()
@@ -1026,7 +1027,15 @@ pub async fn replay_files(
                 d.start_at(&name, None, from.take().filter(|c| c.file == name));
             }
             loop {
-                match d.handle(&ev).map_err(SourceError::from)? {
+                let step = match d.handle(&ev) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        // what was handed on before the bad event reaches the sinks first
+                        failed = Some(SourceError::from(e));
+                        break 'files;
+                    }
+                };
+                match step {
                     crate::decode::Step::Continue => break,
                     crate::decode::Step::NeedHints { db, table } => {
                         let hints = match (&mut meta, &src) {
@@ -1055,5 +1064,8 @@ pub async fn replay_files(
     }
     drop(ptx);
     pipeline.await.map_err(other)??;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     Ok(rows)
 }
