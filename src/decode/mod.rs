@@ -357,6 +357,7 @@ impl Decoder {
     /// Never stream this table (e.g. binlogd's own checkpoint table).
     pub fn exclude_table(&mut self, db: &str, table: &str) {
         self.filter.exclude_also(db, table);
+        self.forget_filtered_tables();
         self.extra_excludes
             .push((db.to_string(), table.to_string()));
     }
@@ -372,7 +373,15 @@ impl Decoder {
             self.pending_filter = Some(f);
         } else {
             self.filter = f;
+            self.forget_filtered_tables();
         }
+    }
+
+    /// The table-map cache holds only tables the current filter includes (a TABLE_MAP equal
+    /// to a cached one is not filtered again): emptied when the filter changes.
+    fn forget_filtered_tables(&mut self) {
+        self.tables.clear();
+        self.filtered.clear();
     }
 
     pub fn set_hints(&mut self, db: &str, table: &str, hints: SchemaHints) {
@@ -1006,6 +1015,18 @@ impl Decoder {
 
     fn on_table_map(&mut self, ev: &Event) -> Result<Step, DecodeError> {
         let body = ev.data();
+        // The usual case, a TABLE_MAP equal to the cached one (one per table per
+        // transaction): nothing to parse, match or build. (6-byte table id; anything else
+        // misses the cache and takes the full path.)
+        if let (Some(id), Some(raw)) = (body.get(..6), body.get(6..)) {
+            if self
+                .tables
+                .get(&rows::le_uint(id))
+                .is_some_and(|t| &*t.raw == raw)
+            {
+                return Ok(Step::Continue);
+            }
+        }
         let tme: TableMapEvent<'_> = ev.read_event().map_err(malformed)?;
         let id = tme.table_id();
         let db = tme.database_name();
@@ -1190,6 +1211,7 @@ impl Decoder {
     fn commit(&mut self, ev: &Event, end: u64) -> Result<(), DecodeError> {
         if let Some(f) = self.pending_filter.take() {
             self.filter = f;
+            self.forget_filtered_tables();
         }
         // apply the transaction's GTID to the state
         if let Some((sid, gno)) = self.txn.mysql_gtid.take() {

@@ -155,6 +155,9 @@ pub struct TableSchema {
     /// stay when a transaction rolls back (to a savepoint). From information_schema; true when
     /// unknown.
     pub transactional: bool,
+    /// Indexes of the columns whose values are checked before a rows event joins a batch
+    /// ([`super::validate::checked_columns`]), chosen once per schema.
+    pub checked_columns: Vec<usize>,
 }
 
 /// Per-table facts not in the binlog, read from information_schema.
@@ -199,6 +202,7 @@ impl TableSchema {
             full_metadata: true,
             raw: Box::new([]),
             transactional: true,
+            checked_columns: Vec::new(),
         }
     }
 
@@ -365,6 +369,7 @@ impl TableSchema {
             table_id: tme.table_id(),
             db,
             table,
+            checked_columns: super::validate::checked_columns(&columns),
             columns,
             primary_key,
             full_metadata,

@@ -16,15 +16,14 @@
 
 use super::charset::TextEncoding;
 use super::rows::{Cell, RowsChunk};
-use super::table::ColKind;
+use super::table::{ColKind, ColumnSchema};
 use super::value::check_value;
 use super::DecodeError;
 
-/// Checks every value of `chunk`.
-pub fn check_chunk(chunk: &RowsChunk) -> Result<(), DecodeError> {
-    let t = &chunk.table;
-    let fallible: Vec<usize> = t
-        .columns
+/// The columns whose rendering can fail on the value's bytes: DECIMAL, MySQL JSON, VECTOR,
+/// ENUM, and text (a character set other than binary).
+pub fn checked_columns(columns: &[ColumnSchema]) -> Vec<usize> {
+    columns
         .iter()
         .enumerate()
         .filter(|(_, c)| match c.kind {
@@ -39,7 +38,13 @@ pub fn check_chunk(chunk: &RowsChunk) -> Result<(), DecodeError> {
             _ => false,
         })
         .map(|(i, _)| i)
-        .collect();
+        .collect()
+}
+
+/// Checks every value of `chunk`.
+pub fn check_chunk(chunk: &RowsChunk) -> Result<(), DecodeError> {
+    let t = &chunk.table;
+    let fallible = &t.checked_columns;
     if fallible.is_empty() {
         return Ok(());
     }
@@ -47,7 +52,7 @@ pub fn check_chunk(chunk: &RowsChunk) -> Result<(), DecodeError> {
     for r in 0..chunk.rows as usize {
         for (after, image) in [(false, chunk.before(r)), (true, chunk.after(r))] {
             let Some(image) = image else { continue };
-            for &i in &fallible {
+            for &i in fallible {
                 let (Some(col), Some(&cell)) = (t.columns.get(i), image.get(i)) else {
                     continue;
                 };

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::decode::rows::{Cell, RowsChunk};
+use crate::decode::table::TableSchema;
 use crate::decode::value::{push_value_in, write_json_str};
 use crate::source::position::Position;
 
@@ -245,7 +246,10 @@ impl<'a> Change<'a> {
 }
 
 /// The bytes of a change's JSON document that are the same for every row of one chunk (op,
-/// source block up to the row index, GTID), rendered once per chunk by the sinks.
+/// source block up to the row index, GTID), rendered once per chunk by the sinks. The escaped
+/// source name, `db`/`table`, file and GTID are kept from one chunk to the next while they are
+/// the same (compared by `Arc` identity; the `Arc`s are held, so an address is never reused
+/// for something else while compared).
 #[derive(Debug, Default)]
 pub struct Envelope {
     /// `{"op":"c","before":`
@@ -254,41 +258,90 @@ pub struct Envelope {
     source: Vec<u8>,
     /// `,"gtid":…},"ts_ms":`
     tail: Vec<u8>,
+    /// `,"source":{"connector":…,"name":…,"server_id":` for this source name
+    head: Option<(String, Vec<u8>)>,
+    /// `"db":…,"table":…` of this table
+    table: Option<(Arc<TableSchema>, Vec<u8>)>,
+    /// `,"file":…` of this file name
+    file: Option<(Arc<str>, Vec<u8>)>,
+    /// the tail for this GTID (None: a transaction without one)
+    gtid: Option<Option<Arc<str>>>,
 }
 
 impl Envelope {
     /// Renders the shared parts for the chunk (and transaction) of `ch`.
     pub fn set(&mut self, ch: &Change<'_>, src: &SourceInfo) {
-        let (op, out, tail) = (&mut self.op, &mut self.source, &mut self.tail);
-        op.clear();
-        op.extend_from_slice(b"{\"op\":\"");
-        op.extend_from_slice(ch.op().code().as_bytes());
-        op.extend_from_slice(b"\",\"before\":");
+        self.op.clear();
+        self.op.extend_from_slice(b"{\"op\":\"");
+        self.op.extend_from_slice(ch.op().code().as_bytes());
+        self.op.extend_from_slice(b"\",\"before\":");
+        if self.head.as_ref().is_none_or(|(n, _)| *n != src.name) {
+            let mut h = Vec::new();
+            h.extend_from_slice(b",\"source\":{\"connector\":\"binlogd\",\"version\":\"");
+            h.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+            h.extend_from_slice(b"\",\"name\":");
+            write_json_str(&mut h, &src.name);
+            h.extend_from_slice(b",\"server_id\":");
+            self.head = Some((src.name.clone(), h));
+        }
+        if !self
+            .table
+            .as_ref()
+            .is_some_and(|(t, _)| Arc::ptr_eq(t, &ch.chunk.table))
+        {
+            // (the buffer is reused)
+            let mut t = self.table.take().map(|(_, t)| t).unwrap_or_default();
+            t.clear();
+            t.extend_from_slice(b"\"db\":");
+            write_json_str(&mut t, ch.db());
+            t.extend_from_slice(b",\"table\":");
+            write_json_str(&mut t, ch.table());
+            self.table = Some((ch.chunk.table.clone(), t));
+        }
+        if !self
+            .file
+            .as_ref()
+            .is_some_and(|(f, _)| Arc::ptr_eq(f, &ch.txn.file))
+        {
+            let mut f = self.file.take().map(|(_, f)| f).unwrap_or_default();
+            f.clear();
+            f.extend_from_slice(b",\"file\":");
+            write_json_str(&mut f, &ch.txn.file);
+            self.file = Some((ch.txn.file.clone(), f));
+        }
+        let same_gtid = self.gtid.as_ref().is_some_and(|g| match (g, &ch.txn.gtid) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        });
+        if !same_gtid {
+            self.tail.clear();
+            self.tail.extend_from_slice(b",\"gtid\":");
+            match &ch.txn.gtid {
+                Some(g) => write_json_str(&mut self.tail, g),
+                None => self.tail.extend_from_slice(b"null"),
+            }
+            self.tail.extend_from_slice(b"},\"ts_ms\":");
+            self.gtid = Some(ch.txn.gtid.clone());
+        }
+        let out = &mut self.source;
         out.clear();
-        out.extend_from_slice(b",\"source\":{\"connector\":\"binlogd\",\"version\":\"");
-        out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
-        out.extend_from_slice(b"\",\"name\":");
-        write_json_str(out, &src.name);
-        out.extend_from_slice(b",\"server_id\":");
+        if let Some((_, h)) = &self.head {
+            out.extend_from_slice(h);
+        }
         out.extend_from_slice(itoa::Buffer::new().format(ch.chunk.server_id).as_bytes());
         out.extend_from_slice(b",\"ts_ms\":");
         out.extend_from_slice(itoa::Buffer::new().format(ch.chunk.ts_ms).as_bytes());
-        out.extend_from_slice(b",\"db\":");
-        write_json_str(out, ch.db());
-        out.extend_from_slice(b",\"table\":");
-        write_json_str(out, ch.table());
-        out.extend_from_slice(b",\"file\":");
-        write_json_str(out, &ch.txn.file);
+        out.push(b',');
+        if let Some((_, t)) = &self.table {
+            out.extend_from_slice(t);
+        }
+        if let Some((_, f)) = &self.file {
+            out.extend_from_slice(f);
+        }
         out.extend_from_slice(b",\"pos\":");
         out.extend_from_slice(itoa::Buffer::new().format(ch.chunk.pos).as_bytes());
         out.extend_from_slice(b",\"row\":");
-        tail.clear();
-        tail.extend_from_slice(b",\"gtid\":");
-        match &ch.txn.gtid {
-            Some(g) => write_json_str(tail, g),
-            None => tail.extend_from_slice(b"null"),
-        }
-        tail.extend_from_slice(b"},\"ts_ms\":");
     }
 }
 

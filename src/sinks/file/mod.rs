@@ -72,7 +72,14 @@ pub struct FileSink {
 impl FileSink {
     pub fn open(cfg: &FileSinkConfig, src: SourceInfo) -> Result<FileSink, SinkError> {
         let out = match cfg.path.as_str() {
-            "-" => Out::Stdout(std::io::stdout()),
+            "-" => {
+                // A pipe's default 64 KiB buffer makes this sink and the reading process wake
+                // each other every 64 KiB: ask for 1 MiB. Best effort (not a pipe, or more
+                // than /proc/sys/fs/pipe-max-size allows: left as it is).
+                #[cfg(target_os = "linux")]
+                let _ = rustix::pipe::fcntl_setpipe_size(std::io::stdout(), 1 << 20);
+                Out::Stdout(std::io::stdout())
+            }
             "/dev/null" => Out::Discard,
             p => Out::File(
                 std::fs::OpenOptions::new()

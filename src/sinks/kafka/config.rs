@@ -190,7 +190,7 @@ impl KafkaSinkConfig {
             ("enable.gapless.guarantee", "true"),
             // never drop a message for taking long: the daemon waits (backpressure)
             ("message.timeout.ms", "0"),
-            ("linger.ms", "5"),
+            ("linger.ms", "1"),
             ("queue.buffering.max.kbytes", "65536"),
             ("reconnect.backoff.max.ms", "1000"),
             // a missing topic is created only with create_topics = true, never by a metadata

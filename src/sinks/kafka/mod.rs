@@ -404,7 +404,14 @@ impl KafkaSink {
         let mut sent = 0usize;
         let mut bytes = 0usize;
         let mut batch_topics: Vec<String> = Vec::new();
+        // the envelope parts shared by a rows event's changes, rendered once per rows event
+        let mut env = crate::event::Envelope::default();
+        let mut env_chunk: Option<&crate::decode::rows::RowsChunk> = None;
         for ch in batch.changes() {
+            if !env_chunk.is_some_and(|c| std::ptr::eq(c, ch.chunk)) {
+                env.set(&ch, &self.info);
+                env_chunk = Some(ch.chunk);
+            }
             let truncate = ch.op() == crate::event::Op::Truncate;
             if truncate && !self.cfg.truncate_events {
                 continue;
@@ -463,7 +470,7 @@ impl KafkaSink {
                 }
                 self.value.clear();
                 if !tomb {
-                    ch.write_json(&mut self.value, &self.info, now)
+                    ch.write_json_env(&mut self.value, &env, now)
                         .map_err(|e| fatal(&self.name, e.to_string()))?;
                 }
                 let mut h = OwnedHeaders::new_with_capacity(8)
