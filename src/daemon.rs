@@ -8,18 +8,18 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use crate::binlog::position::{BinlogCoord, GtidSet, Position, StartPosition};
+use crate::binlog::Flavor;
 use crate::checkpoint::{Checkpoint, CheckpointError, SourceIdentity};
 use crate::config::Config;
-use crate::decode::Flavor;
 use crate::event::{Batch, SourceInfo};
+use crate::finding::{Finding, Severity};
 use crate::pipeline::{Acked, Fence, Pipeline};
 use crate::sinks::file::FileSink;
 use crate::sinks::kafka::{KafkaSink, KafkaStats};
 use crate::sinks::redis::{RedisSink, RedisStats};
 use crate::sinks::{Sink, SinkError};
-use crate::source::conn::{self, Severity};
 use crate::source::divergence::Identity;
-use crate::source::position::{BinlogCoord, GtidSet, Position, StartPosition};
 use crate::source::{Source, SourceError, SourceStats, StartPoint};
 
 #[derive(Debug, Error)]
@@ -35,6 +35,12 @@ pub enum DaemonError {
     /// A config mistake found against the server (exit code 2).
     #[error("{0}")]
     Config(String),
+}
+
+impl From<crate::mysql::QueryError> for DaemonError {
+    fn from(e: crate::mysql::QueryError) -> Self {
+        DaemonError::Source(e.into())
+    }
 }
 
 fn other(e: impl std::fmt::Display) -> DaemonError {
@@ -79,7 +85,11 @@ pub fn open_sinks(
 }
 
 /// What the sinks are told about the stream.
-pub fn source_info(cfg: &Config, server: Option<&conn::ServerInfo>, replay: bool) -> SourceInfo {
+pub fn source_info(
+    cfg: &Config,
+    server: Option<&crate::mysql::server::ServerInfo>,
+    replay: bool,
+) -> SourceInfo {
     SourceInfo {
         name: cfg.source.name.clone(),
         pipeline: cfg.pipeline.name.clone(),
@@ -147,8 +157,8 @@ fn validate_stored(
 /// `binlogd check`: the stored position (if any) against the server it would resume on — a GTID
 /// mode mismatch, a file:pos of another server, or a binlog purged since it was stored. Each
 /// problem is an error finding naming the fix; not being able to read the position is a warning.
-pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
-    let finding = |severity, message: String| conn::Finding { severity, message };
+pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<Finding> {
+    let finding = |severity, message: String| Finding { severity, message };
     let cannot = |e: &dyn std::fmt::Display| {
         vec![finding(
             Severity::Warning,
@@ -167,7 +177,9 @@ pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
         Ok(Some(s)) => s,
         Ok(None) => return Vec::new(),
         // no checkpoint table yet (first start): nothing stored
-        Err(CheckpointError::Mysql(mysql_async::Error::Server(e))) if e.code == 1146 => {
+        Err(CheckpointError::Mysql(mysql_async::Error::Server(e)))
+            if e.code == crate::mysql::errors::ER_NO_SUCH_TABLE =>
+        {
             return Vec::new()
         }
         Err(e) => return cannot(&e),
@@ -232,7 +244,7 @@ pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
             return out;
         }
     };
-    let files = match conn::binlog_files(&mut c).await {
+    let files = match crate::mysql::server::binlog_files(&mut c).await {
         Ok(f) => f,
         Err(e) => {
             out.extend(cannot(&e));
@@ -267,7 +279,7 @@ pub async fn check_stored(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
             .await;
             match start.map(|s| {
                 s.unwrap_or_default()
-                    .parse::<crate::source::position::MariaGtidPos>()
+                    .parse::<crate::binlog::position::MariaGtidPos>()
             }) {
                 Ok(Ok(first)) if !have.covers(&first) => vec![purged(format!(
                     "(GTID position {have}; the oldest binlog {oldest} starts after {first})"
@@ -309,7 +321,7 @@ async fn checkpoint_on_source(cfg: &Config, src: &Source) -> Result<bool, Daemon
         .await
         .map_err(|_| other("the checkpoint server does not answer"))?
         .map_err(|e| DaemonError::Checkpoint(CheckpointError::Mysql(e)))?;
-    let flavor = if conn::server_info(&mut c)
+    let flavor = if crate::mysql::server::server_info(&mut c)
         .await
         .map_err(|e| DaemonError::Checkpoint(CheckpointError::Mysql(e)))?
         .flavor
@@ -329,7 +341,7 @@ async fn checkpoint_on_source(cfg: &Config, src: &Source) -> Result<bool, Daemon
 /// The deployment's failover safety, for `binlogd check` and startup: a checkpoint stored on
 /// the source itself is replicated with it, so after a failover to a replica that was behind
 /// it no longer says what the sinks received.
-pub async fn check_failover_setup(cfg: &Config, src: &Source) -> Vec<conn::Finding> {
+pub async fn check_failover_setup(cfg: &Config, src: &Source) -> Vec<Finding> {
     let gtids = match src.info.flavor {
         Flavor::MariaDb => true,
         Flavor::MySql => src.info.gtid_mode.as_deref() == Some("ON"),
@@ -339,7 +351,7 @@ pub async fn check_failover_setup(cfg: &Config, src: &Source) -> Vec<conn::Findi
         return Vec::new();
     }
     match checkpoint_on_source(cfg, src).await {
-        Ok(true) => vec![conn::Finding {
+        Ok(true) => vec![Finding {
             severity: Severity::Warning,
             message: "the checkpoint is stored on the source server: after a failover to a replica that was behind, \
                       its replicated copy is older than what the sinks already received, so binlogd cannot see that the \
@@ -348,7 +360,7 @@ pub async fn check_failover_setup(cfg: &Config, src: &Source) -> Vec<conn::Findi
                 .into(),
         }],
         Ok(false) => Vec::new(),
-        Err(e) => vec![conn::Finding {
+        Err(e) => vec![Finding {
             severity: Severity::Warning,
             message: format!("cannot tell whether the checkpoint server is the source server: {e}"),
         }],
@@ -493,14 +505,16 @@ pub async fn run(
     {
         let mut c = src.conn().await?;
         findings.extend(crate::sinks::check(&cfg, &mut c, false).await);
-        match conn::check_privileges(&mut c).await {
+        match crate::mysql::requirements::check_privileges(&mut c).await {
             Ok(f) => findings.extend(f),
             Err(e) => warn!("cannot read the user's grants to check them: {e}"),
         }
         if let Ok(filter) =
             crate::filter::TableFilter::new(cfg.source.include.as_deref(), &cfg.source.exclude)
         {
-            match conn::fk_cascade_findings(&mut c, src.info.flavor, &filter).await {
+            match crate::mysql::requirements::fk_cascade_findings(&mut c, src.info.flavor, &filter)
+                .await
+            {
                 Ok(f) => findings.extend(f),
                 Err(e) => warn!("cannot read foreign keys to check for cascades: {e}"),
             }
@@ -774,7 +788,7 @@ impl Lease {
 /// Measures the lag in bytes (acknowledged position → the server's current position) every
 /// `admin.lag_interval`; while the lag in time exceeds `admin.progress_threshold`, logs
 /// catch-up progress: position, rates and the estimated time to catch up.
-async fn watch_lag(cfg: Arc<Config>, flavor: crate::decode::Flavor) {
+async fn watch_lag(cfg: Arc<Config>, flavor: crate::binlog::Flavor) {
     use std::sync::atomic::Ordering;
     let m = crate::metrics::get();
     let every = cfg.admin.lag_interval.0;
@@ -791,15 +805,15 @@ async fn watch_lag(cfg: Arc<Config>, flavor: crate::decode::Flavor) {
             pos: m.position_pos.get() as u64,
         };
         if c.is_none() {
-            let opts = cfg
-                .source_password()
-                .and_then(|pw| conn::opts_for(&cfg.source.url, pw.as_ref(), &cfg));
+            let opts = cfg.source_password().and_then(|pw| {
+                crate::mysql::opts::opts_for(&cfg.source.url, pw.as_ref(), &cfg.source.tls)
+            });
             if let Ok(o) = opts {
                 c = mysql_async::Conn::new(o).await.ok();
             }
         }
         let Some(conn_) = c.as_mut() else { continue };
-        let behind = match conn::bytes_behind(conn_, flavor, &at).await {
+        let behind = match crate::mysql::server::bytes_behind(conn_, flavor, &at).await {
             Ok((_, b)) => b,
             Err(e) => {
                 tracing::debug!(error = %e, "measuring the lag failed");
@@ -1112,7 +1126,7 @@ pub async fn position_show(cfg: &Config) -> Result<String, DaemonError> {
     if let Ok((src, _)) = Source::connect(cfg2).await {
         if let Ok(mut c) = src.conn().await {
             if let Ok((cur, behind)) =
-                conn::bytes_behind(&mut c, src.info.flavor, &s.position.coord).await
+                crate::mysql::server::bytes_behind(&mut c, src.info.flavor, &s.position.coord).await
             {
                 let behind = match behind {
                     Some(b) => format!("{b} bytes"),
@@ -1151,11 +1165,12 @@ pub async fn position_set(cfg: &Config, target: SetTarget) -> Result<Position, D
     let mut c = src.conn().await?;
     let pos = match target {
         SetTarget::Latest => {
-            let (coord, gtid) = conn::current_position(&mut c, src.info.flavor).await?;
+            let (coord, gtid) =
+                crate::mysql::server::current_position(&mut c, src.info.flavor).await?;
             Position::new(coord, gtid)
         }
         SetTarget::File(coord) => {
-            let files = conn::binlog_files(&mut c)
+            let files = crate::mysql::server::binlog_files(&mut c)
                 .await
                 .map_err(SourceError::from)?;
             if !files.iter().any(|(f, _)| *f == coord.file) {
@@ -1270,7 +1285,11 @@ pub async fn replay(
     // without an end, replay up to the server's position now
     let end = match &range.to {
         Some(t) => t.clone(),
-        None => conn::current_position(&mut c, src.info.flavor).await?.0,
+        None => {
+            crate::mysql::server::current_position(&mut c, src.info.flavor)
+                .await?
+                .0
+        }
     };
     decoder.stop_at = Some(end.clone());
     drop(c);
@@ -1341,7 +1360,7 @@ async fn progress_relay(
 async fn file_for_time(src: &Source, t: u64) -> Result<String, DaemonError> {
     use futures_util::StreamExt;
     let mut c = src.conn().await?;
-    let files = conn::binlog_files(&mut c)
+    let files = crate::mysql::server::binlog_files(&mut c)
         .await
         .map_err(SourceError::from)?;
     drop(c);
@@ -1420,7 +1439,9 @@ pub async fn replay_files(
                 Some(e) => e,
             };
             if decoder.is_none() {
-                let flavor = if ev.header().event_type_raw() == 15 {
+                let flavor = if ev.header().event_type_raw()
+                    == crate::binlog::event_type::FORMAT_DESCRIPTION
+                {
                     let fde = ev
                         .read_event::<mysql_common::binlog::events::FormatDescriptionEvent<'_>>()
                         .map_err(other)?;
@@ -1476,9 +1497,11 @@ pub async fn replay_files(
                     crate::decode::Step::Continue => break,
                     crate::decode::Step::NeedHints { db, table } => {
                         let hints = match (&mut meta, &src) {
-                            (Some(c), Some(s)) => conn::fetch_hints(c, &db, &table, s.info.flavor)
-                                .await
-                                .unwrap_or_default(),
+                            (Some(c), Some(s)) => {
+                                crate::mysql::schema::fetch_hints(c, &db, &table, s.info.flavor)
+                                    .await
+                                    .unwrap_or_default()
+                            }
                             _ => {
                                 warn!(%db, %table, "no server to read schema hints from: MariaDB JSON columns come out as strings");
                                 Default::default()

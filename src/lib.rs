@@ -5,13 +5,18 @@
 //! See docs/ARCHITECTURE.md.
 
 pub mod admin;
+pub mod binlog;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod event;
 pub mod filter;
+pub mod finding;
 pub mod metrics;
+pub mod mysql;
 pub mod pipeline;
 pub mod sinks;
 pub mod source;
+pub mod tls;
+pub mod units;

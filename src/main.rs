@@ -8,10 +8,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use binlogd::binlog::position::BinlogCoord;
 use binlogd::config::{Config, LogFormat};
 use binlogd::daemon;
-use binlogd::source::conn::{self, Severity};
-use binlogd::source::position::BinlogCoord;
+use binlogd::finding::{Finding, Severity};
 use binlogd::source::Source;
 
 /// jemalloc for the whole process, librdkafka's C allocations included (the feature
@@ -533,7 +533,10 @@ fn spawn_signal_handler(stop_tx: watch::Sender<bool>) -> tokio::task::JoinHandle
 async fn check(cfg: Config) -> ExitCode {
     let cfg = Arc::new(cfg);
     println!("config: ok ({} sink(s))", cfg.sinks.names().count());
-    println!("source: {}", conn::redact_url(cfg.source.url.expose()));
+    println!(
+        "source: {}",
+        binlogd::mysql::opts::redact_url(cfg.source.url.expose())
+    );
     let (src, findings) = match Source::connect(cfg.clone()).await {
         Ok(x) => x,
         Err(e) => {
@@ -550,20 +553,26 @@ async fn check(cfg: Config) -> ExitCode {
     let mut all = findings;
     match src.conn().await {
         Ok(mut c) => {
-            match conn::check_privileges(&mut c).await {
+            match binlogd::mysql::requirements::check_privileges(&mut c).await {
                 Ok(f) => all.extend(f),
-                Err(e) => all.push(conn::Finding {
+                Err(e) => all.push(Finding {
                     severity: Severity::Error,
                     message: format!("cannot read grants: {e}"),
                 }),
             }
-            match conn::replica_id_clash(&mut c, &src.info, cfg.source.server_id).await {
-                Ok(Some(m)) => all.push(conn::Finding {
+            match binlogd::mysql::requirements::replica_id_clash(
+                &mut c,
+                &src.info,
+                cfg.source.server_id,
+            )
+            .await
+            {
+                Ok(Some(m)) => all.push(Finding {
                     severity: Severity::Error,
                     message: m,
                 }),
                 Ok(None) => {}
-                Err(e) => all.push(conn::Finding {
+                Err(e) => all.push(Finding {
                     severity: Severity::Warning,
                     message: format!("cannot list replicas: {e}"),
                 }),
@@ -572,9 +581,15 @@ async fn check(cfg: Config) -> ExitCode {
                 cfg.source.include.as_deref(),
                 &cfg.source.exclude,
             ) {
-                match conn::fk_cascade_findings(&mut c, src.info.flavor, &filter).await {
+                match binlogd::mysql::requirements::fk_cascade_findings(
+                    &mut c,
+                    src.info.flavor,
+                    &filter,
+                )
+                .await
+                {
                     Ok(f) => all.extend(f),
-                    Err(e) => all.push(conn::Finding {
+                    Err(e) => all.push(Finding {
                         severity: Severity::Warning,
                         message: format!("cannot read foreign keys to check for cascades: {e}"),
                     }),
@@ -583,14 +598,14 @@ async fn check(cfg: Config) -> ExitCode {
             all.extend(binlogd::sinks::check(&cfg, &mut c, true).await);
             all.extend(daemon::check_stored(&cfg, &src).await);
             all.extend(daemon::check_failover_setup(&cfg, &src).await);
-            if let Err(e) = conn::binlog_files(&mut c).await {
-                all.push(conn::Finding {
+            if let Err(e) = binlogd::mysql::server::binlog_files(&mut c).await {
+                all.push(Finding {
                     severity: Severity::Error,
                     message: format!("SHOW BINARY LOGS failed ({e}); GRANT REPLICATION CLIENT"),
                 });
             }
         }
-        Err(e) => all.push(conn::Finding {
+        Err(e) => all.push(Finding {
             severity: Severity::Error,
             message: e.to_string(),
         }),

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
-use crate::config::{HumanDuration, Secret};
-use crate::source::position::{BinlogCoord, GtidSet, Position};
+use crate::binlog::position::{BinlogCoord, GtidSet, Position};
+use crate::units::{HumanDuration, Secret};
 
 /// Versioned migrations, applied in order, each once.
 pub const MIGRATIONS: &[(u32, &str, &str)] = &[
@@ -41,7 +41,7 @@ pub struct CheckpointConfig {
     pub password_file: Option<PathBuf>,
     /// TLS to the checkpoint server given by `url`; default: the settings of `[source.tls]`.
     #[serde(default)]
-    pub tls: Option<crate::config::TlsConfig>,
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Schema of the checkpoint table (created if missing).
     #[serde(default = "default_schema")]
     pub schema: String,
@@ -176,15 +176,16 @@ impl Checkpoint {
                 "checkpoint.schema {schema:?} may only contain letters, digits and '_'"
             )));
         }
-        let hint = crate::source::conn::plain_auth_hint(&opts, "checkpoint.tls");
+        let hint = crate::mysql::opts::plain_auth_hint(&opts, "checkpoint.tls");
         let conn = Conn::new(opts).await.map_err(|e| {
-            match (crate::source::conn::tls_problem(&e), &e) {
+            match (crate::mysql::opts::tls_problem(&e), &e) {
                 // the checkpoint server's TLS settings: [checkpoint.tls], else [source.tls]
                 (Some(p), _) => CheckpointError::Invalid(format!(
                     "checkpoint server: {}",
                     p.describe("checkpoint.tls (default: source.tls)")
                 )),
-                (None, mysql_async::Error::Server(s)) if s.code == 1045 && !hint.is_empty() => {
+                (None, mysql_async::Error::Server(s))
+                    if crate::mysql::errors::is_auth(s.code) && !hint.is_empty() => {
                     CheckpointError::Invalid(format!(
                         "checkpoint server: {}. Fix: check the user and password in checkpoint.url / checkpoint.password{hint}",
                         s.message

@@ -1,18 +1,17 @@
 //! Configuration: a TOML file plus `BINLOGD__SECTION__KEY` environment overrides.
 //!
 //! Every struct denies unknown keys so a typo is an error that names the key, never a silently
-//! ignored setting. Durations and sizes carry units (see [`units`]). Passwords are [`Secret`]s.
-
-pub mod units;
+//! ignored setting. Durations and sizes carry units (see [`crate::units`]). Passwords are [`Secret`]s.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-pub use units::{ByteSize, HumanDuration, Secret};
+use crate::tls::{TlsConfig, TlsMode};
+use crate::units::{ByteSize, HumanDuration, Secret};
 
+use crate::binlog::position::StartPosition;
 use crate::filter::TableFilter;
-use crate::source::position::StartPosition;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -121,29 +120,6 @@ pub struct SourceConfig {
     pub verify_checksums: bool,
     #[serde(default)]
     pub tls: TlsConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TlsMode {
-    /// Plain TCP (caching_sha2_password then uses the server's RSA key).
-    #[default]
-    Disabled,
-    /// TLS, certificate not verified.
-    Required,
-    /// TLS, certificate chain verified against `ca_file`, host name not checked.
-    VerifyCa,
-    /// TLS, certificate chain and host name verified.
-    VerifyIdentity,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    #[serde(default)]
-    pub mode: TlsMode,
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -314,7 +290,7 @@ impl Config {
         if s.name.trim().is_empty() {
             return Err("source.name must not be empty; it names the server in events".into());
         }
-        crate::source::conn::parse_url(s.url.expose()).map_err(|e| format!("source.url: {e}"))?;
+        crate::mysql::opts::parse_url(s.url.expose()).map_err(|e| format!("source.url: {e}"))?;
         if s.password.is_some() && s.password_file.is_some() {
             return Err("source.password and source.password_file are both set; keep one".into());
         }
@@ -328,7 +304,7 @@ impl Config {
         }
         TableFilter::new(s.include.as_deref(), &s.exclude)?;
         if let Some(u) = &self.checkpoint.url {
-            crate::source::conn::parse_url(u.expose())
+            crate::mysql::opts::parse_url(u.expose())
                 .map_err(|e| format!("checkpoint.url: {e}"))?;
         }
         if !self
@@ -464,7 +440,10 @@ impl Config {
         match &cp.url {
             Some(url) => {
                 let pw = if let Some(p) = &cp.password_file {
-                    Some(units::read_secret_file(p, "checkpoint.password_file")?)
+                    Some(crate::units::read_secret_file(
+                        p,
+                        "checkpoint.password_file",
+                    )?)
                 } else {
                     cp.password.clone()
                 };
@@ -472,13 +451,13 @@ impl Config {
                     Some(t) => (t, "checkpoint.tls"),
                     None => (&self.source.tls, "source.tls"),
                 };
-                crate::source::conn::plain_opts_tls(url, pw.as_ref(), tls, key)
+                crate::mysql::opts::plain_opts_tls(url, pw.as_ref(), tls, key)
                     .map_err(|e| format!("checkpoint.url: {e}"))
             }
-            None => crate::source::conn::opts_for(
+            None => crate::mysql::opts::opts_for(
                 &self.source.url,
                 self.source_password()?.as_ref(),
-                self,
+                &self.source.tls,
             ),
         }
     }
@@ -486,7 +465,7 @@ impl Config {
     /// The source password, from `password_file`, `password`, or the URL, in that order.
     pub fn source_password(&self) -> Result<Option<Secret>, String> {
         if let Some(p) = &self.source.password_file {
-            return units::read_secret_file(p, "source.password_file").map(Some);
+            return crate::units::read_secret_file(p, "source.password_file").map(Some);
         }
         Ok(self.source.password.clone())
     }

@@ -23,7 +23,9 @@ use super::mariadb;
 use super::rows::{self, RowsEventKind};
 use super::table::{ColKind, ColumnSchema, HintColumn, SchemaHints, SpecialType};
 use super::value::{check_value, decimal_to_string, mysql_json_value, push_value, push_value_in};
-use super::{jsondiff, DecodeError, Decoder, Flavor, Step};
+use super::{jsondiff, DecodeError, Decoder, Step};
+use crate::binlog::event_type as et;
+use crate::binlog::Flavor;
 use crate::event::SourceInfo;
 use crate::filter::TableFilter;
 use crate::source::binlog_file::BinlogFileReader;
@@ -483,7 +485,7 @@ fn binlog_file(cols: &[TestCol], rows_type: u8, rows_body: &[u8]) -> (Vec<u8>, V
     let mut starts = Vec::new();
     for (t, body) in [
         (15u8, fde_body()),
-        (mariadb::GTID, gtid_body(9)),
+        (et::MARIADB_GTID, gtid_body(9)),
         (19, table_map_body(cols)),
         (rows_type, rows_body.to_vec()),
         (16, 42u64.to_le_bytes().to_vec()),
@@ -1049,7 +1051,7 @@ fn malformed_event_error_carries_position() {
     let e = event(15, &fde_body(), 4, true);
     f.extend(e);
     let at = f.len() as u64;
-    f.extend(event(mariadb::GTID, &[1, 2, 3], at, true));
+    f.extend(event(et::MARIADB_GTID, &[1, 2, 3], at, true));
     let mut r = BinlogFileReader::new("b.1", &f[..]).expect("magic");
     let mut d = Decoder::new(
         Flavor::MariaDb,
@@ -1069,7 +1071,10 @@ fn malformed_event_error_carries_position() {
             event_type,
             ..
         })) => {
-            assert_eq!((file.as_str(), pos, event_type), ("b.1", at, mariadb::GTID));
+            assert_eq!(
+                (file.as_str(), pos, event_type),
+                ("b.1", at, et::MARIADB_GTID)
+            );
         }
         other => panic!("{other:?}"),
     }

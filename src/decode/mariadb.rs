@@ -1,12 +1,6 @@
 //! MariaDB-only events, which mysql_common reports as unknown: parsed here from the raw body.
 
 /// MariaDB event type codes.
-pub const ANNOTATE_ROWS: u8 = 160;
-pub const BINLOG_CHECKPOINT: u8 = 161;
-pub const GTID: u8 = 162;
-pub const GTID_LIST: u8 = 163;
-pub const START_ENCRYPTION: u8 = 164;
-pub const QUERY_COMPRESSED: u8 = 165;
 
 /// GTID event flags2 bit: a standalone event group (DDL), no BEGIN/COMMIT follow.
 pub const FL_STANDALONE: u8 = 1;

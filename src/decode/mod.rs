@@ -27,11 +27,13 @@ use std::sync::Arc;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::event::{Batch, TxnChunks};
-use crate::filter::TableFilter;
-use crate::source::position::{
+use crate::binlog::event_type as et;
+use crate::binlog::position::{
     coord_le, BinlogCoord, GtidSet, MariaGtidPos, MySqlGtidSet, Position,
 };
+use crate::binlog::Flavor;
+use crate::event::{Batch, TxnChunks};
+use crate::filter::TableFilter;
 use charset::CollationMap;
 use rows::{Op, RowsChunk, RowsEventKind};
 use statement::{statement_target, Savepoint, XaVerb, Xid};
@@ -76,12 +78,6 @@ impl DecodeError {
 
 fn malformed(e: impl std::fmt::Display) -> DecodeError {
     DecodeError::Malformed(e.to_string())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    MySql,
-    MariaDb,
 }
 
 /// What the caller must do after an event.
@@ -442,7 +438,9 @@ impl Decoder {
         // mysql_common leaves the binlog-in-use flag out of every event's checksum; MySQL and
         // MariaDB leave it out only for FORMAT_DESCRIPTION (the one event that carries it), so
         // on any other event it can only be a corrupt bit the checksum would have caught.
-        if ev.header().event_type_raw() != 15 && ev.header().flags_raw() & 0x1 != 0 {
+        if ev.header().event_type_raw() != et::FORMAT_DESCRIPTION
+            && ev.header().flags_raw() & 0x1 != 0
+        {
             return Err(DecodeError::Malformed(
                 "CRC32 checksum mismatch (the binlog-in-use flag is set on an event other than FORMAT_DESCRIPTION): \
                  the event is corrupt; check the server's binlog file or the network path"
@@ -488,13 +486,12 @@ impl Decoder {
             }
         } else {
             self.bytes_read += size;
-            if t != 4 {
+            if t != et::ROTATE {
                 self.verify_checksum(ev)?;
             }
         }
         match t {
-            // ROTATE
-            4 => {
+            et::ROTATE => {
                 let re: RotateEvent<'_> = ev.read_event().map_err(malformed)?;
                 let mut name = re.name_raw().to_vec();
                 if !self.fde_seen && ev.checksum().is_none() && name.len() > 4 && fake_rotate_has_crc(ev) {
@@ -516,27 +513,22 @@ impl Decoder {
                     }
                 }
             }
-            // FORMAT_DESCRIPTION
-            15 => self.fde_seen = true,
-            // XID
-            16 => self.commit(ev, end)?,
-            // QUERY
-            2 => {
+            et::FORMAT_DESCRIPTION => self.fde_seen = true,
+            et::XID => self.commit(ev, end)?,
+            et::QUERY => {
                 let q: QueryEvent<'_> = ev.read_event().map_err(malformed)?;
                 let schema = q.schema().into_owned();
                 let text = q.query().into_owned();
                 self.on_query(ev, &schema, &text, start, end)?;
             }
-            mariadb::QUERY_COMPRESSED => {
+            et::MARIADB_QUERY_COMPRESSED => {
                 let (schema, text) =
                     mariadb::parse_query_compressed(ev.data(), 13)
                         .map_err(malformed)?;
                 self.on_query(ev, &schema, &text, start, end)?;
             }
-            // TABLE_MAP
-            19 => return self.on_table_map(ev),
-            // MySQL GTID / GTID_TAGGED
-            33 | 42 => {
+            et::TABLE_MAP => return self.on_table_map(ev),
+            et::GTID | et::GTID_TAGGED => {
                 let g: GtidEvent = ev.read_event().map_err(malformed)?;
                 let uuid = uuid_str(&g.sid());
                 let sid = match g.tag() {
@@ -552,10 +544,8 @@ impl Decoder {
                     self.txn.commit_ts_ms = Some(ts / 1000);
                 }
             }
-            // ANONYMOUS_GTID
-            34 => self.begin_txn(),
-            // PREVIOUS_GTIDS
-            35 => {
+            et::ANONYMOUS_GTID => self.begin_txn(),
+            et::PREVIOUS_GTIDS => {
                 previous_gtids_fits(ev.data()).map_err(DecodeError::Malformed)?;
                 let pg: PreviousGtidsEvent<'_> = ev.read_event().map_err(malformed)?;
                 if self.gtid_state.is_none() {
@@ -575,8 +565,7 @@ impl Decoder {
                     self.gtid_state = Some(GtidSet::MySql(set));
                 }
             }
-            // TRANSACTION_PAYLOAD
-            40 => {
+            et::TRANSACTION_PAYLOAD => {
                 transaction_payload_fits(ev.data()).map_err(DecodeError::Malformed)?;
                 let tp: TransactionPayloadEvent<'_> = ev.read_event().map_err(malformed)?;
                 self.payload = Some(Payload {
@@ -586,11 +575,18 @@ impl Decoder {
                     rows: 0,
                 });
             }
-            // HEARTBEAT (v1, v2), IGNORABLE, ROWS_QUERY, INTVAR, RAND, USER_VAR, STOP,
-            // TRANSACTION_CONTEXT, VIEW_CHANGE, PREVIOUS_GTIDS handled above
-            27 | 41 | 28 | 29 | 5 | 13 | 14 | 3 | 36 | 37 => {}
-            // INCIDENT: the server lost events
-            26 => {
+            et::HEARTBEAT
+            | et::HEARTBEAT_V2
+            | et::IGNORABLE
+            | et::ROWS_QUERY
+            | et::INTVAR
+            | et::RAND
+            | et::USER_VAR
+            | et::STOP
+            | et::TRANSACTION_CONTEXT
+            | et::VIEW_CHANGE => {}
+            // the server lost events
+            et::INCIDENT => {
                 return Err(DecodeError::Malformed(
                     "INCIDENT event: the server reports that changes may be missing from its binlog (e.g. a lost \
                      connection during a non-transactional update); re-snapshot the affected tables, then move the \
@@ -599,8 +595,8 @@ impl Decoder {
                 ))
             }
             // XA_PREPARE: ends the PREPARE group, which holds the rows (XA COMMIT has none)
-            38 => self.on_xa_prepare(ev, end)?,
-            mariadb::GTID => {
+            et::XA_PREPARE => self.on_xa_prepare(ev, end)?,
+            et::MARIADB_GTID => {
                 let g = mariadb::parse_gtid(ev.data(), ev.header().server_id()).map_err(malformed)?;
                 self.begin_txn();
                 self.txn.gtid = Some(Arc::from(format!("{}-{}-{}", g.domain, g.server, g.seq).as_str()));
@@ -613,7 +609,7 @@ impl Decoder {
                     }
                 }
             }
-            mariadb::GTID_LIST => {
+            et::MARIADB_GTID_LIST => {
                 let list = mariadb::parse_gtid_list(ev.data()).map_err(malformed)?;
                 debug!(?list, check = self.check_gtid_list, "GTID_LIST");
                 if std::mem::take(&mut self.check_gtid_list) {
@@ -639,7 +635,7 @@ impl Decoder {
                     self.gtid_state = Some(GtidSet::MariaDb(p));
                 }
             }
-            mariadb::ANNOTATE_ROWS | mariadb::BINLOG_CHECKPOINT | mariadb::START_ENCRYPTION => {}
+            et::MARIADB_ANNOTATE_ROWS | et::MARIADB_BINLOG_CHECKPOINT | et::MARIADB_START_ENCRYPTION => {}
             _ => {
                 if let Some(kind) = RowsEventKind::from_type(t) {
                     self.on_rows(ev, kind, start)?;

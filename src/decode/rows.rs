@@ -4,6 +4,7 @@
 
 use super::table::{ColKind, TableSchema};
 use super::DecodeError;
+use crate::binlog::event_type as et;
 use std::io::Read;
 
 /// One column of one row image: a byte range of [`RowsChunk::data`], or NULL, or absent
@@ -75,19 +76,19 @@ impl RowsEventKind {
             })
         };
         match t {
-            23 => k(Op::Insert, false, false, false),
-            24 => k(Op::Update, false, false, false),
-            25 => k(Op::Delete, false, false, false),
-            30 => k(Op::Insert, true, false, false),
-            31 => k(Op::Update, true, false, false),
-            32 => k(Op::Delete, true, false, false),
-            39 => k(Op::Update, true, false, true),
-            166 => k(Op::Insert, false, true, false),
-            167 => k(Op::Update, false, true, false),
-            168 => k(Op::Delete, false, true, false),
-            169 => k(Op::Insert, true, true, false),
-            170 => k(Op::Update, true, true, false),
-            171 => k(Op::Delete, true, true, false),
+            et::WRITE_ROWS_V1 => k(Op::Insert, false, false, false),
+            et::UPDATE_ROWS_V1 => k(Op::Update, false, false, false),
+            et::DELETE_ROWS_V1 => k(Op::Delete, false, false, false),
+            et::WRITE_ROWS => k(Op::Insert, true, false, false),
+            et::UPDATE_ROWS => k(Op::Update, true, false, false),
+            et::DELETE_ROWS => k(Op::Delete, true, false, false),
+            et::PARTIAL_UPDATE_ROWS => k(Op::Update, true, false, true),
+            et::MARIADB_WRITE_ROWS_COMPRESSED_V1 => k(Op::Insert, false, true, false),
+            et::MARIADB_UPDATE_ROWS_COMPRESSED_V1 => k(Op::Update, false, true, false),
+            et::MARIADB_DELETE_ROWS_COMPRESSED_V1 => k(Op::Delete, false, true, false),
+            et::MARIADB_WRITE_ROWS_COMPRESSED => k(Op::Insert, true, true, false),
+            et::MARIADB_UPDATE_ROWS_COMPRESSED => k(Op::Update, true, true, false),
+            et::MARIADB_DELETE_ROWS_COMPRESSED => k(Op::Delete, true, true, false),
             _ => None,
         }
     }

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
+use crate::binlog::position::Position;
 use crate::decode::rows::{Cell, RowsChunk};
 use crate::decode::table::TableSchema;
 use crate::decode::value::{push_value_in, write_json_str};
-use crate::source::position::Position;
 
 pub use crate::decode::rows::Op;
 

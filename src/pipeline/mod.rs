@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, Instrument};
 
+use crate::binlog::position::Position;
 use crate::event::Batch;
 use crate::sinks::{Sink, SinkError};
-use crate::source::position::Position;
 
 /// Sink tasks and the acknowledged position of the whole pipeline.
 pub struct Pipeline {

@@ -36,7 +36,7 @@ pub async fn check(
     cfg: &crate::config::Config,
     conn: &mut mysql_async::Conn,
     contact: bool,
-) -> Vec<crate::source::conn::Finding> {
+) -> Vec<crate::finding::Finding> {
     let mut out = Vec::new();
     for r in &cfg.sinks.redis {
         out.extend(redis::check(conn, r, contact).await);

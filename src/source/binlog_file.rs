@@ -7,6 +7,7 @@
 //! offset) and hands mysql_common only complete, in-memory events. Every error names the file
 //! and the byte offset of the event.
 
+use crate::binlog::event_type::{FORMAT_DESCRIPTION, TRANSACTION_PAYLOAD};
 use mysql_common::binlog::consts::{BinlogChecksumAlg, BinlogVersion};
 use mysql_common::binlog::events::{Event, TransactionPayloadEvent};
 use mysql_common::binlog::EventStreamReader;
@@ -23,8 +24,6 @@ pub const MAX_EVENT_BYTES: u64 = (1 << 30) + (1 << 16);
 /// size in a header does not allocate what it claims.
 const INITIAL_CAPACITY: usize = 1 << 20;
 const MAGIC: [u8; 4] = [0xfe, b'b', b'i', b'n'];
-const TRANSACTION_PAYLOAD: u8 = 40;
-const FORMAT_DESCRIPTION: u8 = 15;
 
 pub struct BinlogFileReader<R> {
     name: String,

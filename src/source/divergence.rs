@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use thiserror::Error;
 
-use super::position::{GtidSet, MariaGtidPos, MySqlGtidSet};
-use crate::decode::Flavor;
+use crate::binlog::position::{GtidSet, MariaGtidPos, MySqlGtidSet};
+use crate::binlog::Flavor;
 
 /// Who a source server is: its `server_id` and (MySQL) `server_uuid`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

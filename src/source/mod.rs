@@ -4,9 +4,7 @@
 //! position it handed on.
 
 pub mod binlog_file;
-pub mod conn;
 pub mod divergence;
-pub mod position;
 
 use futures_util::{FutureExt, StreamExt};
 use mysql_async::prelude::*;
@@ -18,13 +16,15 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::binlog::position::{BinlogCoord, GtidSet, Position, StartPosition};
+use crate::binlog::Flavor;
 use crate::config::Config;
 use crate::decode::charset::CollationMap;
-use crate::decode::{DecodeError, Decoder, Flavor, Step};
+use crate::decode::{DecodeError, Decoder, Step};
 use crate::event::Batch;
 use crate::filter::TableFilter;
-use conn::ServerInfo;
-use position::{BinlogCoord, GtidSet, Position, StartPosition};
+use crate::finding::Finding;
+use crate::mysql::server::ServerInfo;
 
 #[derive(Debug, Error)]
 pub enum SourceError {
@@ -66,6 +66,15 @@ pub enum SourceError {
     },
     #[error("source server: {0}")]
     History(#[from] divergence::HistoryError),
+}
+
+impl From<crate::mysql::QueryError> for SourceError {
+    fn from(e: crate::mysql::QueryError) -> Self {
+        match e {
+            crate::mysql::QueryError::Mysql(e) => SourceError::Mysql(e),
+            crate::mysql::QueryError::Unexpected(m) => SourceError::Config(m),
+        }
+    }
 }
 
 impl From<mysql_async::Error> for SourceError {
@@ -119,13 +128,16 @@ pub type FilterUpdate = (u64, Option<TableFilter>);
 fn classify(e: mysql_async::Error, at: &str) -> SourceError {
     if let mysql_async::Error::Server(s) = &e {
         let m = s.message.to_ascii_lowercase();
-        if s.code == 4052 || m.contains("same server_id") || m.contains("same server_uuid") {
+        if s.code == crate::mysql::errors::ER_REPLICA_SAME_ID
+            || m.contains("same server_id")
+            || m.contains("same server_uuid")
+        {
             return SourceError::ServerIdClash(s.message.clone());
         }
-        if s.code == 1045 || s.code == 1698 {
+        if crate::mysql::errors::is_auth(s.code) {
             return SourceError::Auth(s.message.clone(), "");
         }
-        if s.code == 1236 {
+        if s.code == crate::mysql::errors::ER_SOURCE_FATAL_ERROR_READING_BINLOG {
             return SourceError::Purged {
                 at: at.to_string(),
                 server: format!("error {}: {}", s.code, s.message),
@@ -138,27 +150,23 @@ fn classify(e: mysql_async::Error, at: &str) -> SourceError {
 /// Errors after which reconnecting cannot help.
 fn is_fatal(e: &SourceError) -> bool {
     match e {
-        SourceError::Mysql(mysql_async::Error::Server(s)) => {
-            matches!(s.code, 1227 | 1044 | 1142 | 1047)
-        }
-        SourceError::Mysql(_)
-        | SourceError::Connect { .. }
-        | SourceError::Tls { .. }
-        | SourceError::History(_) => false,
+        SourceError::Mysql(e) => !crate::mysql::errors::is_transient(e),
+        SourceError::Connect { .. } | SourceError::Tls { .. } | SourceError::History(_) => false,
         _ => true,
     }
 }
 
 impl Source {
     /// Connects once, reads what the server is, and checks its settings (errors stop here).
-    pub async fn connect(cfg: Arc<Config>) -> Result<(Source, Vec<conn::Finding>), SourceError> {
+    pub async fn connect(cfg: Arc<Config>) -> Result<(Source, Vec<Finding>), SourceError> {
         let password = cfg.source_password().map_err(SourceError::Config)?;
-        let opts = conn::opts_for(&cfg.source.url, password.as_ref(), &cfg)
-            .map_err(SourceError::Config)?;
+        let opts =
+            crate::mysql::opts::opts_for(&cfg.source.url, password.as_ref(), &cfg.source.tls)
+                .map_err(SourceError::Config)?;
         let mut c = connect_conn(&opts, &cfg).await?;
-        let info = conn::server_info(&mut c).await?;
-        let findings = conn::check_settings(&info);
-        let collations = Arc::new(conn::load_collations(&mut c).await?);
+        let info = crate::mysql::server::server_info(&mut c).await?;
+        let findings = crate::mysql::requirements::check_settings(&info);
+        let collations = Arc::new(crate::mysql::schema::load_collations(&mut c).await?);
         let _ = c.disconnect().await;
         Ok((
             Source {
@@ -285,7 +293,8 @@ impl Source {
         let mut c = self.conn().await?;
         let sp = match start {
             StartPosition::Latest => {
-                let (coord, gtid) = conn::current_position(&mut c, self.info.flavor).await?;
+                let (coord, gtid) =
+                    crate::mysql::server::current_position(&mut c, self.info.flavor).await?;
                 StartPoint {
                     by_gtid: gtid.as_ref().is_some_and(|g| self.gtid_usable(g)),
                     coord,
@@ -295,7 +304,7 @@ impl Source {
                 }
             }
             StartPosition::Earliest => {
-                let files = conn::binlog_files(&mut c).await?;
+                let files = crate::mysql::server::binlog_files(&mut c).await?;
                 let first = files.first().ok_or_else(|| {
                     SourceError::Config("the server lists no binlog files".into())
                 })?;
@@ -311,7 +320,7 @@ impl Source {
                 }
             }
             StartPosition::File { file, pos } => {
-                let files = conn::binlog_files(&mut c).await?;
+                let files = crate::mysql::server::binlog_files(&mut c).await?;
                 if !files.iter().any(|(f, _)| f == file) {
                     return Err(SourceError::Purged {
                         at: format!("{file}:{pos}"),
@@ -578,7 +587,7 @@ impl Source {
                             Ok(n) => n,
                             Err(_) => {
                                 return Err(SourceError::Connect {
-                                    url: conn::redact_url(self.cfg.source.url.expose()),
+                                    url: crate::mysql::opts::redact_url(self.cfg.source.url.expose()),
                                     message: format!("no event or heartbeat for {read_timeout:?}: the stream is stalled"),
                                 })
                             }
@@ -602,7 +611,7 @@ impl Source {
             let ev = match next {
                 None => {
                     return Err(SourceError::Connect {
-                        url: conn::redact_url(self.cfg.source.url.expose()),
+                        url: crate::mysql::opts::redact_url(self.cfg.source.url.expose()),
                         message: "the server closed the replication stream".into(),
                     })
                 }
@@ -630,7 +639,7 @@ impl Source {
                 }
             }
             metrics.bytes.inc_by(ev.header().event_size() as u64);
-            if ev.header().event_type_raw() != 27 {
+            if ev.header().event_type_raw() != crate::binlog::event_type::HEARTBEAT {
                 // anything but a heartbeat means the server had more for us
                 metrics
                     .source_idle
@@ -646,7 +655,9 @@ impl Source {
                         let c = meta
                             .as_mut()
                             .ok_or_else(|| SourceError::Config("no metadata connection".into()))?;
-                        match conn::fetch_hints(c, &db, &table, self.info.flavor).await {
+                        match crate::mysql::schema::fetch_hints(c, &db, &table, self.info.flavor)
+                            .await
+                        {
                             Ok(h) => {
                                 debug!(%db, %table, json = ?h.json_columns, "schema hints");
                                 decoder.set_hints(&db, &table, h);
@@ -710,18 +721,21 @@ pub struct SourceStats {
 }
 
 async fn connect_conn(opts: &Opts, cfg: &Config) -> Result<Conn, SourceError> {
-    let url = conn::redact_url(cfg.source.url.expose());
+    let url = crate::mysql::opts::redact_url(cfg.source.url.expose());
     match tokio::time::timeout(cfg.source.connect_timeout.0, Conn::new(opts.clone())).await {
         Err(_) => Err(SourceError::Connect {
             url,
             message: format!("no answer within {:?}", cfg.source.connect_timeout.0),
         }),
-        Ok(Err(mysql_async::Error::Server(s))) if s.code == 1045 || s.code == 1698 => Err(
-            SourceError::Auth(s.message, conn::plain_auth_hint(opts, "source.tls")),
-        ),
-        Ok(Err(e)) if conn::tls_problem(&e).is_some() => Err(SourceError::Tls {
+        Ok(Err(mysql_async::Error::Server(s))) if crate::mysql::errors::is_auth(s.code) => {
+            Err(SourceError::Auth(
+                s.message,
+                crate::mysql::opts::plain_auth_hint(opts, "source.tls"),
+            ))
+        }
+        Ok(Err(e)) if crate::mysql::opts::tls_problem(&e).is_some() => Err(SourceError::Tls {
             url,
-            message: conn::tls_problem(&e)
+            message: crate::mysql::opts::tls_problem(&e)
                 .map(|p| p.describe("source.tls"))
                 .unwrap_or_default(),
         }),

@@ -3,8 +3,8 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use crate::config::HumanDuration;
 use crate::filter::TablePattern;
+use crate::units::HumanDuration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

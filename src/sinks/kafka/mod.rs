@@ -37,7 +37,7 @@ use super::{Sink, SinkError};
 use crate::decode::table::TableSchema;
 use crate::event::{now_ms, Batch, SourceInfo};
 use crate::filter::TablePattern;
-use crate::source::conn::{Finding, Severity};
+use crate::finding::{Finding, Severity};
 
 /// Counters of one Kafka sink: handles into the process metrics (`binlogd_kafka_*`).
 #[derive(Debug)]

@@ -39,7 +39,7 @@ pub struct Probed {
     pub gtid: String,
 }
 
-pub use crate::source::position::file_seq;
+pub use crate::binlog::position::file_seq;
 
 /// Kafka's murmur2 (the Java client's default partitioner hash).
 pub fn murmur2(data: &[u8]) -> u32 {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::template::KeyTemplate;
-use crate::config::{HumanDuration, Secret};
 use crate::filter::TablePattern;
+use crate::units::{HumanDuration, Secret};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +53,7 @@ pub struct RedisSinkConfig {
     pub replicas: Vec<Secret>,
     /// TLS to the replicas (same keys as `[source.tls]`); default: no TLS.
     #[serde(default)]
-    pub replicas_tls: crate::config::TlsConfig,
+    pub replicas_tls: crate::tls::TlsConfig,
     /// How long to wait for replicas before deleting anyway (counted in a metric).
     #[serde(default = "default_replica_wait_timeout")]
     pub replica_wait_timeout: HumanDuration,
@@ -156,7 +156,7 @@ impl RedisSinkConfig {
     /// The password override, from `password_file` or `password`.
     pub fn password(&self) -> Result<Option<Secret>, String> {
         match (&self.password_file, &self.password) {
-            (Some(p), _) => crate::config::units::read_secret_file(
+            (Some(p), _) => crate::units::read_secret_file(
                 p,
                 &format!("sinks.redis {:?} password_file", self.name),
             )
@@ -243,7 +243,7 @@ impl RedisSinkConfig {
             });
         }
         for u in &self.replicas {
-            crate::source::conn::plain_opts_tls(
+            crate::mysql::opts::plain_opts_tls(
                 u,
                 None,
                 &self.replicas_tls,

@@ -25,7 +25,7 @@ use self::template::{BoundTemplate, RenderSkip};
 use super::{Sink, SinkError};
 use crate::decode::table::TableSchema;
 use crate::event::Batch;
-use crate::source::conn::{Finding, Severity};
+use crate::finding::{Finding, Severity};
 
 /// Counters of one Redis sink: handles into the process metrics (`binlogd_redis_*`,
 /// `binlogd_sink_retries`), or detached ones (`Default`, for `binlogd check`).

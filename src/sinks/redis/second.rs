@@ -25,9 +25,9 @@ use tracing::{debug, error, warn};
 use super::client::Deleter;
 use super::config::{RedisSinkConfig, SecondDelete};
 use super::RedisStats;
-use crate::config::Secret;
+use crate::binlog::position::{MariaGtidPos, MySqlGtidSet};
 use crate::sinks::SinkError;
-use crate::source::position::{MariaGtidPos, MySqlGtidSet};
+use crate::units::Secret;
 
 /// The GTIDs a replica must have applied before the second delete.
 #[derive(Debug, Clone, Default)]
@@ -116,7 +116,7 @@ impl SecondDeletes {
             .replicas
             .iter()
             .map(|u| {
-                crate::source::conn::plain_opts_tls(
+                crate::mysql::opts::plain_opts_tls(
                     u,
                     None,
                     &cfg.replicas_tls,
@@ -131,7 +131,7 @@ impl SecondDeletes {
         let labels: Vec<String> = cfg
             .replicas
             .iter()
-            .map(|u: &Secret| crate::source::conn::redact_url(u.expose()))
+            .map(|u: &Secret| crate::mysql::opts::redact_url(u.expose()))
             .collect();
         tasks.push(tokio::spawn(run_after_replicas(
             rrx,

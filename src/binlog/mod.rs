@@ -1,0 +1,14 @@
+//! The binlog's own vocabulary, shared by every stage: positions and GTID sets, the server
+//! flavor, and named event-type codes. A leaf: imports nothing of the crate.
+
+pub mod event_type;
+pub mod position;
+
+pub use position::{BinlogCoord, GtidSet, Position};
+
+/// Which server family writes the binlog (their GTIDs and some events differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    MySql,
+    MariaDb,
+}
