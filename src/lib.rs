@@ -7,8 +7,8 @@
 pub mod admin;
 pub mod binlog;
 pub mod checkpoint;
+pub mod cmd;
 pub mod config;
-pub mod daemon;
 pub mod decode;
 pub mod event;
 pub mod filter;

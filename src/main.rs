@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use binlogd::binlog::position::BinlogCoord;
+use binlogd::cmd;
 use binlogd::config::{Config, LogFormat};
-use binlogd::daemon;
 use binlogd::finding::{Finding, Severity};
 use binlogd::source::Source;
 
@@ -421,8 +421,8 @@ fn main() -> ExitCode {
                 let reload = spawn_reload_handler(config_path.clone(), cfg.clone(), filter_tx, log_reload);
                 let deadline = cfg.pipeline.shutdown_timeout.0;
                 let mut stopping = stop_rx.clone();
-                let opts = daemon::RunOptions { stop_at, accept_divergence };
-                let run = daemon::run(cfg, opts, stop_rx, Some(filter_rx));
+                let opts = cmd::RunOptions { stop_at, accept_divergence };
+                let run = cmd::run(cfg, opts, stop_rx, Some(filter_rx));
                 tokio::pin!(run);
                 let r = tokio::select! {
                     r = &mut run => r.map_err(anyhow::Error::from),
@@ -442,18 +442,18 @@ fn main() -> ExitCode {
                 reload.abort();
                 r
             }
-            Cmd::Migrate { .. } => daemon::migrate(&cfg).await.map(|n| println!("migrations applied: {n}")).map_err(Into::into),
+            Cmd::Migrate { .. } => cmd::migrate(&cfg).await.map(|n| println!("migrations applied: {n}")).map_err(Into::into),
             Cmd::Position { cmd } => match cmd {
-                PositionCmd::Show { .. } => daemon::position_show(&cfg).await.map(|s| print!("{s}")).map_err(Into::into),
-                PositionCmd::Reset { .. } => daemon::position_reset(&cfg)
+                PositionCmd::Show { .. } => cmd::position_show(&cfg).await.map(|s| print!("{s}")).map_err(Into::into),
+                PositionCmd::Reset { .. } => cmd::position_reset(&cfg)
                     .await
                     .map(|had| println!("{}", if had { "stored position removed" } else { "no stored position" }))
                     .map_err(Into::into),
                 PositionCmd::Set { file, pos, gtid, latest, .. } => {
                     let target = match (file, pos, gtid, latest) {
-                        (Some(f), Some(p), None, false) => Some(daemon::SetTarget::File(BinlogCoord { file: f, pos: p })),
-                        (None, None, Some(g), false) => Some(daemon::SetTarget::Gtid(g)),
-                        (None, None, None, true) => Some(daemon::SetTarget::Latest),
+                        (Some(f), Some(p), None, false) => Some(cmd::SetTarget::File(BinlogCoord { file: f, pos: p })),
+                        (None, None, Some(g), false) => Some(cmd::SetTarget::Gtid(g)),
+                        (None, None, None, true) => Some(cmd::SetTarget::Latest),
                         _ => None,
                     };
                     match target {
@@ -461,7 +461,7 @@ fn main() -> ExitCode {
                             eprintln!("binlogd: position set needs --file F --pos P, --gtid SET or --latest");
                             return ExitCode::from(EXIT_CONFIG);
                         }
-                        Some(t) => daemon::position_set(&cfg, t)
+                        Some(t) => cmd::position_set(&cfg, t)
                             .await
                             .map(|p| {
                                 println!(
@@ -480,7 +480,7 @@ fn main() -> ExitCode {
                     t.map(|ms| if a.to_time.as_deref().is_some_and(|s| !s.contains('.')) { ms + 999 } else { ms })
                 });
                 let range = match (parse_time(&a.from_time), to_time) {
-                    (Ok(ft), Ok(tt)) => daemon::ReplayRange {
+                    (Ok(ft), Ok(tt)) => cmd::ReplayRange {
                         from: a.from,
                         from_gtid: a.from_gtid,
                         from_time_ms: ft,
@@ -498,9 +498,9 @@ fn main() -> ExitCode {
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let signals = spawn_signal_handler(stop_tx);
                 let r = if a.binlog_files.is_empty() {
-                    daemon::replay(cfg, range, stop_rx).await
+                    cmd::replay(cfg, range, stop_rx).await
                 } else {
-                    daemon::replay_files(cfg, a.binlog_files, range).await
+                    cmd::replay_files(cfg, a.binlog_files, range).await
                 };
                 signals.abort();
                 r.map(|rows| info!(rows, "replay done")).map_err(Into::into)
@@ -511,7 +511,7 @@ fn main() -> ExitCode {
             Err(e) => {
                 error!("{e:#}");
                 eprintln!("binlogd: {e:#}");
-                if matches!(e.downcast_ref::<daemon::DaemonError>(), Some(daemon::DaemonError::Config(_))) {
+                if matches!(e.downcast_ref::<cmd::DaemonError>(), Some(cmd::DaemonError::Config(_))) {
                     ExitCode::from(EXIT_CONFIG)
                 } else {
                     ExitCode::from(EXIT_RUNTIME)
@@ -596,8 +596,8 @@ async fn check(cfg: Config) -> ExitCode {
                 }
             }
             all.extend(binlogd::sinks::check(&cfg, &mut c, true).await);
-            all.extend(daemon::check_stored(&cfg, &src).await);
-            all.extend(daemon::check_failover_setup(&cfg, &src).await);
+            all.extend(cmd::check_stored(&cfg, &src).await);
+            all.extend(cmd::check_failover_setup(&cfg, &src).await);
             if let Err(e) = binlogd::mysql::server::binlog_files(&mut c).await {
                 all.push(Finding {
                     severity: Severity::Error,

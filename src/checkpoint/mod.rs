@@ -5,6 +5,9 @@
 //! `binlogd:<pipeline>` on the checkpoint server; operator verbs that move the position
 //! refuse to run while it is held.
 
+pub mod lease;
+pub mod resume;
+pub mod writer;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts};
 use serde::Deserialize;

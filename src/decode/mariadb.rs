@@ -1,7 +1,5 @@
 //! MariaDB-only events, which mysql_common reports as unknown: parsed here from the raw body.
 
-/// MariaDB event type codes.
-
 /// GTID event flags2 bit: a standalone event group (DDL), no BEGIN/COMMIT follow.
 pub const FL_STANDALONE: u8 = 1;
 /// GTID event flags2 bits: a commit id follows (group commit); the group is an XA PREPARE

@@ -4,6 +4,7 @@
 pub mod file;
 pub mod kafka;
 pub mod redis;
+pub mod registry;
 
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
@@ -15,6 +16,9 @@ use crate::event::Batch;
 pub enum SinkError {
     #[error("sink {sink}: {message}")]
     Fatal { sink: String, message: String },
+    /// A sink setting that cannot be used (names the setting and the fix).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A destination for batches of row changes.

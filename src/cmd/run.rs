@@ -1,0 +1,272 @@
+//! `binlogd run`: source → pipeline → sinks → checkpoint writer, the lease and the lag
+//! watcher, until a signal or an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::binlog::position::BinlogCoord;
+use crate::checkpoint::SourceIdentity;
+use crate::config::Config;
+use crate::finding::Severity;
+use crate::pipeline::{Acked, Fence, Pipeline};
+use crate::source::{Source, SourceStats};
+
+use crate::checkpoint::lease::Lease;
+use crate::checkpoint::resume::validate_stored;
+use crate::checkpoint::writer::Store;
+use crate::cmd::check::check_failover_setup;
+use crate::cmd::history::*;
+use crate::cmd::{open_checkpoint, other, source_info, DaemonError};
+use crate::sinks::registry::open_sinks;
+use crate::source::lag::watch_lag;
+
+/// What `binlogd run` does besides streaming.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Exit after handing on every transaction up to this coordinate.
+    pub stop_at: Option<BinlogCoord>,
+    /// Resume although the source server lacks transactions already handed to the sinks (a
+    /// failover to a replica that was behind): from the last transaction both histories share.
+    pub accept_divergence: bool,
+}
+
+/// `binlogd run`.
+pub async fn run(
+    cfg: Config,
+    opts: RunOptions,
+    shutdown: watch::Receiver<bool>,
+    filter_updates: Option<watch::Receiver<crate::source::FilterUpdate>>,
+) -> Result<(), DaemonError> {
+    let cfg = Arc::new(cfg);
+    let metrics = crate::metrics::get();
+    crate::admin::start(&cfg.admin.listen)
+        .await
+        .map_err(other)?;
+    let hb = cfg.source.heartbeat.0;
+    metrics.ready_limit_ms.store(
+        (hb + (hb / 2).max(Duration::from_millis(500))).as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let (mut src, mut findings) = Source::connect(cfg.clone()).await?;
+    src.filter_updates = filter_updates;
+    {
+        let mut c = src.conn().await?;
+        findings.extend(crate::sinks::check(&cfg, &mut c, false).await);
+        match crate::mysql::requirements::check_privileges(&mut c).await {
+            Ok(f) => findings.extend(f),
+            Err(e) => warn!("cannot read the user's grants to check them: {e}"),
+        }
+        if let Ok(filter) =
+            crate::filter::TableFilter::new(cfg.source.include.as_deref(), &cfg.source.exclude)
+        {
+            match crate::mysql::requirements::fk_cascade_findings(&mut c, src.info.flavor, &filter)
+                .await
+            {
+                Ok(f) => findings.extend(f),
+                Err(e) => warn!("cannot read foreign keys to check for cascades: {e}"),
+            }
+        }
+        let _ = c.disconnect().await;
+    }
+    findings.extend(check_failover_setup(&cfg, &src).await);
+    let fatal: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity != Severity::Warning)
+        .map(|f| f.message.clone())
+        .collect();
+    for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
+        warn!("{}", f.message);
+    }
+    if !fatal.is_empty() {
+        let msg = format!(
+            "cannot start: the source server or a sink is not set up for binlogd:\n  - {}",
+            fatal.join("\n  - ")
+        );
+        // only config mistakes: exit code 2, as for any other config mistake
+        return Err(if findings.iter().any(|f| f.severity == Severity::Error) {
+            other(msg)
+        } else {
+            DaemonError::Config(msg)
+        });
+    }
+    info!(server = %src.info.version, flavor = ?src.info.flavor, "connected to source");
+
+    let mut cp = open_checkpoint(&cfg).await?;
+    // the lock is a lease: the server ends this session (and frees the lock) when this daemon
+    // stops confirming it, e.g. cut off by a network partition
+    cp.set_session_timeout(cfg.checkpoint.lock_wait_timeout_secs())
+        .await?;
+    let mut shutdown_wait = shutdown.clone();
+    let mut waited = false;
+    while !cp.try_lock().await? {
+        if !waited {
+            warn!(lock = %cp.lock_name(), "another binlogd holds the pipeline lock: standing by until it is released");
+            metrics.set_state("standby");
+            waited = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown_wait.changed() => return Ok(()),
+        }
+    }
+    let locked_at = crate::metrics::mono_ms();
+    info!(lock = %cp.lock_name(), lease = ?cfg.checkpoint.lock_lease.0, "holding the pipeline lock: active");
+    let stored = cp.load().await?;
+    let (schema, table) = {
+        let (s, t) = cp.table();
+        (s.to_string(), t.to_string())
+    };
+
+    // From here the lock is kept alive by the store task, also while the startup below
+    // (history checks, Kafka probes, sinks) takes its time.
+    let (fence_tx, fence_rx) = watch::channel(Fence::Open);
+    let lease = Arc::new(Lease {
+        confirmed: std::sync::atomic::AtomicU64::new(0),
+        fence: fence_tx,
+        fence_after: cfg.checkpoint.fence_after(),
+        lease: cfg.checkpoint.lock_lease.0,
+    });
+    lease.confirm(locked_at);
+    metrics.active.set(1);
+    metrics.set_state("active");
+    let (acked_tx, acked_rx) = watch::channel::<Option<Acked>>(None);
+    let (gate_tx, gate_rx) = watch::channel(true);
+    // the source stops on an external signal or when the checkpointer loses the lock
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let identity = src.identity();
+    let store = Store {
+        opts: cfg.checkpoint_opts().map_err(other)?,
+        schema: cfg.checkpoint.schema.clone(),
+        pipeline: cfg.pipeline.name.clone(),
+        id: SourceIdentity {
+            server_id: identity.server_id,
+            server_uuid: identity.server_uuid.clone(),
+        },
+        interval: cfg.checkpoint.interval.0,
+        max_unstored: cfg.checkpoint.max_unstored.0,
+        store_timeout: cfg.checkpoint.store_timeout.0,
+        ping_every: cfg.checkpoint.ping_every(hb),
+        wait_timeout_secs: cfg.checkpoint.lock_wait_timeout_secs(),
+        gate: gate_tx,
+        lease: lease.clone(),
+    };
+    let checkpointer = tokio::spawn(store.run(cp, acked_rx, stop_tx.clone()));
+    let fencing = tokio::spawn(lease.clone().watch());
+
+    let startup = async {
+        let mut stored = stored;
+        if let Some(s) = &stored {
+            validate_stored(&s.position, &src.info, s.server_uuid.as_deref()).map_err(DaemonError::Other)?;
+            if let Some(p) = check_history(&cfg, &src, s, opts.accept_divergence).await? {
+                // store the accepted position at once: the next start needs no flag
+                let _ = acked_tx.send(Some(Acked {
+                    position: p.clone(),
+                    event_ts_ms: s.event_ts_ms,
+                    rows: 0,
+                }));
+                stored = stored.map(|mut s| {
+                    s.position = p;
+                    s
+                });
+            } else if opts.accept_divergence {
+                info!("--accept-divergence: the source server's history contains the stored position; nothing to accept");
+            }
+        }
+        if let Some(s) = &stored {
+            info!(position = %s.position.coord, gtid = ?s.position.gtid.as_ref().map(|g| g.to_string()), "resuming from stored position");
+        }
+        let sinks = open_sinks(&cfg, &[], source_info(&cfg, Some(&src.info), false))?;
+        let start = src
+            .resolve_start(stored.as_ref().map(|s| &s.position))
+            .await?;
+        info!(file = %start.coord, gtid = ?start.gtid.as_ref().map(|g| g.to_string()), by_gtid = start.by_gtid, "start position");
+        let mut decoder = src.new_decoder()?;
+        decoder.exclude_table(&schema, &table);
+        decoder.exclude_table(&schema, "schema_migrations");
+        decoder.exclude_table(&schema, "checkpoint_restart");
+        decoder.stop_at = opts.stop_at.clone();
+        Ok::<_, DaemonError>((sinks, start, decoder))
+    }
+    .await;
+    let (sinks, start, mut decoder) = match startup {
+        Ok(x) => x,
+        Err(e) => {
+            // nothing was streamed: end the store task (it stores an accepted position, if
+            // any) and free the lock
+            drop(acked_tx);
+            let _ = tokio::time::timeout(cfg.checkpoint.store_timeout.0, checkpointer).await;
+            fencing.abort();
+            metrics.active.set(0);
+            metrics.set_state("stopped");
+            return Err(e);
+        }
+    };
+
+    let (tx, rx) = mpsc::channel(2);
+    let pipeline = tokio::spawn(
+        Pipeline::new(cfg.pipeline.max_in_flight.0 as usize)
+            .gated(gate_rx)
+            .fenced(fence_rx)
+            .run(rx, sinks, acked_tx),
+    );
+    let stats = Arc::new(SourceStats::default());
+    let forward = {
+        let stop_tx = stop_tx.clone();
+        let mut ext = shutdown.clone();
+        tokio::spawn(async move {
+            while !*ext.borrow() {
+                if ext.changed().await.is_err() {
+                    return;
+                }
+            }
+            let _ = stop_tx.send(true);
+        })
+    };
+    let flavor = src.info.flavor;
+    let source_task = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let r = src.run(&mut decoder, start, tx, stop_rx, stats).await;
+            (r, src)
+        })
+    };
+    let lag = tokio::spawn(watch_lag(cfg.clone(), flavor));
+    let (sr, _src) = source_task.await.map_err(other)?;
+    // the source has stopped: if the lock cannot be confirmed (now or while draining), what is
+    // still queued is not handed on (the next start reads it again from the stored position)
+    let abandon = {
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            let mut f = lease.fence.subscribe();
+            loop {
+                if *f.borrow_and_update() == Fence::Hold {
+                    warn!("the source has stopped while the pipeline lock is not confirmed: what is still queued is not handed on");
+                    lease.fence.send_replace(Fence::Lost);
+                    return;
+                }
+                if f.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let pr = pipeline.await.map_err(other)?;
+    // the pipeline has drained: store the last acknowledged position, then release the lock
+    let cr = checkpointer.await.map_err(other)?;
+    forward.abort();
+    lag.abort();
+    fencing.abort();
+    abandon.abort();
+    metrics.active.set(0);
+    metrics.set_state("stopped");
+    if let Err(e) = &sr {
+        error!("{e}");
+    }
+    cr?;
+    sr?;
+    pr?;
+    info!("stopped");
+    Ok(())
+}
