@@ -4,15 +4,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use binlogd::binlog::position::BinlogCoord;
 use binlogd::cmd;
 use binlogd::config::{Config, LogFormat};
-use binlogd::finding::{Finding, Severity};
-use binlogd::source::Source;
 
 /// jemalloc for the whole process, librdkafka's C allocations included (the feature
 /// `unprefixed_malloc_on_supported_platforms` makes it `malloc`): glibc's arena locks were the
@@ -531,109 +528,10 @@ fn spawn_signal_handler(stop_tx: watch::Sender<bool>) -> tokio::task::JoinHandle
 }
 
 async fn check(cfg: Config) -> ExitCode {
-    let cfg = Arc::new(cfg);
-    println!("config: ok ({} sink(s))", cfg.sinks.names().count());
-    println!(
-        "source: {}",
-        binlogd::mysql::opts::redact_url(cfg.source.url.expose())
-    );
-    let (src, findings) = match Source::connect(cfg.clone()).await {
-        Ok(x) => x,
-        Err(e) => {
-            println!("error: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    println!(
-        "server: {} (server_id {})",
-        src.info.version, src.info.server_id
-    );
-    let mut errors = 0;
-    let mut config_errors = 0;
-    let mut all = findings;
-    match src.conn().await {
-        Ok(mut c) => {
-            match binlogd::mysql::requirements::check_privileges(&mut c).await {
-                Ok(f) => all.extend(f),
-                Err(e) => all.push(Finding {
-                    severity: Severity::Error,
-                    message: format!("cannot read grants: {e}"),
-                }),
-            }
-            match binlogd::mysql::requirements::replica_id_clash(
-                &mut c,
-                &src.info,
-                cfg.source.server_id,
-            )
-            .await
-            {
-                Ok(Some(m)) => all.push(Finding {
-                    severity: Severity::Error,
-                    message: m,
-                }),
-                Ok(None) => {}
-                Err(e) => all.push(Finding {
-                    severity: Severity::Warning,
-                    message: format!("cannot list replicas: {e}"),
-                }),
-            }
-            if let Ok(filter) = binlogd::filter::TableFilter::new(
-                cfg.source.include.as_deref(),
-                &cfg.source.exclude,
-            ) {
-                match binlogd::mysql::requirements::fk_cascade_findings(
-                    &mut c,
-                    src.info.flavor,
-                    &filter,
-                )
-                .await
-                {
-                    Ok(f) => all.extend(f),
-                    Err(e) => all.push(Finding {
-                        severity: Severity::Warning,
-                        message: format!("cannot read foreign keys to check for cascades: {e}"),
-                    }),
-                }
-            }
-            all.extend(binlogd::sinks::check(&cfg, &mut c, true).await);
-            all.extend(cmd::check_stored(&cfg, &src).await);
-            all.extend(cmd::check_failover_setup(&cfg, &src).await);
-            if let Err(e) = binlogd::mysql::server::binlog_files(&mut c).await {
-                all.push(Finding {
-                    severity: Severity::Error,
-                    message: format!("SHOW BINARY LOGS failed ({e}); GRANT REPLICATION CLIENT"),
-                });
-            }
-        }
-        Err(e) => all.push(Finding {
-            severity: Severity::Error,
-            message: e.to_string(),
-        }),
-    }
-    for f in &all {
-        match f.severity {
-            Severity::Error => {
-                errors += 1;
-                println!("error: {}", f.message);
-            }
-            Severity::ConfigError => {
-                config_errors += 1;
-                println!("error: {}", f.message);
-            }
-            Severity::Warning => println!("warning: {}", f.message),
-        }
-    }
-    if errors + config_errors == 0 {
-        println!("check: ok");
-        ExitCode::SUCCESS
-    } else {
-        println!("check: {} problem(s)", errors + config_errors);
-        // exit 2 when the config alone is at fault
-        ExitCode::from(if errors == 0 {
-            EXIT_CONFIG
-        } else {
-            EXIT_RUNTIME
-        })
+    match cmd::check::check(cfg).await {
+        cmd::check::Outcome::Ok => ExitCode::SUCCESS,
+        cmd::check::Outcome::ConfigProblems => ExitCode::from(EXIT_CONFIG),
+        cmd::check::Outcome::Problems => ExitCode::from(EXIT_RUNTIME),
     }
 }
 

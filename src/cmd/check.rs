@@ -7,6 +7,7 @@ use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::Config;
 use crate::finding::{Finding, Severity};
 use crate::source::{Source, SourceError};
+use std::sync::Arc;
 
 use crate::checkpoint::resume::validate_stored;
 use crate::cmd::history::*;
@@ -222,5 +223,122 @@ pub async fn check_failover_setup(cfg: &Config, src: &Source) -> Vec<Finding> {
             severity: Severity::Warning,
             message: format!("cannot tell whether the checkpoint server is the source server: {e}"),
         }],
+    }
+}
+
+/// What `binlogd check` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Only config mistakes (exit code 2).
+    ConfigProblems,
+    /// The server or a sink is not set up (exit code 1).
+    Problems,
+}
+
+/// `binlogd check`: prints each finding; the outcome decides the exit code.
+pub async fn check(cfg: Config) -> Outcome {
+    let cfg = Arc::new(cfg);
+    println!("config: ok ({} sink(s))", cfg.sinks.names().count());
+    println!(
+        "source: {}",
+        crate::mysql::opts::redact_url(cfg.source.url.expose())
+    );
+    let (src, findings) = match Source::connect(cfg.clone()).await {
+        Ok(x) => x,
+        Err(e) => {
+            println!("error: {e}");
+            return Outcome::Problems;
+        }
+    };
+    println!(
+        "server: {} (server_id {})",
+        src.info.version, src.info.server_id
+    );
+    let mut errors = 0;
+    let mut config_errors = 0;
+    let mut all = findings;
+    match src.conn().await {
+        Ok(mut c) => {
+            match crate::mysql::requirements::check_privileges(&mut c).await {
+                Ok(f) => all.extend(f),
+                Err(e) => all.push(Finding {
+                    severity: Severity::Error,
+                    message: format!("cannot read grants: {e}"),
+                }),
+            }
+            match crate::mysql::requirements::replica_id_clash(
+                &mut c,
+                &src.info,
+                cfg.source.server_id,
+            )
+            .await
+            {
+                Ok(Some(m)) => all.push(Finding {
+                    severity: Severity::Error,
+                    message: m,
+                }),
+                Ok(None) => {}
+                Err(e) => all.push(Finding {
+                    severity: Severity::Warning,
+                    message: format!("cannot list replicas: {e}"),
+                }),
+            }
+            if let Ok(filter) =
+                crate::filter::TableFilter::new(cfg.source.include.as_deref(), &cfg.source.exclude)
+            {
+                match crate::mysql::requirements::fk_cascade_findings(
+                    &mut c,
+                    src.info.flavor,
+                    &filter,
+                )
+                .await
+                {
+                    Ok(f) => all.extend(f),
+                    Err(e) => all.push(Finding {
+                        severity: Severity::Warning,
+                        message: format!("cannot read foreign keys to check for cascades: {e}"),
+                    }),
+                }
+            }
+            all.extend(crate::sinks::check(&cfg, &mut c, true).await);
+            all.extend(check_stored(&cfg, &src).await);
+            all.extend(check_failover_setup(&cfg, &src).await);
+            if let Err(e) = crate::mysql::server::binlog_files(&mut c).await {
+                all.push(Finding {
+                    severity: Severity::Error,
+                    message: format!("SHOW BINARY LOGS failed ({e}); GRANT REPLICATION CLIENT"),
+                });
+            }
+        }
+        Err(e) => all.push(Finding {
+            severity: Severity::Error,
+            message: e.to_string(),
+        }),
+    }
+    for f in &all {
+        match f.severity {
+            Severity::Error => {
+                errors += 1;
+                println!("error: {}", f.message);
+            }
+            Severity::ConfigError => {
+                config_errors += 1;
+                println!("error: {}", f.message);
+            }
+            Severity::Warning => println!("warning: {}", f.message),
+        }
+    }
+    if errors + config_errors == 0 {
+        println!("check: ok");
+        Outcome::Ok
+    } else {
+        println!("check: {} problem(s)", errors + config_errors);
+        // exit 2 when the config alone is at fault
+        if errors == 0 {
+            Outcome::ConfigProblems
+        } else {
+            Outcome::Problems
+        }
     }
 }
