@@ -111,13 +111,7 @@ fn statement_session(f: Flavor) {
     let name = format!("stmt_{}", f.tag());
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(&mut c, f, &name, &["t (id INT PRIMARY KEY)"]));
     let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
     rt.block_on(async {
         c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1)"))
@@ -135,7 +129,7 @@ fn statement_session(f: Flavor) {
     });
     let code = d.wait_exit(Duration::from_secs(30), "a statement-based change");
     assert_eq!(code, Some(1));
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         log.contains("statement-based change") && log.contains("binlog_format=ROW"),
         "{}",
@@ -251,40 +245,10 @@ fn server_id_clash_mysql() {
     server_id_clash(Flavor::MySql);
 }
 
-/// Runs binlogd; a `run` that does not stop within `secs` is killed (and reported as -9).
-fn run_for(args: &[&str], secs: u64) -> (i32, String) {
-    let dir = std::env::temp_dir();
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let out_path = dir.join(format!("binlogd-run-for-{}-{n}.out", std::process::id()));
-    let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
-        .args(args)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code().unwrap_or(-1);
-        }
-        if t0.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break -9;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
-    (code, text)
-}
-
 /// `check` and `run` both exit 1 naming the problem (`needles`).
 fn both_name(what: &str, cfg: &str, needles: &[&str]) {
     for verb in ["check", "run"] {
-        let (code, out) = run_for(&[verb, "-c", cfg], 30);
+        let (code, out) = run_binlogd_for(&[verb, "-c", cfg], 30);
         assert_eq!(code, 1, "{what} ({verb}): exit code 1; output:\n{out}");
         let named: Vec<&str> = out
             .lines()
@@ -309,7 +273,7 @@ fn server_settings(f: Flavor, port: u16) {
     let _ = std::fs::remove_dir_all(dir.join("data"));
     let srv = PrivateServer::start(f, &dir, port, &[]);
     let p = write_cfg(&dir, &GOOD.replace("URL", &srv.cdc_url()));
-    let (code, out) = run_for(&["check", "-c", &p], 30);
+    let (code, out) = run_binlogd_for(&["check", "-c", &p], 30);
     assert_eq!(code, 0, "baseline: {out}");
     let mut c = rt.block_on(root_at(&srv.root_url()));
     let q = |c: &mut mysql_async::Conn, sql: &str| {
@@ -366,7 +330,7 @@ fn server_settings(f: Flavor, port: u16) {
     );
     // GTID mode mismatch with a stored GTID position
     let p = write_cfg(&dir, &GOOD.replace("URL", &srv.cdc_url()));
-    let (code, out) = run_for(&["position", "set", "--latest", "-c", &p], 30);
+    let (code, out) = run_binlogd_for(&["position", "set", "--latest", "-c", &p], 30);
     assert_eq!(code, 0, "position set: {out}");
     assert!(
         out.contains("gtid: ") && !out.contains("gtid: -"),
@@ -400,7 +364,7 @@ fn server_settings(f: Flavor, port: u16) {
             );
         }
     }
-    let (code, out) = run_for(&["position", "reset", "-c", &p], 30);
+    let (code, out) = run_binlogd_for(&["position", "reset", "-c", &p], 30);
     assert_eq!(code, 0, "position reset: {out}");
     // binary logging off
     drop(c);
@@ -489,15 +453,12 @@ fn corrupt_event_on_the_wire_mariadb() {
     let name = "corrupt_wire";
     let dir = workdir(name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, s VARCHAR(200))"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &["t (id INT PRIMARY KEY, s VARCHAR(200))"],
+    ));
     // unique to this run: earlier runs' rows are still in the server's binlog
     let marker = format!(
         "CORRUPT-{}-",
@@ -542,7 +503,7 @@ fn corrupt_event_on_the_wire_mariadb() {
         "the proxy flipped a bit"
     );
     assert_eq!(code, Some(1), "{}", d.log_text());
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     let line = log
         .lines()
         .find(|l| l.contains("CRC32 checksum mismatch"))

@@ -191,17 +191,9 @@ fn all_types(f: Flavor) {
     let name = format!("alltypes_{}", f.tag());
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        let cols: Vec<String> = COLS.iter().map(|(n, t, _)| format!("`{n}` {t}")).collect();
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.alltypes (id INT PRIMARY KEY, {})",
-            cols.join(", ")
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let cols: Vec<String> = COLS.iter().map(|(n, t, _)| format!("`{n}` {t}")).collect();
+    let table = format!("alltypes (id INT PRIMARY KEY, {})", cols.join(", "));
+    let start = rt.block_on(fresh_table(&mut c, f, &name, &[&table]));
     let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
     let big: Vec<u8> = (0..16 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -329,15 +321,12 @@ fn json_column_not_json_at_the_time_mariadb() {
     let name = "jsonhist_maria";
     let dir = workdir(name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, j LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &["t (id INT PRIMARY KEY, j LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)"],
+    ));
     let not_json = [
         "not json {",
         "{\"a\": 1,}",
@@ -415,7 +404,7 @@ fn json_column_not_json_at_the_time_mariadb() {
         "6 values (3 inserts, 3 before images) counted: {n:?}\n{metrics}"
     );
     // one warning for the six values (at most one per column per minute), naming the column
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     let warnings: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("is not JSON"))
@@ -497,14 +486,11 @@ fn uuid_inet_mariadb() {
     let name = "uuidinet_maria";
     let dir = workdir(name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, u UUID, i4 INET4, i6 INET6, b16 BINARY(16))"
-        ))
-        .await
-        .unwrap();
-    });
+    rt.block_on(fresh_tables(
+        &mut c,
+        name,
+        &["t (id INT PRIMARY KEY, u UUID, i4 INET4, i6 INET6, b16 BINARY(16))"],
+    ));
     let n = UUIDS.len().max(INET6S.len());
     let start = rt.block_on(binlog_end(&mut c, f));
     let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
@@ -638,15 +624,12 @@ fn json_decimals_mysql() {
     let name = "jsondec_mysql";
     let dir = workdir(name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, j JSON)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &["t (id INT PRIMARY KEY, j JSON)"],
+    ));
     let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
     let inserts = [
         "JSON_OBJECT('d', 1.5)",

@@ -158,22 +158,6 @@ struct Pair {
     r: PrivateServer,
 }
 
-async fn exec(url: &str, sql: &str) {
-    let mut c = root_at(url).await;
-    c.query_drop(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-async fn table_state(url: &str, db: &str) -> BTreeMap<i64, i64> {
-    let mut c = root_at(url).await;
-    let rows: Vec<(i64, i64)> = c
-        .query(format!("SELECT id, v FROM `{db}`.t"))
-        .await
-        .unwrap();
-    rows.into_iter().collect()
-}
-
 fn pair(f: Flavor, name: &str) -> Pair {
     let rt = rt();
     let dir = workdir(name);
@@ -382,73 +366,6 @@ impl Drop for Writer {
     }
 }
 
-/// A row change's identity across servers: its transaction's GTID and its index in the
-/// transaction (a transaction streamed twice gives the same keys; coordinates differ between
-/// servers, GTIDs do not).
-fn keys(events: &[Value]) -> Vec<(String, usize)> {
-    let mut out = Vec::with_capacity(events.len());
-    let mut cur = String::new();
-    let mut idx = 0usize;
-    for e in events {
-        let g = e["source"]["gtid"].as_str().unwrap_or("").to_string();
-        if g == cur {
-            idx += 1;
-        } else {
-            cur = g.clone();
-            idx = 0;
-        }
-        out.push((g, idx));
-    }
-    out
-}
-
-/// The events (of one or more outputs, each in its order) form an unbroken history of every
-/// row: returns the state it ends in, the distinct row changes and the repeats.
-fn history(outputs: &[Vec<Value>]) -> (BTreeMap<i64, i64>, usize, usize) {
-    let mut seen = HashSet::new();
-    let mut state: BTreeMap<i64, i64> = BTreeMap::new();
-    let mut repeats = 0;
-    for events in outputs {
-        for (e, k) in events.iter().zip(keys(events)) {
-            if !seen.insert(k) {
-                repeats += 1;
-                continue;
-            }
-            let img = |side: &str| {
-                (
-                    e[side]["id"].as_i64().unwrap_or(-1),
-                    e[side]["v"].as_i64().unwrap_or(-1),
-                )
-            };
-            match e["op"].as_str() {
-                Some("c") => {
-                    let (id, v) = img("after");
-                    assert!(
-                        state.insert(id, v).is_none(),
-                        "insert of an existing id: {e}"
-                    );
-                }
-                Some("u") => {
-                    let (id, v0) = img("before");
-                    let (_, v1) = img("after");
-                    assert_eq!(
-                        state.get(&id),
-                        Some(&v0),
-                        "update of id {id} from v={v0}: a row change was lost or reordered: {e}"
-                    );
-                    state.insert(id, v1);
-                }
-                Some("d") => {
-                    let (id, v0) = img("before");
-                    assert_eq!(state.remove(&id), Some(v0), "delete out of history: {e}");
-                }
-                other => panic!("unexpected op {other:?}: {e}"),
-            }
-        }
-    }
-    (state, seen.len(), repeats)
-}
-
 fn part(m: &BTreeMap<i64, i64>, r: std::ops::Range<i64>) -> BTreeMap<i64, i64> {
     m.range(r).map(|(k, v)| (*k, *v)).collect()
 }
@@ -459,7 +376,7 @@ const R_BASE: i64 = 1_000_000;
 fn settle(d: &mut Daemon, want: &BTreeMap<i64, i64>, ids: std::ops::Range<i64>) -> (usize, usize) {
     let t0 = Instant::now();
     loop {
-        let (state, distinct, repeats) = history(&[d.events()]);
+        let (state, distinct, repeats) = check_history_across(&[d.events()]);
         if part(&state, ids.clone()) == *want {
             return (distinct, repeats);
         }
@@ -475,10 +392,6 @@ fn settle(d: &mut Daemon, want: &BTreeMap<i64, i64>, ids: std::ops::Range<i64>) 
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-fn log_of(d: &Daemon) -> String {
-    std::fs::read_to_string(&d.log).unwrap_or_default()
 }
 
 /// The number in "lacks N transaction(s)" of the last divergence error in `log`.
@@ -535,7 +448,7 @@ fn caught_up_failover(f: Flavor) {
     w2.wait(30);
     let code = d.wait_exit(Duration::from_secs(60), "after the failover");
     assert_eq!(code, Some(1), "{}", d.log_text());
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(
         log.contains("the source server changed while streaming"),
         "the running daemon names the change: {}",
@@ -549,7 +462,7 @@ fn caught_up_failover(f: Flavor) {
     let want = pr.rt.block_on(table_state(&pr.r.root_url(), "fo"));
     let (distinct, repeats) = settle(&mut d, &want, 0..i64::MAX);
     let took = t_fail.elapsed();
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(
         log.contains("the source server is not the one the stored position was read from"),
         "the failover is logged with both identities: {}",
@@ -623,7 +536,7 @@ fn behind_failover(f: Flavor, separate: bool) {
     // the running daemon reaches the new primary through the VIP: diverged, it stops
     let code = d.wait_exit(Duration::from_secs(60), "after the failover");
     assert_eq!(code, Some(1), "{}", d.log_text());
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(log.contains("history diverged"), "{}", d.log_text());
     assert!(
         !log.contains("purged"),
@@ -642,7 +555,7 @@ fn behind_failover(f: Flavor, separate: bool) {
         d.wait_exit(Duration::from_secs(60), "restarted after the failover"),
         Some(1)
     );
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(
         log.rfind("history diverged") > log.rfind("connected to source"),
         "the restarted daemon stops with the divergence error too: {}",
@@ -686,14 +599,14 @@ fn behind_failover(f: Flavor, separate: bool) {
         R_BASE..i64::MAX,
     );
     let (distinct, repeats) = settle(&mut d, &want_r, R_BASE..i64::MAX);
-    let (state, _, _) = history(&[d.events()]);
+    let (state, _, _) = check_history_across(&[d.events()]);
     assert_eq!(
         part(&state, 0..R_BASE),
         want_p,
         "everything of the old primary delivered before"
     );
     assert_eq!(repeats, 0, "nothing repeated");
-    assert!(log_of(&d).contains("ACCEPTING A DIVERGED HISTORY"));
+    assert!(d.log_all().contains("ACCEPTING A DIVERGED HISTORY"));
     assert_eq!(d.stop(), Some(0));
     // the accepted position was stored: the next start needs no flag
     d.restart();
@@ -790,7 +703,7 @@ fn kafka_tails(f: Flavor) {
         d.wait_exit(Duration::from_secs(60), "started on the new primary"),
         Some(1)
     );
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(
         log.contains("history diverged") && log.contains("Kafka "),
         "{}",
@@ -810,7 +723,7 @@ fn kafka_tails(f: Flavor) {
     settle(&mut d, &want_r, R_BASE..i64::MAX);
     let file_r: HashSet<(String, usize)> = {
         let ev = d.events();
-        keys(&ev)
+        gtid_keys(&ev)
             .into_iter()
             .zip(ev.iter())
             .filter(|(_, e)| {
@@ -864,21 +777,6 @@ fn kafka_tails_reveal_divergence_mysql() {
 // the pipeline lock as a lease through a network partition
 // ------------------------------------------------------------------------------------------
 
-fn try_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
-}
-
 /// The wall time (ms) of the first log line containing `needle` (JSON logs).
 fn log_time(log: &str, needle: &str) -> Option<u64> {
     log.lines()
@@ -903,15 +801,12 @@ fn partition_lease(f: Flavor, full: bool) {
     let dir_a = workdir(&name);
     let dir_b = workdir(&format!("{name}_b"));
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        &name,
+        &["t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"],
+    ));
     let proxy = Proxy::start(f.port());
     // a full partition cuts A's source stream too
     let src_proxy = Proxy::start(f.port());
@@ -926,7 +821,7 @@ fn partition_lease(f: Flavor, full: bool) {
     let mut a = Daemon::start(&dir_a, &cfg_a);
     let addr_a = a.admin_addr();
     let t0 = Instant::now();
-    while try_get(&addr_a, "/readyz").map(|r| r.0) != Some(200) {
+    while try_http_get(&addr_a, "/readyz").map(|r| r.0) != Some(200) {
         assert!(t0.elapsed() < Duration::from_secs(30), "{}", a.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -947,7 +842,8 @@ fn partition_lease(f: Flavor, full: bool) {
     let mut b = Daemon::start_with_env(&dir_b, &cfg_b, &[]);
     let addr_b = b.admin_addr();
     let t0 = Instant::now();
-    while !try_get(&addr_b, "/readyz").is_some_and(|(c, body)| c == 503 && body.contains("standby"))
+    while !try_http_get(&addr_b, "/readyz")
+        .is_some_and(|(c, body)| c == 503 && body.contains("standby"))
     {
         assert!(t0.elapsed() < Duration::from_secs(30), "{}", b.log_text());
         std::thread::sleep(Duration::from_millis(100));
@@ -961,8 +857,8 @@ fn partition_lease(f: Flavor, full: bool) {
         let (addr_a, addr_b) = (addr_a.clone(), addr_b.clone());
         std::thread::spawn(move || {
             while watching.load(Ordering::Relaxed) {
-                let ca = try_get(&addr_a, "/readyz").map_or(0, |r| r.0);
-                let cb = try_get(&addr_b, "/readyz").map_or(0, |r| r.0);
+                let ca = try_http_get(&addr_a, "/readyz").map_or(0, |r| r.0);
+                let cb = try_http_get(&addr_b, "/readyz").map_or(0, |r| r.0);
                 let cut = cut_at.load(Ordering::Relaxed);
                 let at = if cut == 0 {
                     -1
@@ -985,7 +881,7 @@ fn partition_lease(f: Flavor, full: bool) {
         src_proxy.pause();
     }
     let takeover = loop {
-        if log_of(&b).contains("holding the pipeline lock: active") {
+        if b.log_all().contains("holding the pipeline lock: active") {
             break t_cut.elapsed();
         }
         assert!(
@@ -997,13 +893,13 @@ fn partition_lease(f: Flavor, full: bool) {
         std::thread::sleep(Duration::from_millis(20));
     };
     let takeover_ms =
-        log_time(&log_of(&b), "holding the pipeline lock: active").unwrap_or(now_ms());
+        log_time(&b.log_all(), "holding the pipeline lock: active").unwrap_or(now_ms());
     w.wait(200); // B streams under load
     let n = w.finish();
     let want = rt.block_on(table_state(&f.root_url(), &name));
     let t0 = Instant::now();
     let (distinct, repeats) = loop {
-        let (state, distinct, repeats) = history(&[a.events(), b.events()]);
+        let (state, distinct, repeats) = check_history_across(&[a.events(), b.events()]);
         if state == want {
             break (distinct, repeats);
         }
@@ -1024,7 +920,7 @@ fn partition_lease(f: Flavor, full: bool) {
         .iter()
         .filter(|e| e["ts_ms"].as_u64().unwrap_or(0) >= takeover_ms)
         .count();
-    let log_a = log_of(&a);
+    let log_a = a.log_all();
     let fenced_ms = log_time(&log_a, "self-fencing")
         .unwrap_or_else(|| panic!("A logs that it fenced itself:\n{}", a.log_text()));
     // the partition heals: A finds the lock taken and stops, emitting nothing more
@@ -1033,7 +929,7 @@ fn partition_lease(f: Flavor, full: bool) {
     let code = a.wait_exit(Duration::from_secs(60), "after the partition healed");
     assert_eq!(code, Some(1), "{}", a.log_text());
     assert!(
-        log_of(&a).contains("lost the pipeline lock"),
+        a.log_all().contains("lost the pipeline lock"),
         "{}",
         a.log_text()
     );
@@ -1122,7 +1018,7 @@ fn partition_full_lease_mysql() {
 fn readyz_until(addr: &str, code: u16, needle: &str, d: &Daemon) -> Duration {
     let t0 = Instant::now();
     loop {
-        if let Some((c, body)) = try_get(addr, "/readyz") {
+        if let Some((c, body)) = try_http_get(addr, "/readyz") {
             if c == code && body.contains(needle) {
                 return t0.elapsed();
             }
@@ -1145,15 +1041,12 @@ fn readyz_within_heartbeat(f: Flavor) {
     let name = format!("readyz_{}", f.tag());
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        &name,
+        &["t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"],
+    ));
     let src = Proxy::start(f.port());
     let redis_port: u16 = redis_url()
         .trim_end_matches('/')

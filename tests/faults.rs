@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use mysql_async::prelude::*;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -237,82 +236,13 @@ impl Drop for Load {
     }
 }
 
-fn coord(e: &Value) -> (String, u64, u64) {
-    let s = &e["source"];
-    (
-        s["file"].as_str().unwrap_or_default().to_string(),
-        s["pos"].as_u64().unwrap_or_default(),
-        s["row"].as_u64().unwrap_or_default(),
-    )
-}
-
-/// Checks the events form an unbroken history (a break can never heal: it fails at once);
-/// returns the state it ends in (id → v), the distinct row changes and the repeats.
-fn check_history(events: &[Value]) -> (BTreeMap<i64, i64>, usize, usize) {
-    let mut seen = HashSet::new();
-    let mut state: BTreeMap<i64, i64> = BTreeMap::new();
-    let mut repeats = 0;
-    for (i, e) in events.iter().enumerate() {
-        if !seen.insert(coord(e)) {
-            repeats += 1;
-            continue;
-        }
-        let img = |k: &str| -> (i64, i64) {
-            (
-                e[k]["id"].as_i64().unwrap_or(-1),
-                e[k]["v"].as_i64().unwrap_or(-1),
-            )
-        };
-        match e["op"].as_str() {
-            Some("c") => {
-                let (id, v) = img("after");
-                assert!(
-                    state.insert(id, v).is_none(),
-                    "event {i}: insert of id {id} that already exists: {e}"
-                );
-            }
-            Some("u") => {
-                let (id, v0) = img("before");
-                let (id1, v1) = img("after");
-                assert_eq!(id, id1);
-                assert_eq!(
-                    state.get(&id),
-                    Some(&v0),
-                    "event {i}: update of id {id} from v={v0}, but the history says {:?} (a row change was lost or reordered): {e}",
-                    state.get(&id)
-                );
-                state.insert(id, v1);
-            }
-            Some("d") => {
-                let (id, v0) = img("before");
-                assert_eq!(
-                    state.remove(&id),
-                    Some(v0),
-                    "event {i}: delete of id {id} v={v0} does not match the history: {e}"
-                );
-            }
-            other => panic!("event {i}: unexpected op {other:?}"),
-        }
-    }
-    (state, seen.len(), repeats)
-}
-
-async fn table_state(url: &str, db: &str) -> BTreeMap<i64, i64> {
-    let mut c = root_at(url).await;
-    let rows: Vec<(i64, i64)> = c
-        .query(format!("SELECT id, v FROM `{db}`.t"))
-        .await
-        .unwrap();
-    rows.into_iter().collect()
-}
-
 /// Waits until the daemon has caught up: the events' history ends in the table's final state.
 /// Returns (distinct row changes, repeats).
 fn settle(d: &mut Daemon, url: &str, db: &str, rt: &tokio::runtime::Runtime) -> (usize, usize) {
     let want = rt.block_on(table_state(url, db));
     let t0 = Instant::now();
     loop {
-        let (state, distinct, repeats) = check_history(&d.events());
+        let (state, distinct, repeats) = check_history(d.events());
         if state == want {
             return (distinct, repeats);
         }
@@ -361,13 +291,13 @@ fn setup(f: Flavor, name: &str, port: u16, extra_source: &str) -> Setup {
     let db = name.to_string();
     let start = rt.block_on(async {
         let mut c = root_at(&srv.root_url()).await;
-        fresh_db(&mut c, &db).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{db}`.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s VARCHAR(40))"
-        ))
+        fresh_table(
+            &mut c,
+            f,
+            &db,
+            &["t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s VARCHAR(40))"],
+        )
         .await
-        .unwrap();
-        binlog_end(&mut c, f).await
     });
     let cfg = config_for(&srv.cdc_url(), f, name, &db, &start, &dir, extra_source);
     Setup {
@@ -389,13 +319,6 @@ fn wait_commits(load: &Load, n: u64, what: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn log_count(d: &Daemon, needle: &str) -> usize {
-    std::fs::read_to_string(&d.log)
-        .unwrap_or_default()
-        .matches(needle)
-        .count()
 }
 
 /// MySQL/MariaDB restarted cleanly and with `kill -9` under load: binlogd reconnects with
@@ -421,7 +344,7 @@ fn server_restart(f: Flavor, port: u16) {
         "the daemon kept running"
     );
     assert!(
-        log_count(&d, "reconnecting") >= 2,
+        d.log_count("reconnecting") >= 2,
         "it reconnected: {}",
         d.log_text()
     );
@@ -455,9 +378,8 @@ fn server_stall_sigstop() {
     wait_commits(&load, 50, "after the stall");
     let n = load.finish();
     let (distinct, repeats) = settle(&mut d, &s.srv.root_url(), &s.db, &s.rt);
-    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
     assert!(
-        log.contains("reconnecting"),
+        d.log_all().contains("reconnecting"),
         "the stall was detected and the stream re-established: {}",
         d.log_text()
     );
@@ -502,16 +424,6 @@ fn rotate_and_purge_while_keeping_up() {
     assert_eq!(d.stop(), Some(0));
 }
 
-async fn stored_pos(url: &str, pipeline: &str) -> Option<(String, u64)> {
-    let mut c = root_at(url).await;
-    c.exec_first(
-        "SELECT binlog_file, binlog_pos FROM binlogd.checkpoint WHERE pipeline = ?",
-        (pipeline,),
-    )
-    .await
-    .unwrap()
-}
-
 /// The checkpoint server (here a separate one) stops answering: binlogd keeps streaming to the
 /// sinks for `checkpoint.max_unstored`, then pauses reading; when the server answers again it
 /// stores and resumes. The stored position never moves backwards.
@@ -534,7 +446,7 @@ fn checkpoint_server_unreachable() {
     let mut load = Load::start(s.srv.root_url(), s.db.clone());
     wait_commits(&load, 50, "before the checkpoint server hangs");
     std::thread::sleep(Duration::from_millis(500));
-    let before = s.rt.block_on(stored_pos(&cp.root_url(), &pipeline));
+    let before = s.rt.block_on(stored_position_at(&cp.root_url(), &pipeline));
     assert!(before.is_some(), "a position was stored");
     cp.signal("STOP");
     let t_stop = Instant::now();
@@ -547,18 +459,7 @@ fn checkpoint_server_unreachable() {
         "still streaming 3 s after the checkpoint server hung ({n0} → {n1})"
     );
     // … then pauses (max_unstored 5 s after the first failed store, which takes up to 2 s)
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&d.log)
-        .unwrap_or_default()
-        .contains("pausing reading from the binlog")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "paused: {}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    d.wait_log("pausing reading from the binlog", Duration::from_secs(30));
     let paused_after = t_stop.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let p0 = d.events().len();
@@ -570,24 +471,13 @@ fn checkpoint_server_unreachable() {
         "the daemon waits"
     );
     cp.signal("CONT");
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&d.log)
-        .unwrap_or_default()
-        .contains("reading from the binlog resumes")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "resumed: {}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    d.wait_log("reading from the binlog resumes", Duration::from_secs(30));
     wait_commits(&load, 30, "after the checkpoint server is back");
     let n = load.finish();
     let (distinct, repeats) = settle(&mut d, &s.srv.root_url(), &s.db, &s.rt);
     assert_eq!(repeats, 0);
     assert_eq!(d.stop(), Some(0));
-    let after = s.rt.block_on(stored_pos(&cp.root_url(), &pipeline));
+    let after = s.rt.block_on(stored_position_at(&cp.root_url(), &pipeline));
     let (b, a) = (before.unwrap(), after.unwrap());
     assert!(
         a >= b,
@@ -632,7 +522,7 @@ fn file_sink_disk_full() {
     });
     let code = d.wait_exit(Duration::from_secs(90), "binlogd stops on a full disk");
     assert_eq!(code, Some(1), "exit code 1");
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         log.contains("No space left on device") && log.contains("out"),
         "the error names the sink and the cause: {}",
@@ -649,20 +539,15 @@ fn file_sink_disk_full() {
 /// DDL while writing: columns are added and dropped under a concurrent insert load; every event
 /// carries the columns the table had when the row was written (names from the table map).
 fn ddl_storm(f: Flavor) {
-    let rt = rt();
-    let name = format!("fault_ddl_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, s VARCHAR(200))"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
+    let s = Scenario::new(
+        f,
+        &format!("fault_ddl_{}", f.tag()),
+        &["t (id BIGINT AUTO_INCREMENT PRIMARY KEY, s VARCHAR(200))"],
+    );
+    let mut d = s.daemon("");
+    let Scenario {
+        rt, name, mut c, ..
+    } = s;
     let stop = Arc::new(AtomicBool::new(false));
     let inserted = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -842,13 +727,6 @@ fn large_transaction_and_row() {
     );
 }
 
-fn nonce() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-}
-
 fn redis_sink(url: &str, db: &str, prefix: &str) -> String {
     format!(
         "\n[[sinks.redis]]\nname = \"cache\"\nurl = \"{url}\"\ntimeout = \"500ms\"\nretry_backoff_max = \"500ms\"\n[[sinks.redis.rules]]\ntable = \"{db}.t\"\nkeys = [\"{prefix}{{id}}\"]\n"
@@ -881,8 +759,7 @@ fn crash_20_kills(f: Flavor, port: u16) {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         std::thread::sleep(Duration::from_millis(200 + seed % 1300));
-        let _ = d.child.kill(); // SIGKILL
-        let _ = d.child.wait();
+        d.kill(); // SIGKILL
         d.restart();
     }
     wait_commits(&load, 50, "after the last restart");
@@ -964,7 +841,8 @@ fn redis_down_30s() {
     redis.kill();
     let c0 = load.commits();
     std::thread::sleep(Duration::from_secs(1)); // acks from before the kill get stored
-    let p1 = s.rt.block_on(stored_pos(&s.srv.root_url(), &pipeline));
+    let p1 =
+        s.rt.block_on(stored_position_at(&s.srv.root_url(), &pipeline));
     assert!(p1.is_some(), "a position was stored before the outage");
     let pid = d.child.id();
     let mut peak_rss: f64 = 0.0;
@@ -973,7 +851,7 @@ fn redis_down_30s() {
         peak_rss = peak_rss.max(vm_rss_mib(pid));
         assert!(d.child.try_wait().unwrap().is_none(), "binlogd stays up");
         assert_eq!(
-            s.rt.block_on(stored_pos(&s.srv.root_url(), &pipeline)),
+            s.rt.block_on(stored_position_at(&s.srv.root_url(), &pipeline)),
             p1,
             "the stored position moved while Redis was down"
         );
@@ -992,14 +870,18 @@ fn redis_down_30s() {
     let fresh = no_stale_keys(&redis.url(), &prefix, &table, &d);
     let caught_up = t_back.elapsed();
     let t0 = Instant::now();
-    while s.rt.block_on(stored_pos(&s.srv.root_url(), &pipeline)) == p1 {
+    while s
+        .rt
+        .block_on(stored_position_at(&s.srv.root_url(), &pipeline))
+        == p1
+    {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "the position moves again after Redis is back"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(log_count(&d, "retrying") > 0, "retries are logged");
+    assert!(d.log_count("retrying") > 0, "retries are logged");
     assert_eq!(repeats, 0, "no repeats without a daemon restart");
     assert_eq!(d.stop(), Some(0));
     eprintln!(
