@@ -78,14 +78,7 @@ fn wrong_password(f: Flavor) {
     assert!(out.contains("cannot log in"), "{out}");
 }
 
-#[test]
-fn wrong_password_mariadb() {
-    wrong_password(Flavor::MariaDb);
-}
-#[test]
-fn wrong_password_mysql() {
-    wrong_password(Flavor::MySql);
-}
+both_flavors!(wrong_password: wrong_password_mariadb(), wrong_password_mysql());
 
 fn check_ok(f: Flavor) {
     let dir = workdir(&format!("checkok_{}", f.tag()));
@@ -95,37 +88,31 @@ fn check_ok(f: Flavor) {
     assert!(out.contains("check: ok"), "{out}");
 }
 
-#[test]
-fn check_ok_mariadb() {
-    check_ok(Flavor::MariaDb);
-}
-#[test]
-fn check_ok_mysql() {
-    check_ok(Flavor::MySql);
-}
+both_flavors!(check_ok: check_ok_mariadb(), check_ok_mysql());
 
 /// A session writing with binlog_format=STATEMENT: the daemon stops with an error naming it
 /// instead of silently missing the rows.
 fn statement_session(f: Flavor) {
-    let rt = rt();
     let name = format!("stmt_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    let start = rt.block_on(fresh_table(&mut c, f, &name, &["t (id INT PRIMARY KEY)"]));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(f, &name, &["t (id INT PRIMARY KEY)"]);
     let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
     rt.block_on(async {
-        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1)"))
-            .await
-            .unwrap();
-        c.query_drop("SET SESSION binlog_format = 'STATEMENT'")
-            .await
-            .unwrap();
-        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (2)"))
-            .await
-            .unwrap();
-        c.query_drop("SET SESSION binlog_format = 'ROW'")
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("INSERT INTO `{name}`.t VALUES (1)"),
+                "SET SESSION binlog_format = 'STATEMENT'".to_string(),
+                format!("INSERT INTO `{name}`.t VALUES (2)"),
+                "SET SESSION binlog_format = 'ROW'".to_string(),
+            ],
+        )
+        .await;
     });
     let code = d.wait_exit(Duration::from_secs(30), "a statement-based change");
     assert_eq!(code, Some(1));
@@ -142,14 +129,7 @@ fn statement_session(f: Flavor) {
     );
 }
 
-#[test]
-fn statement_session_mariadb() {
-    statement_session(Flavor::MariaDb);
-}
-#[test]
-fn statement_session_mysql() {
-    statement_session(Flavor::MySql);
-}
+both_flavors!(statement_session: statement_session_mariadb(), statement_session_mysql());
 
 /// A server started with binlog_format=STATEMENT and MINIMAL row image: `check` names each
 /// setting and its fix, `run` refuses to start.
@@ -236,14 +216,7 @@ fn server_id_clash(f: Flavor) {
     );
 }
 
-#[test]
-fn server_id_clash_mariadb() {
-    server_id_clash(Flavor::MariaDb);
-}
-#[test]
-fn server_id_clash_mysql() {
-    server_id_clash(Flavor::MySql);
-}
+both_flavors!(server_id_clash: server_id_clash_mariadb(), server_id_clash_mysql());
 
 /// `check` and `run` both exit 1 naming the problem (`needles`).
 fn both_name(what: &str, cfg: &str, needles: &[&str]) {
@@ -377,15 +350,7 @@ fn server_settings(f: Flavor, port: u16) {
     );
 }
 
-#[test]
-fn server_settings_mariadb() {
-    server_settings(Flavor::MariaDb, 3393);
-}
-
-#[test]
-fn server_settings_mysql() {
-    server_settings(Flavor::MySql, 3394);
-}
+both_flavors!(server_settings: server_settings_mariadb(3393), server_settings_mysql(3394));
 
 /// A TCP proxy to `upstream` that flips one bit in the first server→client chunk containing
 /// `marker` (once, in the byte after it). Returns the local port and whether it flipped yet.
@@ -449,16 +414,14 @@ fn corrupting_proxy(
 #[test]
 fn corrupt_event_on_the_wire_mariadb() {
     let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "corrupt_wire";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    let start = rt.block_on(fresh_table(
-        &mut c,
-        f,
-        name,
-        &["t (id INT PRIMARY KEY, s VARCHAR(200))"],
-    ));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(f, name, &["t (id INT PRIMARY KEY, s VARCHAR(200))"]);
     // unique to this run: earlier runs' rows are still in the server's binlog
     let marker = format!(
         "CORRUPT-{}-",
@@ -488,14 +451,14 @@ fn corrupt_event_on_the_wire_mariadb() {
     d.wait_events(5, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500)); // the position after them is stored
     rt.block_on(async {
-        c.query_drop(format!(
-            "INSERT INTO `{name}`.t VALUES (5, '{marker}xxxxxxxxxxxxxxxxxxxxxxxx')"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (6, 'after')"))
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("INSERT INTO `{name}`.t VALUES (5, '{marker}xxxxxxxxxxxxxxxxxxxxxxxx')"),
+                format!("INSERT INTO `{name}`.t VALUES (6, 'after')"),
+            ],
+        )
+        .await;
     });
     let code = d.wait_exit(Duration::from_secs(30), "after a corrupt event");
     assert!(

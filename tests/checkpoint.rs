@@ -177,14 +177,7 @@ fn crash_test(f: Flavor) {
     );
 }
 
-#[test]
-fn crash_kill9_mariadb() {
-    crash_test(Flavor::MariaDb);
-}
-#[test]
-fn crash_kill9_mysql() {
-    crash_test(Flavor::MySql);
-}
+both_flavors!(crash_test: crash_kill9_mariadb(), crash_kill9_mysql());
 
 fn graceful(f: Flavor) {
     let s = counters_scenario(f, &format!("graceful_{}", f.tag()));
@@ -216,14 +209,7 @@ fn graceful(f: Flavor) {
     check_complete(&ev, txns);
 }
 
-#[test]
-fn graceful_restart_mariadb() {
-    graceful(Flavor::MariaDb);
-}
-#[test]
-fn graceful_restart_mysql() {
-    graceful(Flavor::MySql);
-}
+both_flavors!(graceful: graceful_restart_mariadb(), graceful_restart_mysql());
 
 /// position show/set/reset; replay of a range (exact rows); migrations twice.
 fn operator_verbs(f: Flavor) {
@@ -346,14 +332,7 @@ fn operator_verbs(f: Flavor) {
     assert_eq!(n, Some(2), "0001 checkpoint, 0002 xa_restart");
 }
 
-#[test]
-fn operator_verbs_mariadb() {
-    operator_verbs(Flavor::MariaDb);
-}
-#[test]
-fn operator_verbs_mysql() {
-    operator_verbs(Flavor::MySql);
-}
+both_flavors!(operator_verbs: operator_verbs_mariadb(), operator_verbs_mysql());
 
 /// The checkpoint on another server than the source (MariaDB source, MySQL checkpoint).
 #[test]
@@ -430,13 +409,15 @@ fn purged(f: Flavor, port: u16) {
     let copies = dir.join("binlogs");
     std::fs::create_dir_all(&copies).unwrap();
     rt.block_on(async {
-        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (2, 'b'), (3, 'c')"))
-            .await
-            .unwrap();
-        c.query_drop(format!("UPDATE `{name}`.t SET v = 'z' WHERE id = 1"))
-            .await
-            .unwrap();
-        c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("INSERT INTO `{name}`.t VALUES (2, 'b'), (3, 'c')"),
+                format!("UPDATE `{name}`.t SET v = 'z' WHERE id = 1"),
+                "FLUSH BINARY LOGS".to_string(),
+            ],
+        )
+        .await;
     });
     let files: Vec<String> = rt
         .block_on(c.query::<mysql_async::Row, _>("SHOW BINARY LOGS"))
@@ -537,14 +518,7 @@ fn purged(f: Flavor, port: u16) {
     assert_eq!(ev[2]["after"]["v"], "z");
 }
 
-#[test]
-fn purged_binlog_mariadb() {
-    purged(Flavor::MariaDb, 3341);
-}
-#[test]
-fn purged_binlog_mysql() {
-    purged(Flavor::MySql, 3342);
-}
+both_flavors!(purged: purged_binlog_mariadb(3341), purged_binlog_mysql(3342));
 
 /// `replay --from-time … --to-time …` re-sends exactly the transactions in that window.
 fn replay_by_time(f: Flavor) {
@@ -608,14 +582,7 @@ fn replay_by_time(f: Flavor) {
     );
 }
 
-#[test]
-fn replay_by_time_mariadb() {
-    replay_by_time(Flavor::MariaDb);
-}
-#[test]
-fn replay_by_time_mysql() {
-    replay_by_time(Flavor::MySql);
-}
+both_flavors!(replay_by_time: replay_by_time_mariadb(), replay_by_time_mysql());
 
 /// The daemon never feeds on its own checkpoint writes, even when binlogd.* is included.
 #[test]
@@ -776,11 +743,4 @@ fn ha_takeover(f: Flavor) {
     assert_eq!(b.stop(), Some(0));
 }
 
-#[test]
-fn ha_takeover_mariadb() {
-    ha_takeover(Flavor::MariaDb);
-}
-#[test]
-fn ha_takeover_mysql() {
-    ha_takeover(Flavor::MySql);
-}
+both_flavors!(ha_takeover: ha_takeover_mariadb(), ha_takeover_mysql());

@@ -156,14 +156,7 @@ fn xa_transactions(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn xa_transactions_mariadb() {
-    xa_transactions(Flavor::MariaDb);
-}
-#[test]
-fn xa_transactions_mysql() {
-    xa_transactions(Flavor::MySql);
-}
+both_flavors!(xa_transactions: xa_transactions_mariadb(), xa_transactions_mysql());
 
 async fn stored_row(
     c: &mut mysql_async::Conn,
@@ -303,14 +296,7 @@ fn xa_restart(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn xa_restart_between_prepare_and_commit_mariadb() {
-    xa_restart(Flavor::MariaDb);
-}
-#[test]
-fn xa_restart_between_prepare_and_commit_mysql() {
-    xa_restart(Flavor::MySql);
-}
+both_flavors!(xa_restart: xa_restart_between_prepare_and_commit_mariadb(), xa_restart_between_prepare_and_commit_mysql());
 
 /// MariaDB logs `SAVEPOINT` and `ROLLBACK TO` inside a transaction that also changed a
 /// non-transactional table: the rolled-back InnoDB rows are withdrawn (the MyISAM rows stay),
@@ -544,14 +530,7 @@ partitions = 3
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn truncate_events_mariadb() {
-    truncates(Flavor::MariaDb);
-}
-#[test]
-fn truncate_events_mysql() {
-    truncates(Flavor::MySql);
-}
+both_flavors!(truncates: truncate_events_mariadb(), truncate_events_mysql());
 
 /// MariaDB does not log foreign-key cascade changes: `check` and startup name the child table.
 /// MySQL 9 logs them as row events, which binlogd emits.
@@ -612,14 +591,7 @@ fn fk_cascades(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn fk_cascades_mariadb() {
-    fk_cascades(Flavor::MariaDb);
-}
-#[test]
-fn fk_cascades_mysql() {
-    fk_cascades(Flavor::MySql);
-}
+both_flavors!(fk_cascades: fk_cascades_mariadb(), fk_cascades_mysql());
 
 /// A value that cannot be rendered (here: invalid UTF-8 written into a binlog file) stops
 /// binlogd before its row change, naming table, column and position, and every complete

@@ -278,92 +278,41 @@ impl Pair {
 
 /// Transactions on `db.t` (two inserts, an update, every fourth a delete) on ids from `base`,
 /// about 60 per second, until stopped or the server fails.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    commits: Arc<AtomicU64>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(url: String, db: &str, base: i64) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let commits = Arc::new(AtomicU64::new(0));
-        let (s, n, db) = (stop.clone(), commits.clone(), db.to_string());
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let Ok(mut c) = mysql_async::Conn::new(
-                    mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
-                        .prefer_socket(false),
-                )
-                .await
-                else {
-                    return;
-                };
-                let mut i: i64 = 0;
-                while !s.load(Ordering::Relaxed) {
-                    let a = base + 2 * i;
-                    let mut sql = format!(
-                        "START TRANSACTION; INSERT INTO `{db}`.t VALUES ({a}, 0), ({}, 0); \
+fn writer(url: String, db: &str, base: i64) -> Load {
+    let db = db.to_string();
+    Load::spawn(move |s, n| async move {
+        let Ok(mut c) = mysql_async::Conn::new(
+            mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
+                .prefer_socket(false),
+        )
+        .await
+        else {
+            return;
+        };
+        let mut i: i64 = 0;
+        while !s.load(Ordering::Relaxed) {
+            let a = base + 2 * i;
+            let mut sql = format!(
+                "START TRANSACTION; INSERT INTO `{db}`.t VALUES ({a}, 0), ({}, 0); \
                          UPDATE `{db}`.t SET v = v + 1 WHERE id = {};",
-                        a + 1,
-                        base + 2 * (i / 2)
-                    );
-                    if i % 4 == 3 {
-                        sql.push_str(&format!(
-                            " DELETE FROM `{db}`.t WHERE id = {};",
-                            base + 2 * (i - 3) + 1
-                        ));
-                    }
-                    sql.push_str(" COMMIT");
-                    if c.query_drop(sql).await.is_err() {
-                        return;
-                    }
-                    n.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
-        });
-        Writer {
-            stop,
-            commits,
-            handle: Some(handle),
-        }
-    }
-
-    fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
-    }
-
-    fn wait(&self, n: u64) {
-        let t0 = Instant::now();
-        let base = self.commits();
-        while self.commits() < base + n {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "the writer made no progress"
+                a + 1,
+                base + 2 * (i / 2)
             );
-            std::thread::sleep(Duration::from_millis(20));
+            if i % 4 == 3 {
+                sql.push_str(&format!(
+                    " DELETE FROM `{db}`.t WHERE id = {};",
+                    base + 2 * (i - 3) + 1
+                ));
+            }
+            sql.push_str(" COMMIT");
+            if c.query_drop(sql).await.is_err() {
+                return;
+            }
+            n.fetch_add(1, Ordering::Relaxed);
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-
-    fn finish(&mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-        self.commits()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    })
 }
 
 fn part(m: &BTreeMap<i64, i64>, r: std::ops::Range<i64>) -> BTreeMap<i64, i64> {
@@ -434,8 +383,8 @@ fn caught_up_failover(f: Flavor) {
     let vip = Proxy::start(pr.p.port);
     let cfg = daemon_cfg(f, &name, &vip.url("cdc:cdc"), &pr.start(), &pr.dir, None);
     let mut d = Daemon::start(&pr.dir, &cfg);
-    let mut w = Writer::start(pr.p.root_url(), "fo", 0);
-    w.wait(150);
+    let mut w = writer(pr.p.root_url(), "fo", 0);
+    w.wait_commits(150, Duration::from_secs(60), "");
     let n_p = w.finish();
     let want_p = pr.rt.block_on(table_state(&pr.p.root_url(), "fo"));
     settle(&mut d, &want_p, 0..R_BASE);
@@ -444,8 +393,8 @@ fn caught_up_failover(f: Flavor) {
     let t_fail = Instant::now();
     pr.fail_over();
     vip.switch(pr.r.port);
-    let mut w2 = Writer::start(pr.r.root_url(), "fo", R_BASE);
-    w2.wait(30);
+    let mut w2 = writer(pr.r.root_url(), "fo", R_BASE);
+    w2.wait_commits(30, Duration::from_secs(60), "");
     let code = d.wait_exit(Duration::from_secs(60), "after the failover");
     assert_eq!(code, Some(1), "{}", d.log_text());
     let log = d.log_all();
@@ -457,7 +406,7 @@ fn caught_up_failover(f: Flavor) {
     assert!(!log.contains("history diverged"), "{}", d.log_text());
     // the supervisor starts it again
     d.restart();
-    w2.wait(30);
+    w2.wait_commits(30, Duration::from_secs(60), "");
     let n_r = w2.finish();
     let want = pr.rt.block_on(table_state(&pr.r.root_url(), "fo"));
     let (distinct, repeats) = settle(&mut d, &want, 0..i64::MAX);
@@ -478,15 +427,7 @@ fn caught_up_failover(f: Flavor) {
     );
 }
 
-#[test]
-fn caught_up_failover_mariadb() {
-    caught_up_failover(Flavor::MariaDb);
-}
-
-#[test]
-fn caught_up_failover_mysql() {
-    caught_up_failover(Flavor::MySql);
-}
+both_flavors!(caught_up_failover: caught_up_failover_mariadb(), caught_up_failover_mysql());
 
 // ------------------------------------------------------------------------------------------
 // failover to a replica that was behind
@@ -519,11 +460,11 @@ fn behind_failover(f: Flavor, separate: bool) {
         cp_url.as_deref(),
     );
     let mut d = Daemon::start(&pr.dir, &cfg);
-    let mut w = Writer::start(pr.p.root_url(), "fo", 0);
-    w.wait(100);
+    let mut w = writer(pr.p.root_url(), "fo", 0);
+    w.wait_commits(100, Duration::from_secs(60), "");
     pr.stop_receiving();
     let at_stop = w.commits();
-    w.wait(100);
+    w.wait_commits(100, Duration::from_secs(60), "");
     let n_p = w.finish();
     let behind = n_p - at_stop;
     let want_p = pr.rt.block_on(table_state(&pr.p.root_url(), "fo"));
@@ -531,8 +472,8 @@ fn behind_failover(f: Flavor, separate: bool) {
     std::thread::sleep(Duration::from_secs(1)); // stored
     pr.fail_over();
     vip.switch(pr.r.port);
-    let mut w2 = Writer::start(pr.r.root_url(), "fo", R_BASE);
-    w2.wait(40);
+    let mut w2 = writer(pr.r.root_url(), "fo", R_BASE);
+    w2.wait_commits(40, Duration::from_secs(60), "");
     // the running daemon reaches the new primary through the VIP: diverged, it stops
     let code = d.wait_exit(Duration::from_secs(60), "after the failover");
     assert_eq!(code, Some(1), "{}", d.log_text());
@@ -592,7 +533,7 @@ fn behind_failover(f: Flavor, separate: bool) {
     );
     // the operator accepts
     let mut d = Daemon::run_with(&pr.dir, &["--accept-divergence"]);
-    w2.wait(20);
+    w2.wait_commits(20, Duration::from_secs(60), "");
     let n_r = w2.finish();
     let want_r = part(
         &pr.rt.block_on(table_state(&pr.r.root_url(), "fo")),
@@ -610,8 +551,8 @@ fn behind_failover(f: Flavor, separate: bool) {
     assert_eq!(d.stop(), Some(0));
     // the accepted position was stored: the next start needs no flag
     d.restart();
-    let mut w3 = Writer::start(pr.r.root_url(), "fo", 2 * R_BASE);
-    w3.wait(20);
+    let mut w3 = writer(pr.r.root_url(), "fo", 2 * R_BASE);
+    w3.wait_commits(20, Duration::from_secs(60), "");
     w3.finish();
     let want = part(
         &pr.rt.block_on(table_state(&pr.r.root_url(), "fo")),
@@ -628,25 +569,9 @@ fn behind_failover(f: Flavor, separate: bool) {
     );
 }
 
-#[test]
-fn behind_failover_checkpoint_on_source_mariadb() {
-    behind_failover(Flavor::MariaDb, false);
-}
+both_flavors!(behind_failover: behind_failover_checkpoint_on_source_mariadb(false), behind_failover_checkpoint_on_source_mysql(false));
 
-#[test]
-fn behind_failover_checkpoint_on_source_mysql() {
-    behind_failover(Flavor::MySql, false);
-}
-
-#[test]
-fn behind_failover_checkpoint_separate_mariadb() {
-    behind_failover(Flavor::MariaDb, true);
-}
-
-#[test]
-fn behind_failover_checkpoint_separate_mysql() {
-    behind_failover(Flavor::MySql, true);
-}
+both_flavors!(behind_failover: behind_failover_checkpoint_separate_mariadb(true), behind_failover_checkpoint_separate_mysql(true));
 
 // ------------------------------------------------------------------------------------------
 // Kafka exactly_once: the partition tails know what was delivered
@@ -668,11 +593,11 @@ fn kafka_tails(f: Flavor) {
             kafka_brokers()
         );
     let mut d = Daemon::start(&pr.dir, &cfg);
-    let mut w = Writer::start(pr.p.root_url(), "fo", 0);
-    w.wait(100);
+    let mut w = writer(pr.p.root_url(), "fo", 0);
+    w.wait_commits(100, Duration::from_secs(60), "");
     pr.stop_receiving();
     let at_stop = w.commits();
-    w.wait(100);
+    w.wait_commits(100, Duration::from_secs(60), "");
     let n_p = w.finish();
     let want_p = pr.rt.block_on(table_state(&pr.p.root_url(), "fo"));
     settle(&mut d, &want_p, 0..R_BASE);
@@ -681,8 +606,8 @@ fn kafka_tails(f: Flavor) {
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     pr.fail_over();
-    let mut w2 = Writer::start(pr.r.root_url(), "fo", R_BASE);
-    w2.wait(40);
+    let mut w2 = writer(pr.r.root_url(), "fo", R_BASE);
+    w2.wait_commits(40, Duration::from_secs(60), "");
     // binlogd is started against the new primary
     let cfg_r = cfg.replace(&pr.p.cdc_url(), &pr.r.cdc_url());
     std::fs::write(&d.config, &cfg_r).unwrap();
@@ -714,7 +639,7 @@ fn kafka_tails(f: Flavor) {
     assert_eq!(d.events().len(), delivered, "nothing emitted");
     // accepted: the new primary's changes reach Kafka (and the file), none lost
     let mut d = Daemon::run_with(&pr.dir, &["--accept-divergence"]);
-    w2.wait(20);
+    w2.wait_commits(20, Duration::from_secs(60), "");
     let n_r = w2.finish();
     let want_r = part(
         &pr.rt.block_on(table_state(&pr.r.root_url(), "fo")),
@@ -763,15 +688,7 @@ fn kafka_tails(f: Flavor) {
     );
 }
 
-#[test]
-fn kafka_tails_reveal_divergence_mariadb() {
-    kafka_tails(Flavor::MariaDb);
-}
-
-#[test]
-fn kafka_tails_reveal_divergence_mysql() {
-    kafka_tails(Flavor::MySql);
-}
+both_flavors!(kafka_tails: kafka_tails_reveal_divergence_mariadb(), kafka_tails_reveal_divergence_mysql());
 
 // ------------------------------------------------------------------------------------------
 // the pipeline lock as a lease through a network partition
@@ -870,8 +787,8 @@ fn partition_lease(f: Flavor, full: bool) {
             }
         })
     };
-    let mut w = Writer::start(f.root_url(), &name, 0);
-    w.wait(150);
+    let mut w = writer(f.root_url(), &name, 0);
+    w.wait_commits(150, Duration::from_secs(60), "");
     // the partition: A's lock session and any new checkpoint connection of A go nowhere
     let t_cut = Instant::now();
     let cut_ms = now_ms();
@@ -894,7 +811,7 @@ fn partition_lease(f: Flavor, full: bool) {
     };
     let takeover_ms =
         log_time(&b.log_all(), "holding the pipeline lock: active").unwrap_or(now_ms());
-    w.wait(200); // B streams under load
+    w.wait_commits(200, Duration::from_secs(60), ""); // B streams under load
     let n = w.finish();
     let want = rt.block_on(table_state(&f.root_url(), &name));
     let t0 = Instant::now();
@@ -990,25 +907,9 @@ fn partition_lease(f: Flavor, full: bool) {
     );
 }
 
-#[test]
-fn partition_lease_mariadb() {
-    partition_lease(Flavor::MariaDb, false);
-}
+both_flavors!(partition_lease: partition_lease_mariadb(false), partition_lease_mysql(false));
 
-#[test]
-fn partition_lease_mysql() {
-    partition_lease(Flavor::MySql, false);
-}
-
-#[test]
-fn partition_full_lease_mariadb() {
-    partition_lease(Flavor::MariaDb, true);
-}
-
-#[test]
-fn partition_full_lease_mysql() {
-    partition_lease(Flavor::MySql, true);
-}
+both_flavors!(partition_lease: partition_full_lease_mariadb(true), partition_full_lease_mysql(true));
 
 // ------------------------------------------------------------------------------------------
 // /readyz within one heartbeat
@@ -1037,16 +938,9 @@ fn readyz_until(addr: &str, code: u16, needle: &str, d: &Daemon) -> Duration {
 /// answering (Redis behind a blackholing proxy), naming the cause; and 200 again after.
 fn readyz_within_heartbeat(f: Flavor) {
     let _g = serial();
-    let rt = rt();
     let name = format!("readyz_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    let start = rt.block_on(fresh_table(
-        &mut c,
-        f,
-        &name,
-        &["t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"],
-    ));
+    let Scenario { rt, dir, start, .. } =
+        Scenario::new(f, &name, &["t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"]);
     let src = Proxy::start(f.port());
     let redis_port: u16 = redis_url()
         .trim_end_matches('/')
@@ -1068,15 +962,15 @@ fn readyz_within_heartbeat(f: Flavor) {
     let mut d = Daemon::start(&dir, &cfg);
     let addr = d.admin_addr();
     readyz_until(&addr, 200, "active", &d);
-    let mut w = Writer::start(f.root_url(), &name, 0);
-    w.wait(20);
+    let mut w = writer(f.root_url(), &name, 0);
+    w.wait_commits(20, Duration::from_secs(60), "");
     // the source stream goes silent (no close): unready within a heartbeat and the margin
     src.pause();
     let source_unready = readyz_until(&addr, 503, "no event or heartbeat from the source", &d);
     std::thread::sleep(Duration::from_millis(1500));
     src.resume();
     let source_ready = readyz_until(&addr, 200, "active", &d);
-    w.wait(20);
+    w.wait_commits(20, Duration::from_secs(60), "");
     // the Redis sink stops answering
     rp.pause();
     let sink_unready = readyz_until(&addr, 503, "cache", &d);
@@ -1107,12 +1001,4 @@ fn readyz_within_heartbeat(f: Flavor) {
     );
 }
 
-#[test]
-fn readyz_within_one_heartbeat_mariadb() {
-    readyz_within_heartbeat(Flavor::MariaDb);
-}
-
-#[test]
-fn readyz_within_one_heartbeat_mysql() {
-    readyz_within_heartbeat(Flavor::MySql);
-}
+both_flavors!(readyz_within_heartbeat: readyz_within_one_heartbeat_mariadb(), readyz_within_one_heartbeat_mysql());

@@ -93,147 +93,102 @@ fn no_stale_keys(redis_url: &str, prefix: &str, table: &BTreeMap<i64, i64>, d: &
 }
 
 /// A writer on its own thread: transactions of 4 inserts, 3 updates and 1 delete on `db.t`,
-/// about 50 per second; reconnects after any error (the server may be down). With a cache
-/// ([`Load::start_with_cache`]) it fills the cache with the rows it is about to change.
-struct Load {
-    stop: Arc<AtomicBool>,
-    commits: Arc<AtomicU64>,
-    handle: Option<std::thread::JoinHandle<()>>,
+/// about 50 per second; reconnects after any error (the server may be down).
+fn start_load(url: String, db: String) -> Load {
+    load(url, db, None)
 }
 
-impl Load {
-    fn start(url: String, db: String) -> Load {
-        Self::start_inner(url, db, None)
-    }
+/// [`start_load`] filling the cache with the rows each transaction is about to change.
+fn start_load_with_cache(url: String, db: String, redis_url: String, prefix: String) -> Load {
+    let cache = CacheFill {
+        url: redis_url,
+        prefix,
+        conn: None,
+    };
+    load(url, db, Some(cache))
+}
 
-    fn start_with_cache(url: String, db: String, redis_url: String, prefix: String) -> Load {
-        let cache = CacheFill {
-            url: redis_url,
-            prefix,
-            conn: None,
+fn load(url: String, db: String, mut cache: Option<CacheFill>) -> Load {
+    Load::spawn(move |s, n| async move {
+        let mut next_id: i64 = 0;
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = move |m: i64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % m.max(1) as u64) as i64
         };
-        Self::start_inner(url, db, Some(cache))
-    }
-
-    fn start_inner(url: String, db: String, mut cache: Option<CacheFill>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let commits = Arc::new(AtomicU64::new(0));
-        let (s, n) = (stop.clone(), commits.clone());
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut next_id: i64 = 0;
-                let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-                let mut rand = move |m: i64| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    (rng % m.max(1) as u64) as i64
-                };
-                while !s.load(Ordering::Relaxed) {
-                    let opts = mysql_async::OptsBuilder::from_opts(
-                        mysql_async::Opts::from_url(&url).unwrap(),
-                    )
+        while !s.load(Ordering::Relaxed) {
+            let opts =
+                mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
                     .prefer_socket(false);
-                    let mut c = match tokio::time::timeout(
-                        Duration::from_secs(5),
-                        mysql_async::Conn::new(opts),
-                    )
+            let mut c =
+                match tokio::time::timeout(Duration::from_secs(5), mysql_async::Conn::new(opts))
                     .await
-                    {
-                        Ok(Ok(c)) => c,
-                        _ => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
-                        }
-                    };
-                    // ids already used survive a reconnect: continue after the largest
-                    if let Ok(Some(Some(m))) = c
-                        .query_first::<Option<i64>, _>(format!("SELECT MAX(id) FROM `{db}`.t"))
-                        .await
-                    {
-                        next_id = next_id.max(m + 1);
+                {
+                    Ok(Ok(c)) => c,
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
                     }
-                    while !s.load(Ordering::Relaxed) {
-                        let upd: Vec<i64> = (0..3).map(|_| rand(next_id.max(1))).collect();
-                        let del = rand(next_id.max(1));
-                        if let Some(cache) = cache.as_mut() {
-                            // read-through fill of every row this transaction touches
-                            let ids: Vec<String> =
-                                upd.iter().chain([&del]).map(|i| i.to_string()).collect();
-                            let found: Result<Vec<(i64, i64)>, _> = c
-                                .query(format!(
-                                    "SELECT id, v FROM `{db}`.t WHERE id IN ({})",
-                                    ids.join(",")
-                                ))
-                                .await;
-                            let Ok(found) = found else { break };
-                            let found: BTreeMap<i64, i64> = found.into_iter().collect();
-                            let rows: Vec<(i64, Option<i64>)> = upd
-                                .iter()
-                                .chain([&del])
-                                .map(|id| (*id, found.get(id).copied()))
-                                .chain((next_id..next_id + 4).map(|id| (id, None)))
-                                .collect();
-                            cache.fill(&rows);
-                        }
-                        let mut q =
-                            format!("START TRANSACTION; INSERT INTO `{db}`.t (id, v, s) VALUES ");
-                        for k in 0..4 {
-                            if k > 0 {
-                                q.push(',');
-                            }
-                            q.push_str(&format!("({}, 0, 'row {}')", next_id + k, next_id + k));
-                        }
-                        q.push(';');
-                        for id in &upd {
-                            q.push_str(&format!("UPDATE `{db}`.t SET v = v + 1 WHERE id = {id};"));
-                        }
-                        q.push_str(&format!(
-                            "DELETE FROM `{db}`.t WHERE id = {del} AND id % 7 = 3; COMMIT"
-                        ));
-                        let r =
-                            tokio::time::timeout(Duration::from_secs(60), c.query_drop(q)).await;
-                        match r {
-                            Ok(Ok(())) => {
-                                next_id += 4;
-                                n.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => break, // reconnect; a failed commit may or may not have happened
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+            // ids already used survive a reconnect: continue after the largest
+            if let Ok(Some(Some(m))) = c
+                .query_first::<Option<i64>, _>(format!("SELECT MAX(id) FROM `{db}`.t"))
+                .await
+            {
+                next_id = next_id.max(m + 1);
+            }
+            while !s.load(Ordering::Relaxed) {
+                let upd: Vec<i64> = (0..3).map(|_| rand(next_id.max(1))).collect();
+                let del = rand(next_id.max(1));
+                if let Some(cache) = cache.as_mut() {
+                    // read-through fill of every row this transaction touches
+                    let ids: Vec<String> =
+                        upd.iter().chain([&del]).map(|i| i.to_string()).collect();
+                    let found: Result<Vec<(i64, i64)>, _> = c
+                        .query(format!(
+                            "SELECT id, v FROM `{db}`.t WHERE id IN ({})",
+                            ids.join(",")
+                        ))
+                        .await;
+                    let Ok(found) = found else { break };
+                    let found: BTreeMap<i64, i64> = found.into_iter().collect();
+                    let rows: Vec<(i64, Option<i64>)> = upd
+                        .iter()
+                        .chain([&del])
+                        .map(|id| (*id, found.get(id).copied()))
+                        .chain((next_id..next_id + 4).map(|id| (id, None)))
+                        .collect();
+                    cache.fill(&rows);
                 }
-            });
-        });
-        Load {
-            stop,
-            commits,
-            handle: Some(handle),
+                let mut q = format!("START TRANSACTION; INSERT INTO `{db}`.t (id, v, s) VALUES ");
+                for k in 0..4 {
+                    if k > 0 {
+                        q.push(',');
+                    }
+                    q.push_str(&format!("({}, 0, 'row {}')", next_id + k, next_id + k));
+                }
+                q.push(';');
+                for id in &upd {
+                    q.push_str(&format!("UPDATE `{db}`.t SET v = v + 1 WHERE id = {id};"));
+                }
+                q.push_str(&format!(
+                    "DELETE FROM `{db}`.t WHERE id = {del} AND id % 7 = 3; COMMIT"
+                ));
+                let r = tokio::time::timeout(Duration::from_secs(60), c.query_drop(q)).await;
+                match r {
+                    Ok(Ok(())) => {
+                        next_id += 4;
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => break, // reconnect; a failed commit may or may not have happened
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
-    }
-
-    fn finish(&mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            h.join().unwrap();
-        }
-        self.commits()
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    })
 }
 
 /// Waits until the daemon has caught up: the events' history ends in the table's final state.
@@ -310,15 +265,7 @@ fn setup(f: Flavor, name: &str, port: u16, extra_source: &str) -> Setup {
 }
 
 fn wait_commits(load: &Load, n: u64, what: &str) {
-    let t0 = Instant::now();
-    let base = load.commits();
-    while load.commits() < base + n {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the writer made no progress {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    load.wait_commits(n, Duration::from_secs(120), what);
 }
 
 /// MySQL/MariaDB restarted cleanly and with `kill -9` under load: binlogd reconnects with
@@ -327,7 +274,7 @@ fn wait_commits(load: &Load, n: u64, what: &str) {
 fn server_restart(f: Flavor, port: u16) {
     let s = setup(f, &format!("fault_restart_{}", f.tag()), port, "");
     let mut d = Daemon::start(&s.dir, &s.cfg);
-    let mut load = Load::start(s.srv.root_url(), s.db.clone());
+    let mut load = start_load(s.srv.root_url(), s.db.clone());
     wait_commits(&load, 50, "before the first restart");
     s.srv.stop();
     std::thread::sleep(Duration::from_secs(2));
@@ -353,15 +300,7 @@ fn server_restart(f: Flavor, port: u16) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn server_restart_mariadb() {
-    server_restart(Flavor::MariaDb, 3370);
-}
-
-#[test]
-fn server_restart_mysql() {
-    server_restart(Flavor::MySql, 3371);
-}
+both_flavors!(server_restart: server_restart_mariadb(3370), server_restart_mysql(3371));
 
 /// The server stops answering without closing the connection (SIGSTOP for 30 s): the read
 /// timeout notices, binlogd reconnects (retrying while the server hangs) and loses nothing.
@@ -370,7 +309,7 @@ fn server_stall_sigstop() {
     let f = Flavor::MariaDb;
     let s = setup(f, "fault_stall", 3372, "");
     let mut d = Daemon::start(&s.dir, &s.cfg);
-    let mut load = Load::start(s.srv.root_url(), s.db.clone());
+    let mut load = start_load(s.srv.root_url(), s.db.clone());
     wait_commits(&load, 50, "before the stall");
     s.srv.signal("STOP");
     std::thread::sleep(Duration::from_secs(30));
@@ -394,7 +333,7 @@ fn rotate_and_purge_while_keeping_up() {
     let f = Flavor::MariaDb;
     let s = setup(f, "fault_rotate", 3373, "");
     let mut d = Daemon::start(&s.dir, &s.cfg);
-    let mut load = Load::start(s.srv.root_url(), s.db.clone());
+    let mut load = start_load(s.srv.root_url(), s.db.clone());
     let files_before = s.rt.block_on(async {
         let mut c = root_at(&s.srv.root_url()).await;
         for _ in 0..5 {
@@ -443,7 +382,7 @@ fn checkpoint_server_unreachable() {
     assert!(cfg.contains("max_unstored"));
     let pipeline = format!("{name}_{}", f.tag());
     let mut d = Daemon::start(&s.dir, &cfg);
-    let mut load = Load::start(s.srv.root_url(), s.db.clone());
+    let mut load = start_load(s.srv.root_url(), s.db.clone());
     wait_commits(&load, 50, "before the checkpoint server hangs");
     std::thread::sleep(Duration::from_millis(500));
     let before = s.rt.block_on(stored_position_at(&cp.root_url(), &pipeline));
@@ -631,15 +570,7 @@ fn ddl_storm(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn ddl_storm_mariadb() {
-    ddl_storm(Flavor::MariaDb);
-}
-
-#[test]
-fn ddl_storm_mysql() {
-    ddl_storm(Flavor::MySql);
-}
+both_flavors!(ddl_storm: ddl_storm_mariadb(), ddl_storm_mysql());
 
 /// A 1,000,000-row transaction and a 64 MiB row are streamed with bounded memory (peak RSS
 /// printed and checked against the bound the README states).
@@ -656,16 +587,18 @@ fn large_transaction_and_row() {
     let mut d = Daemon::start(&s.dir, &cfg);
     rt.block_on(async {
         let mut c = root_at(&s.srv.root_url()).await;
-        c.query_drop(format!(
+        exec_all(
+            &mut c,
+            &[
+                format!(
             "CREATE TABLE `{name}`.big (id BIGINT PRIMARY KEY, b LONGBLOB)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
+        ),
+                format!(
             "INSERT INTO `{name}`.t (id, v, s) SELECT seq, seq, CONCAT('row ', seq) FROM seq.seq_1_to_1000000"
-        ))
-        .await
-        .unwrap();
+        ),
+            ],
+        )
+        .await;
     });
     let wait_lines = |d: &mut Daemon, want: usize| {
         let t0 = Instant::now();
@@ -751,7 +684,7 @@ fn crash_20_kills(f: Flavor, port: u16) {
         );
     let mut d = Daemon::start(&s.dir, &cfg);
     let mut load =
-        Load::start_with_cache(s.srv.root_url(), s.db.clone(), redis_url(), prefix.clone());
+        start_load_with_cache(s.srv.root_url(), s.db.clone(), redis_url(), prefix.clone());
     wait_commits(&load, 20, "before the first kill");
     let mut seed = n | 1;
     for _ in 0..20 {
@@ -811,15 +744,7 @@ fn crash_20_kills(f: Flavor, port: u16) {
     );
 }
 
-#[test]
-fn crash_20_kills_mariadb() {
-    crash_20_kills(Flavor::MariaDb, 3390);
-}
-
-#[test]
-fn crash_20_kills_mysql() {
-    crash_20_kills(Flavor::MySql, 3391);
-}
+both_flavors!(crash_20_kills: crash_20_kills_mariadb(3390), crash_20_kills_mysql(3391));
 
 /// Redis down for 30 s under load: the sink retries, nothing is acknowledged meanwhile (the
 /// stored position does not move), memory stays bounded, and after Redis is back no cached
@@ -836,7 +761,7 @@ fn redis_down_30s() {
     let pipeline = format!("{name}_{}", f.tag());
     let mut d = Daemon::start(&s.dir, &cfg);
     let mut load =
-        Load::start_with_cache(s.srv.root_url(), s.db.clone(), redis.url(), prefix.clone());
+        start_load_with_cache(s.srv.root_url(), s.db.clone(), redis.url(), prefix.clone());
     wait_commits(&load, 100, "before Redis goes down");
     redis.kill();
     let c0 = load.commits();

@@ -160,15 +160,7 @@ fn ops(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn ops_match_file_sink_mariadb() {
-    ops(Flavor::MariaDb);
-}
-
-#[test]
-fn ops_match_file_sink_mysql() {
-    ops(Flavor::MySql);
-}
+both_flavors!(ops: ops_match_file_sink_mariadb(), ops_match_file_sink_mysql());
 
 /// A steady write load; binlogd is `kill -9`ed 10 times at random moments and restarted.
 /// Every row change reaches Kafka: exactly once with `exactly_once = true`, at least once
@@ -211,21 +203,21 @@ fn crash(f: Flavor, exactly_once: bool) {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     // a multi-row, two-table transaction: 3 inserts + 1 update
-                    c.query_drop("BEGIN").await.unwrap();
-                    c.query_drop(format!(
-                        "INSERT INTO `{name}`.a VALUES ({}, 0), ({}, 0)",
-                        2 * i,
-                        2 * i + 1
-                    ))
-                    .await
-                    .unwrap();
-                    c.query_drop(format!("INSERT INTO `{name}`.b VALUES ({i}, 0)"))
-                        .await
-                        .unwrap();
-                    c.query_drop(format!("UPDATE `{name}`.a SET v = 1 WHERE id = {}", 2 * i))
-                        .await
-                        .unwrap();
-                    c.query_drop("COMMIT").await.unwrap();
+                    exec_all(
+                        &mut c,
+                        &[
+                            "BEGIN".to_string(),
+                            format!(
+                                "INSERT INTO `{name}`.a VALUES ({}, 0), ({}, 0)",
+                                2 * i,
+                                2 * i + 1
+                            ),
+                            format!("INSERT INTO `{name}`.b VALUES ({i}, 0)"),
+                            format!("UPDATE `{name}`.a SET v = 1 WHERE id = {}", 2 * i),
+                            "COMMIT".to_string(),
+                        ],
+                    )
+                    .await;
                     changes.fetch_add(4, Ordering::Relaxed);
                     i += 1;
                     tokio::time::sleep(Duration::from_millis(3)).await;
@@ -510,11 +502,14 @@ fn broker_restart_state_lost() {
 #[test]
 fn bad_kafka_settings() {
     let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "kbad";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    let start = rt.block_on(fresh_table(&mut c, f, name, &["a (id INT PRIMARY KEY)"]));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(f, name, &["a (id INT PRIMARY KEY)"]);
     let base = config(f, name, name, &start, &dir, "");
     let path = dir.join("binlogd.toml");
     let p = path.to_str().unwrap();

@@ -151,16 +151,18 @@ fn metrics_lag_and_readiness_under_load() {
 #[test]
 fn sighup_reloads_filters_and_level() {
     let f = Flavor::MySql;
-    let rt = rt();
     let name = "opshup";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    let start = rt.block_on(fresh_table(
-        &mut c,
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(
         f,
         name,
         &["a (id INT PRIMARY KEY)", "b (id INT PRIMARY KEY)"],
-    ));
+    );
     let cfg = config(f, name, name, &start, &dir, "")
         .replace(
             &format!("include = [\"{name}.*\"]"),
@@ -170,15 +172,15 @@ fn sighup_reloads_filters_and_level() {
     let mut d = Daemon::start_with_env(&dir, &cfg, &[("RUST_LOG", "")]);
     let _ = d.admin_addr();
     rt.block_on(async {
-        c.query_drop(format!("INSERT INTO `{name}`.a VALUES (1)"))
-            .await
-            .unwrap();
-        c.query_drop(format!("INSERT INTO `{name}`.b VALUES (1)"))
-            .await
-            .unwrap();
-        c.query_drop(format!("INSERT INTO `{name}`.a VALUES (2)"))
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("INSERT INTO `{name}`.a VALUES (1)"),
+                format!("INSERT INTO `{name}`.b VALUES (1)"),
+                format!("INSERT INTO `{name}`.a VALUES (2)"),
+            ],
+        )
+        .await;
     });
     let ev = d.wait_events(2, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
@@ -237,24 +239,18 @@ fn no_secret_in_logs_check_or_metrics() {
     let mut c = rt.block_on(root(f));
     rt.block_on(async {
         fresh_tables(&mut c, name, &["t (id INT PRIMARY KEY, v INT)"]).await;
-        c.query_drop("DROP USER IF EXISTS 'secretuser'@'%'")
-            .await
-            .unwrap();
-        c.query_drop(format!(
-            "CREATE USER 'secretuser'@'%' IDENTIFIED BY '{mysql_pw}'"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(
-            "GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'secretuser'@'%'",
+        exec_all(
+            &mut c,
+            &[
+                "DROP USER IF EXISTS 'secretuser'@'%'".to_string(),
+                format!("CREATE USER 'secretuser'@'%' IDENTIFIED BY '{mysql_pw}'"),
+                "GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'secretuser'@'%'"
+                    .to_string(),
+                "GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON binlogd.* TO 'secretuser'@'%'"
+                    .to_string(),
+            ],
         )
-        .await
-        .unwrap();
-        c.query_drop(
-            "GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON binlogd.* TO 'secretuser'@'%'",
-        )
-        .await
-        .unwrap();
+        .await;
     });
     let start = rt.block_on(binlog_end(&mut c, f));
     let port = f.port();

@@ -95,13 +95,15 @@ keys = ["{p}:price:{{amount}}", "{p}:code:{{code}}"]
     let mut d = Daemon::start(&dir, &cfg);
     let mut r = redis_conn(&url);
     rt.block_on(async {
-        c.query_drop(format!("USE `{name}`")).await.unwrap();
-        c.query_drop("INSERT INTO users VALUES (1, 'a@x', 'n1'), (3, NULL, 'n3')")
-            .await
-            .unwrap();
-        c.query_drop("INSERT INTO orders VALUES ('t1', 5, 'x')")
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("USE `{name}`"),
+                "INSERT INTO users VALUES (1, 'a@x', 'n1'), (3, NULL, 'n3')".to_string(),
+                "INSERT INTO orders VALUES ('t1', 5, 'x')".to_string(),
+            ],
+        )
+        .await;
     });
     barrier(&rt, &mut c, &mut r, &mut d, &name, p, 1);
 
@@ -141,12 +143,14 @@ keys = ["{p}:price:{{amount}}", "{p}:code:{{code}}"]
             .await
             .unwrap();
         // glob table pattern
-        c.query_drop("INSERT INTO items_a VALUES (7)")
-            .await
-            .unwrap();
-        c.query_drop("INSERT INTO items_b VALUES (8)")
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                "INSERT INTO items_a VALUES (7)".to_string(),
+                "INSERT INTO items_b VALUES (8)".to_string(),
+            ],
+        )
+        .await;
         // rendering as in the event format: exact DECIMAL, binary as base64
         c.query_drop("INSERT INTO prices VALUES (1, 12.50, 0x0102)")
             .await
@@ -173,15 +177,7 @@ keys = ["{p}:price:{{amount}}", "{p}:code:{{code}}"]
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn rule_shapes_mariadb() {
-    rule_shapes(Flavor::MariaDb);
-}
-
-#[test]
-fn rule_shapes_mysql() {
-    rule_shapes(Flavor::MySql);
-}
+both_flavors!(rule_shapes: rule_shapes_mariadb(), rule_shapes_mysql());
 
 fn unlink_calls(r: &mut redis::Connection) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query(r).unwrap();
@@ -242,16 +238,9 @@ fn no_rule_no_traffic() {
 #[test]
 fn unknown_template_column() {
     let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "rbadcol";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    let start = rt.block_on(fresh_table(
-        &mut c,
-        f,
-        name,
-        &["users (id INT PRIMARY KEY, email VARCHAR(50))"],
-    ));
+    let Scenario { dir, start, .. } =
+        Scenario::new(f, name, &["users (id INT PRIMARY KEY, email VARCHAR(50))"]);
     let cfg = config(f, name, name, &start, &dir, "")
         + &format!(
             "[[sinks.redis]]\nname = \"cache\"\nurl = \"{}\"\n[[sinks.redis.rules]]\ntable = \"{name}.users\"\nkeys = [\"user:{{id}}\", \"user:mail:{{mail}}\"]\n",
@@ -378,34 +367,28 @@ fn redis_restart(f: Flavor, port: u16) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn redis_restart_mariadb() {
-    redis_restart(Flavor::MariaDb, 6402);
-}
-
-#[test]
-fn redis_restart_mysql() {
-    redis_restart(Flavor::MySql, 6403);
-}
+both_flavors!(redis_restart: redis_restart_mariadb(6402), redis_restart_mysql(6403));
 
 /// `second_delete = "300ms"`: a key re-filled right after the first delete (the stale-read
 /// race) is deleted again; one filled well after the second delete stays.
 #[test]
 fn second_delete_fixed_delay() {
     let f = Flavor::MySql;
-    let rt = rt();
     let name = "rsecond";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    let start = rt.block_on(fresh_table(
-        &mut c,
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(
         f,
         name,
         &[
             "users (id INT PRIMARY KEY, v INT)",
             "sentinel (id INT PRIMARY KEY)",
         ],
-    ));
+    );
     let url = redis_url();
     let cfg = config(f, name, name, &start, &dir, "")
         + &format!(
@@ -602,15 +585,7 @@ fn cache_consistency(f: Flavor, ports: (u16, u16)) {
     );
 }
 
-#[test]
-fn cache_consistency_mariadb() {
-    cache_consistency(Flavor::MariaDb, (3350, 3351));
-}
-
-#[test]
-fn cache_consistency_mysql() {
-    cache_consistency(Flavor::MySql, (3352, 3353));
-}
+both_flavors!(cache_consistency: cache_consistency_mariadb((3350, 3351)), cache_consistency_mysql((3352, 3353)));
 
 /// A 3-master Redis Cluster (private processes): keys spread over all slots are grouped by
 /// slot (hash tags respected), so every command goes to one node and all keys go.

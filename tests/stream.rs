@@ -227,12 +227,14 @@ fn compressed(f: Flavor) {
                 .unwrap(),
             Flavor::MariaDb => {
                 // log_bin_compress is global; the compressed events themselves are the point
-                c.query_drop("SET GLOBAL log_bin_compress = ON")
-                    .await
-                    .unwrap();
-                c.query_drop("SET GLOBAL log_bin_compress_min_len = 10")
-                    .await
-                    .unwrap();
+                exec_all(
+                    c,
+                    &[
+                        "SET GLOBAL log_bin_compress = ON".to_string(),
+                        "SET GLOBAL log_bin_compress_min_len = 10".to_string(),
+                    ],
+                )
+                .await;
             }
         }
         workload(c, &name, 100).await;
@@ -268,57 +270,27 @@ fn compressed(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn schema_changes_mariadb() {
-    schema_changes(Flavor::MariaDb);
-}
-#[test]
-fn schema_changes_mysql() {
-    schema_changes(Flavor::MySql);
-}
-#[test]
-fn transactions_mariadb() {
-    transactions(Flavor::MariaDb);
-}
-#[test]
-fn transactions_mysql() {
-    transactions(Flavor::MySql);
-}
-#[test]
-fn reconnect_mariadb() {
-    reconnect(Flavor::MariaDb);
-}
-#[test]
-fn reconnect_mysql() {
-    reconnect(Flavor::MySql);
-}
-#[test]
-fn compressed_mariadb() {
-    compressed(Flavor::MariaDb);
-}
-#[test]
-fn compressed_mysql() {
-    compressed(Flavor::MySql);
-}
+both_flavors!(schema_changes: schema_changes_mariadb(), schema_changes_mysql());
+both_flavors!(transactions: transactions_mariadb(), transactions_mysql());
+both_flavors!(reconnect: reconnect_mariadb(), reconnect_mysql());
+both_flavors!(compressed: compressed_mariadb(), compressed_mysql());
 
 async fn workload(c: &mut mysql_async::Conn, name: &str, base: i64) {
     let long = "x".repeat(400);
-    c.query_drop(format!(
-        "INSERT INTO `{name}`.t VALUES ({}, '{long}', 1), ({}, 'short', 2), ({}, NULL, 3)",
-        base,
-        base + 1,
-        base + 2
-    ))
-    .await
-    .unwrap();
-    c.query_drop(format!(
-        "UPDATE `{name}`.t SET n = n * 10 WHERE id >= {base}"
-    ))
-    .await
-    .unwrap();
-    c.query_drop(format!("DELETE FROM `{name}`.t WHERE id = {}", base + 1))
-        .await
-        .unwrap();
+    exec_all(
+        c,
+        &[
+            format!(
+                "INSERT INTO `{name}`.t VALUES ({}, '{long}', 1), ({}, 'short', 2), ({}, NULL, 3)",
+                base,
+                base + 1,
+                base + 2
+            ),
+            format!("UPDATE `{name}`.t SET n = n * 10 WHERE id >= {base}"),
+            format!("DELETE FROM `{name}`.t WHERE id = {}", base + 1),
+        ],
+    )
+    .await;
 }
 
 /// MySQL partial JSON updates (binlog_row_value_options=PARTIAL_JSON): the after image is
@@ -489,11 +461,4 @@ fn start_positions(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn start_positions_mariadb() {
-    start_positions(Flavor::MariaDb);
-}
-#[test]
-fn start_positions_mysql() {
-    start_positions(Flavor::MySql);
-}
+both_flavors!(start_positions: start_positions_mariadb(), start_positions_mysql());

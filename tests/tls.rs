@@ -199,6 +199,20 @@ fn check_source(dir: &Path, name: &str, url: &str, tls: &str) -> (i32, String) {
     )
 }
 
+/// Waits (up to 20 s) until `binlogd position show` names `file`: the daemon stored a
+/// position; panics with `what` and the output.
+fn wait_stored(d: &Daemon, file: &str, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        let (code, out) = run_binlogd(&["position", "show", "-c", p(&d.config)]);
+        if code == 0 && out.contains(file) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{what}: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn streams_over_tls(f: Flavor, port: u16) {
     let rt = rt();
     let name = format!("tls_ok_{}", f.tag());
@@ -226,12 +240,14 @@ fn streams_over_tls(f: Flavor, port: u16) {
     assert_eq!(code, 0, "check over TLS: {out}");
     let mut d = Daemon::start(&dir, &cfg);
     rt.block_on(async {
-        c.query_drop("INSERT INTO tlsdb.t VALUES (1, 'a'), (2, 'b')")
-            .await
-            .unwrap();
-        c.query_drop("UPDATE tlsdb.t SET v = 'c' WHERE id = 2")
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                "INSERT INTO tlsdb.t VALUES (1, 'a'), (2, 'b')".to_string(),
+                "UPDATE tlsdb.t SET v = 'c' WHERE id = 2".to_string(),
+            ],
+        )
+        .await;
     });
     let ev = d.wait_events(3, Duration::from_secs(60));
     assert_eq!(ev[0]["op"], "c");
@@ -240,30 +256,11 @@ fn streams_over_tls(f: Flavor, port: u16) {
     assert_eq!(ev[2]["after"]["v"], "c");
     // the daemon's own connections use TLS: the server refuses anything else
     // (require_secure_transport), and the checkpoint (same server) was stored
-    let t0 = Instant::now();
-    loop {
-        let (code, out) = run_binlogd(&["position", "show", "-c", p(&d.config)]);
-        if code == 0 && out.contains(&start.0) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no stored position: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stored(&d, &start.0, "no stored position");
     assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
 }
 
-#[test]
-fn mariadb_verify_identity_streams() {
-    streams_over_tls(Flavor::MariaDb, 3360);
-}
-
-#[test]
-fn mysql_verify_identity_streams() {
-    streams_over_tls(Flavor::MySql, 3364);
-}
+both_flavors!(streams_over_tls: mariadb_verify_identity_streams(3360), mysql_verify_identity_streams(3364));
 
 #[test]
 fn mariadb_wrong_ca_is_a_clear_error() {
@@ -414,18 +411,11 @@ fn mariadb_require_secure_transport_source_and_checkpoint() {
     rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1), (2)")))
         .unwrap();
     d.wait_events(2, Duration::from_secs(60));
-    let t0 = Instant::now();
-    loop {
-        let (code, out) = run_binlogd(&["position", "show", "-c", p(&d.config)]);
-        if code == 0 && out.contains(&start.0) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no stored position on the TLS checkpoint server: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stored(
+        &d,
+        &start.0,
+        "no stored position on the TLS checkpoint server",
+    );
     assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
     // the position is on the TLS server
     let n: Option<u64> = rt.block_on(async {

@@ -416,19 +416,37 @@ pub fn run_binlogd_for(args: &[&str], secs: u64) -> (i32, String) {
     (code, text)
 }
 
-/// `GET path` on the daemon's admin endpoint: (status, body); panics if it cannot connect.
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+/// `GET path` over HTTP/1.1 at `addr`: the whole response.
+fn get(
+    addr: &str,
+    path: &str,
+    connect: Option<Duration>,
+    read: Duration,
+) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = match connect {
+        Some(t) => {
+            let a = addr
+                .parse()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            std::net::TcpStream::connect_timeout(&a, t)?
+        }
+        None => std::net::TcpStream::connect(addr)?,
+    };
+    s.set_read_timeout(Some(read))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    s.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// `GET path` on the daemon's admin endpoint: (status, body); panics if it cannot connect.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let text =
+        get(addr, path, None, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{addr}: {e}"));
     let status = text
         .split_whitespace()
         .nth(1)
@@ -443,18 +461,8 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// As [`http_get`] with 2 s timeouts, `None` instead of a panic (an endpoint that may hang).
 pub fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    let secs2 = Duration::from_secs(2);
+    let text = get(addr, path, Some(secs2), secs2).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
 }

@@ -115,3 +115,23 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() 
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// One `#[test]` per flavor for a test function taking the flavor first:
+/// `both_flavors!(crash_test: crash_kill9_mariadb(), crash_kill9_mysql());` defines
+/// `crash_kill9_mariadb` calling `crash_test(Flavor::MariaDb)` and `crash_kill9_mysql` calling
+/// `crash_test(Flavor::MySql)`; arguments in the parentheses follow the flavor.
+#[allow(unused_macros)]
+macro_rules! both_flavors {
+    ($f:ident: $maria:ident($($a:expr),*), $mysql:ident($($b:expr),*)) => {
+        #[test]
+        fn $maria() {
+            $f(Flavor::MariaDb $(, $a)*);
+        }
+        #[test]
+        fn $mysql() {
+            $f(Flavor::MySql $(, $b)*);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both_flavors;

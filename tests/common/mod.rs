@@ -9,6 +9,7 @@
 //! - [`events`]: the file sink's JSON lines and event coordinates;
 //! - [`history`]: the per-row history-chain check of the fault and failover suites;
 //! - [`kafka`], [`redis`]: reading the sinks back, private Redis;
+//! - [`load`]: a write load on its own thread, counting commits;
 //! - [`scenario`]: fresh tables → daemon → SQL → events, in one value.
 #![allow(dead_code, unused_imports)]
 
@@ -18,6 +19,7 @@ mod env;
 mod events;
 mod history;
 mod kafka;
+mod load;
 mod redis;
 mod scenario;
 
@@ -27,5 +29,6 @@ pub use self::env::*;
 pub use self::events::*;
 pub use self::history::*;
 pub use self::kafka::*;
+pub use self::load::*;
 pub use self::redis::*;
 pub use self::scenario::*;
