@@ -22,6 +22,9 @@ name = "t"
 [[sinks.file]]
 name = "out"
 path = "-"
+
+[admin]
+listen = "127.0.0.1:0"
 "#;
 
 #[test]

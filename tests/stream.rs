@@ -393,7 +393,7 @@ fn minimal_metadata_fallback_mariadb() {
     ));
     let cfg = format!(
         "[source]\nurl = \"mysql://cdc:cdc@127.0.0.1:{port}\"\nserver_id = 777\nname = \"t\"\nstart = {{ file = \"{file}\", pos = {pos} }}\n\
-         include = [\"m.*\"]\n[[sinks.file]]\nname = \"o\"\npath = \"{}\"\n",
+         include = [\"m.*\"]\n[[sinks.file]]\nname = \"o\"\npath = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         dir.join("out.jsonl").display()
     );
     let mut d = Daemon::start(&dir, &cfg);
