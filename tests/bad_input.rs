@@ -22,6 +22,9 @@ name = "t"
 [[sinks.file]]
 name = "out"
 path = "-"
+
+[admin]
+listen = "127.0.0.1:0"
 "#;
 
 #[test]
@@ -78,14 +81,7 @@ fn wrong_password(f: Flavor) {
     assert!(out.contains("cannot log in"), "{out}");
 }
 
-#[test]
-fn wrong_password_mariadb() {
-    wrong_password(Flavor::MariaDb);
-}
-#[test]
-fn wrong_password_mysql() {
-    wrong_password(Flavor::MySql);
-}
+both_flavors!(wrong_password: wrong_password_mariadb(), wrong_password_mysql());
 
 fn check_ok(f: Flavor) {
     let dir = workdir(&format!("checkok_{}", f.tag()));
@@ -95,47 +91,35 @@ fn check_ok(f: Flavor) {
     assert!(out.contains("check: ok"), "{out}");
 }
 
-#[test]
-fn check_ok_mariadb() {
-    check_ok(Flavor::MariaDb);
-}
-#[test]
-fn check_ok_mysql() {
-    check_ok(Flavor::MySql);
-}
+both_flavors!(check_ok: check_ok_mariadb(), check_ok_mysql());
 
 /// A session writing with binlog_format=STATEMENT: the daemon stops with an error naming it
 /// instead of silently missing the rows.
 fn statement_session(f: Flavor) {
-    let rt = rt();
     let name = format!("stmt_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(f, &name, &["t (id INT PRIMARY KEY)"]);
     let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
     rt.block_on(async {
-        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1)"))
-            .await
-            .unwrap();
-        c.query_drop("SET SESSION binlog_format = 'STATEMENT'")
-            .await
-            .unwrap();
-        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (2)"))
-            .await
-            .unwrap();
-        c.query_drop("SET SESSION binlog_format = 'ROW'")
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("INSERT INTO `{name}`.t VALUES (1)"),
+                "SET SESSION binlog_format = 'STATEMENT'".to_string(),
+                format!("INSERT INTO `{name}`.t VALUES (2)"),
+                "SET SESSION binlog_format = 'ROW'".to_string(),
+            ],
+        )
+        .await;
     });
     let code = d.wait_exit(Duration::from_secs(30), "a statement-based change");
     assert_eq!(code, Some(1));
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         log.contains("statement-based change") && log.contains("binlog_format=ROW"),
         "{}",
@@ -148,14 +132,7 @@ fn statement_session(f: Flavor) {
     );
 }
 
-#[test]
-fn statement_session_mariadb() {
-    statement_session(Flavor::MariaDb);
-}
-#[test]
-fn statement_session_mysql() {
-    statement_session(Flavor::MySql);
-}
+both_flavors!(statement_session: statement_session_mariadb(), statement_session_mysql());
 
 /// A server started with binlog_format=STATEMENT and MINIMAL row image: `check` names each
 /// setting and its fix, `run` refuses to start.
@@ -242,49 +219,12 @@ fn server_id_clash(f: Flavor) {
     );
 }
 
-#[test]
-fn server_id_clash_mariadb() {
-    server_id_clash(Flavor::MariaDb);
-}
-#[test]
-fn server_id_clash_mysql() {
-    server_id_clash(Flavor::MySql);
-}
-
-/// Runs binlogd; a `run` that does not stop within `secs` is killed (and reported as -9).
-fn run_for(args: &[&str], secs: u64) -> (i32, String) {
-    let dir = std::env::temp_dir();
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let out_path = dir.join(format!("binlogd-run-for-{}-{n}.out", std::process::id()));
-    let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_binlogd"))
-        .args(args)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code().unwrap_or(-1);
-        }
-        if t0.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break -9;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
-    (code, text)
-}
+both_flavors!(server_id_clash: server_id_clash_mariadb(), server_id_clash_mysql());
 
 /// `check` and `run` both exit 1 naming the problem (`needles`).
 fn both_name(what: &str, cfg: &str, needles: &[&str]) {
     for verb in ["check", "run"] {
-        let (code, out) = run_for(&[verb, "-c", cfg], 30);
+        let (code, out) = run_binlogd_for(&[verb, "-c", cfg], 30);
         assert_eq!(code, 1, "{what} ({verb}): exit code 1; output:\n{out}");
         let named: Vec<&str> = out
             .lines()
@@ -309,7 +249,7 @@ fn server_settings(f: Flavor, port: u16) {
     let _ = std::fs::remove_dir_all(dir.join("data"));
     let srv = PrivateServer::start(f, &dir, port, &[]);
     let p = write_cfg(&dir, &GOOD.replace("URL", &srv.cdc_url()));
-    let (code, out) = run_for(&["check", "-c", &p], 30);
+    let (code, out) = run_binlogd_for(&["check", "-c", &p], 30);
     assert_eq!(code, 0, "baseline: {out}");
     let mut c = rt.block_on(root_at(&srv.root_url()));
     let q = |c: &mut mysql_async::Conn, sql: &str| {
@@ -366,7 +306,7 @@ fn server_settings(f: Flavor, port: u16) {
     );
     // GTID mode mismatch with a stored GTID position
     let p = write_cfg(&dir, &GOOD.replace("URL", &srv.cdc_url()));
-    let (code, out) = run_for(&["position", "set", "--latest", "-c", &p], 30);
+    let (code, out) = run_binlogd_for(&["position", "set", "--latest", "-c", &p], 30);
     assert_eq!(code, 0, "position set: {out}");
     assert!(
         out.contains("gtid: ") && !out.contains("gtid: -"),
@@ -400,7 +340,7 @@ fn server_settings(f: Flavor, port: u16) {
             );
         }
     }
-    let (code, out) = run_for(&["position", "reset", "-c", &p], 30);
+    let (code, out) = run_binlogd_for(&["position", "reset", "-c", &p], 30);
     assert_eq!(code, 0, "position reset: {out}");
     // binary logging off
     drop(c);
@@ -413,15 +353,7 @@ fn server_settings(f: Flavor, port: u16) {
     );
 }
 
-#[test]
-fn server_settings_mariadb() {
-    server_settings(Flavor::MariaDb, 3393);
-}
-
-#[test]
-fn server_settings_mysql() {
-    server_settings(Flavor::MySql, 3394);
-}
+both_flavors!(server_settings: server_settings_mariadb(3393), server_settings_mysql(3394));
 
 /// A TCP proxy to `upstream` that flips one bit in the first server→client chunk containing
 /// `marker` (once, in the byte after it). Returns the local port and whether it flipped yet.
@@ -485,19 +417,14 @@ fn corrupting_proxy(
 #[test]
 fn corrupt_event_on_the_wire_mariadb() {
     let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "corrupt_wire";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, s VARCHAR(200))"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(f, name, &["t (id INT PRIMARY KEY, s VARCHAR(200))"]);
     // unique to this run: earlier runs' rows are still in the server's binlog
     let marker = format!(
         "CORRUPT-{}-",
@@ -527,14 +454,14 @@ fn corrupt_event_on_the_wire_mariadb() {
     d.wait_events(5, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500)); // the position after them is stored
     rt.block_on(async {
-        c.query_drop(format!(
-            "INSERT INTO `{name}`.t VALUES (5, '{marker}xxxxxxxxxxxxxxxxxxxxxxxx')"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (6, 'after')"))
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("INSERT INTO `{name}`.t VALUES (5, '{marker}xxxxxxxxxxxxxxxxxxxxxxxx')"),
+                format!("INSERT INTO `{name}`.t VALUES (6, 'after')"),
+            ],
+        )
+        .await;
     });
     let code = d.wait_exit(Duration::from_secs(30), "after a corrupt event");
     assert!(
@@ -542,7 +469,7 @@ fn corrupt_event_on_the_wire_mariadb() {
         "the proxy flipped a bit"
     );
     assert_eq!(code, Some(1), "{}", d.log_text());
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     let line = log
         .lines()
         .find(|l| l.contains("CRC32 checksum mismatch"))

@@ -10,24 +10,26 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-type Key = (String, u64, u64);
+type Key = Coord;
 
 fn key(e: &Value) -> Key {
-    let s = &e["source"];
-    (
-        s["file"].as_str().unwrap().to_string(),
-        s["pos"].as_u64().unwrap(),
-        s["row"].as_u64().unwrap(),
-    )
+    coord(e)
 }
 
-async fn stored(c: &mut mysql_async::Conn, pipeline: &str) -> Option<(String, u64)> {
-    c.exec_first(
-        "SELECT binlog_file, binlog_pos FROM binlogd.checkpoint WHERE pipeline = ?",
-        (pipeline,),
-    )
-    .await
-    .unwrap()
+/// Tables `a` (inserted into) and `b` (five counters) of [`writer`].
+const COUNTERS: &[&str] = &[
+    "a (id INT PRIMARY KEY, v INT)",
+    "b (id INT PRIMARY KEY, v INT)",
+];
+
+/// [`COUNTERS`] in a fresh database, the counters at 0, and the binlog end after them.
+fn counters_scenario(f: Flavor, name: &str) -> Scenario {
+    let mut s = Scenario::new(f, name, COUNTERS);
+    s.sql(&[format!(
+        "INSERT INTO `{name}`.b VALUES (0,0),(1,0),(2,0),(3,0),(4,0)"
+    )]);
+    s.start = s.binlog_end();
+    s
 }
 
 /// Writes transactions until `stop`: each inserts two rows into `a` and bumps two counters in
@@ -101,31 +103,10 @@ fn check_complete(ev: &[Value], txns: u64) -> usize {
 }
 
 fn crash_test(f: Flavor) {
-    let rt = rt();
-    let name = format!("crash_{}", f.tag());
-    let pipeline = format!("{name}_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.a (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.b (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
-            "INSERT INTO `{name}`.b VALUES (0,0),(1,0),(2,0),(3,0),(4,0)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
+    let s = counters_scenario(f, &format!("crash_{}", f.tag()));
+    let (name, pipeline) = (s.name.clone(), s.pipeline());
+    let mut d = s.daemon("");
+    let (rt, mut c) = (s.rt, s.c);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let w = rt.spawn(writer(f, name.clone(), stop.clone(), done.clone()));
@@ -139,7 +120,7 @@ fn crash_test(f: Flavor) {
         d.child.kill().unwrap(); // SIGKILL
         d.child.wait().unwrap();
         let lines = d.events().len();
-        let at = rt.block_on(stored(&mut c, &pipeline));
+        let at = rt.block_on(stored_position(&mut c, &pipeline));
         segments.push((lines, at));
         d.restart();
     }
@@ -196,40 +177,13 @@ fn crash_test(f: Flavor) {
     );
 }
 
-#[test]
-fn crash_kill9_mariadb() {
-    crash_test(Flavor::MariaDb);
-}
-#[test]
-fn crash_kill9_mysql() {
-    crash_test(Flavor::MySql);
-}
+both_flavors!(crash_test: crash_kill9_mariadb(), crash_kill9_mysql());
 
 fn graceful(f: Flavor) {
-    let rt = rt();
-    let name = format!("graceful_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.a (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.b (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
-            "INSERT INTO `{name}`.b VALUES (0,0),(1,0),(2,0),(3,0),(4,0)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
+    let s = counters_scenario(f, &format!("graceful_{}", f.tag()));
+    let name = s.name.clone();
+    let mut d = s.daemon("");
+    let rt = s.rt;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let w = rt.spawn(writer(f, name.clone(), stop.clone(), done.clone()));
@@ -255,30 +209,23 @@ fn graceful(f: Flavor) {
     check_complete(&ev, txns);
 }
 
-#[test]
-fn graceful_restart_mariadb() {
-    graceful(Flavor::MariaDb);
-}
-#[test]
-fn graceful_restart_mysql() {
-    graceful(Flavor::MySql);
-}
+both_flavors!(graceful: graceful_restart_mariadb(), graceful_restart_mysql());
 
 /// position show/set/reset; replay of a range (exact rows); migrations twice.
 fn operator_verbs(f: Flavor) {
-    let rt = rt();
-    let name = format!("verbs_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let cfg_text = config(f, &name, &name, &start, &dir, "");
-    let mut d = Daemon::start(&dir, &cfg_text);
+    let s = Scenario::new(
+        f,
+        &format!("verbs_{}", f.tag()),
+        &["t (id INT PRIMARY KEY)"],
+    );
+    let mut d = s.daemon("");
+    let Scenario {
+        rt,
+        name,
+        dir,
+        mut c,
+        ..
+    } = s;
     let cfg = d.config.to_str().unwrap().to_string();
     let mut marks = Vec::new();
     rt.block_on(async {
@@ -385,43 +332,26 @@ fn operator_verbs(f: Flavor) {
     assert_eq!(n, Some(2), "0001 checkpoint, 0002 xa_restart");
 }
 
-#[test]
-fn operator_verbs_mariadb() {
-    operator_verbs(Flavor::MariaDb);
-}
-#[test]
-fn operator_verbs_mysql() {
-    operator_verbs(Flavor::MySql);
-}
+both_flavors!(operator_verbs: operator_verbs_mariadb(), operator_verbs_mysql());
 
 /// The checkpoint on another server than the source (MariaDB source, MySQL checkpoint).
 #[test]
 fn checkpoint_on_separate_server() {
     let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "sepcp";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    let mut other = rt.block_on(root(Flavor::MySql));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-        other
-            .query_drop("DROP DATABASE IF EXISTS binlogd_sep")
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let cfg = config(f, name, name, &start, &dir, "").replace(
+    let s = Scenario::new(f, name, &["t (id INT PRIMARY KEY)"]);
+    let mut other = s.rt.block_on(root(Flavor::MySql));
+    s.rt.block_on(other.query_drop("DROP DATABASE IF EXISTS binlogd_sep"))
+        .unwrap();
+    let cfg = s.config("").replace(
         "[checkpoint]\n",
         &format!(
             "[checkpoint]\nurl = \"{}\"\nschema = \"binlogd_sep\"\n",
             Flavor::MySql.root_url()
         ),
     );
-    let mut d = Daemon::start(&dir, &cfg);
+    let mut d = s.daemon_with(&cfg);
+    let Scenario { rt, mut c, .. } = s;
     rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1), (2)")))
         .unwrap();
     let mark = rt.block_on(binlog_end(&mut c, f));
@@ -454,15 +384,12 @@ fn purged(f: Flavor, port: u16) {
     // its own server: PURGE skips files other tests' replicas are reading
     let srv = PrivateServer::start(f, &dir, port, &[]);
     let mut c = rt.block_on(root_at(&srv.root_url()));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v VARCHAR(10))"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        &name,
+        &["t (id INT PRIMARY KEY, v VARCHAR(10))"],
+    ));
     let mut d = Daemon::start(
         &dir,
         &config_for(&srv.cdc_url(), f, &name, &name, &start, &dir, ""),
@@ -471,7 +398,9 @@ fn purged(f: Flavor, port: u16) {
         .unwrap();
     d.wait_events(1, Duration::from_secs(30));
     assert_eq!(d.stop(), Some(0));
-    let before = rt.block_on(stored(&mut c, &pipeline)).expect("stored");
+    let before = rt
+        .block_on(stored_position(&mut c, &pipeline))
+        .expect("stored");
     // changes the daemon has not seen, then rotate and purge everything before them
     let datadir: String = rt
         .block_on(c.query_first("SELECT @@datadir"))
@@ -480,13 +409,15 @@ fn purged(f: Flavor, port: u16) {
     let copies = dir.join("binlogs");
     std::fs::create_dir_all(&copies).unwrap();
     rt.block_on(async {
-        c.query_drop(format!("INSERT INTO `{name}`.t VALUES (2, 'b'), (3, 'c')"))
-            .await
-            .unwrap();
-        c.query_drop(format!("UPDATE `{name}`.t SET v = 'z' WHERE id = 1"))
-            .await
-            .unwrap();
-        c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("INSERT INTO `{name}`.t VALUES (2, 'b'), (3, 'c')"),
+                format!("UPDATE `{name}`.t SET v = 'z' WHERE id = 1"),
+                "FLUSH BINARY LOGS".to_string(),
+            ],
+        )
+        .await;
     });
     let files: Vec<String> = rt
         .block_on(c.query::<mysql_async::Row, _>("SHOW BINARY LOGS"))
@@ -543,14 +474,14 @@ fn purged(f: Flavor, port: u16) {
     d.restart();
     let code = d.wait_exit(Duration::from_secs(30), "a purged binlog");
     assert_eq!(code, Some(1));
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         log.contains("no longer on the server") && log.contains("binlogd replay --binlog-file"),
         "{}",
         d.log_text()
     );
     assert_eq!(
-        rt.block_on(stored(&mut c, &pipeline)),
+        rt.block_on(stored_position(&mut c, &pipeline)),
         Some(before.clone()),
         "stored position untouched"
     );
@@ -587,14 +518,7 @@ fn purged(f: Flavor, port: u16) {
     assert_eq!(ev[2]["after"]["v"], "z");
 }
 
-#[test]
-fn purged_binlog_mariadb() {
-    purged(Flavor::MariaDb, 3341);
-}
-#[test]
-fn purged_binlog_mysql() {
-    purged(Flavor::MySql, 3342);
-}
+both_flavors!(purged: purged_binlog_mariadb(3341), purged_binlog_mysql(3342));
 
 /// `replay --from-time … --to-time …` re-sends exactly the transactions in that window.
 fn replay_by_time(f: Flavor) {
@@ -602,12 +526,7 @@ fn replay_by_time(f: Flavor) {
     let name = format!("rtime_{}", f.tag());
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-    });
+    rt.block_on(fresh_tables(&mut c, &name, &["t (id INT PRIMARY KEY)"]));
     let cfg_text = config(f, &name, &name, &("unused".into(), 4), &dir, "");
     let cfg = dir.join("binlogd.toml");
     std::fs::write(&cfg, &cfg_text).unwrap();
@@ -663,35 +582,19 @@ fn replay_by_time(f: Flavor) {
     );
 }
 
-#[test]
-fn replay_by_time_mariadb() {
-    replay_by_time(Flavor::MariaDb);
-}
-#[test]
-fn replay_by_time_mysql() {
-    replay_by_time(Flavor::MySql);
-}
+both_flavors!(replay_by_time: replay_by_time_mariadb(), replay_by_time_mysql());
 
 /// The daemon never feeds on its own checkpoint writes, even when binlogd.* is included.
 #[test]
 fn own_checkpoint_writes_filtered() {
-    let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "ownwrites";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let cfg = config(f, name, name, &start, &dir, "").replace(
+    let s = Scenario::new(Flavor::MariaDb, name, &["t (id INT PRIMARY KEY)"]);
+    let cfg = s.config("").replace(
         &format!("include = [\"{name}.*\"]"),
         &format!("include = [\"{name}.*\", \"binlogd.*\"]"),
     );
-    let mut d = Daemon::start(&dir, &cfg);
+    let mut d = s.daemon_with(&cfg);
+    let Scenario { rt, mut c, .. } = s;
     for i in 0..20 {
         rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES ({i})")))
             .unwrap();
@@ -713,19 +616,11 @@ fn own_checkpoint_writes_filtered() {
 #[test]
 fn checkpoint_connection_killed() {
     let f = Flavor::MySql;
-    let rt = rt();
     let name = "cpkill";
-    let pipeline = format!("{name}_{}", f.tag());
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
+    let s = Scenario::new(f, name, &["t (id INT PRIMARY KEY)"]);
+    let pipeline = s.pipeline();
+    let mut d = s.daemon("");
+    let Scenario { rt, mut c, .. } = s;
     rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1)")))
         .unwrap();
     d.wait_events(1, Duration::from_secs(30));
@@ -742,7 +637,7 @@ fn checkpoint_connection_killed() {
     d.wait_events(2, Duration::from_secs(30));
     let t0 = Instant::now();
     loop {
-        let s = rt.block_on(stored(&mut c, &pipeline));
+        let s = rt.block_on(stored_position(&mut c, &pipeline));
         if s.as_ref().is_some_and(|s| *s >= mark) {
             break;
         }
@@ -767,20 +662,17 @@ fn checkpoint_connection_killed() {
 /// Two daemons for one pipeline: one streams, the other stands by; `kill -9` of the active one
 /// and the standby takes over within seconds; together their output has no gap.
 fn ha_takeover(f: Flavor) {
-    let rt = rt();
-    let name = format!("ha_{}", f.tag());
-    let dir_a = workdir(&name);
-    let dir_b = workdir(&format!("{name}_b"));
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let cfg_a = config(f, &name, &name, &start, &dir_a, "");
-    let mut a = Daemon::start(&dir_a, &cfg_a);
+    let s = Scenario::new(f, &format!("ha_{}", f.tag()), &["t (id INT PRIMARY KEY)"]);
+    let dir_b = workdir(&format!("{}_b", s.name));
+    let cfg_a = s.config("");
+    let mut a = s.daemon_with(&cfg_a);
+    let Scenario {
+        rt,
+        name,
+        dir: dir_a,
+        mut c,
+        ..
+    } = s;
     std::thread::sleep(Duration::from_millis(500));
     // the standby: same pipeline, its own replica id and output file
     let sid_a = format!("server_id = {}", server_id_for(&name, f));
@@ -793,19 +685,11 @@ fn ha_takeover(f: Flavor) {
             dir_a.join("out.jsonl").to_str().unwrap(),
             dir_b.join("out.jsonl").to_str().unwrap(),
         );
-    std::fs::write(dir_b.join("binlogd.toml"), &cfg_b).unwrap();
     // no position reset for the standby: it must not disturb the active one
-    let mut b = Daemon {
-        child: std::process::Command::new(env!("CARGO_BIN_EXE_binlogd"))
-            .args(["run", "-c", dir_b.join("binlogd.toml").to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir_b.join("binlogd.log")).unwrap())
-            .spawn()
-            .unwrap(),
-        out: dir_b.join("out.jsonl"),
-        log: dir_b.join("binlogd.log"),
-        config: dir_b.join("binlogd.toml"),
-    };
+    let mut b = Daemon::builder(&dir_b)
+        .config(&cfg_b)
+        .inherit_log_level()
+        .spawn();
     for i in 0..50 {
         rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES ({i})")))
             .unwrap();
@@ -816,11 +700,8 @@ fn ha_takeover(f: Flavor) {
         b.events().is_empty(),
         "the standby streams nothing while the active one runs"
     );
-    assert!(std::fs::read_to_string(&b.log)
-        .unwrap()
-        .contains("standing by"));
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    assert!(b.log_all().contains("standing by"));
+    a.kill();
     let killed_at = Instant::now();
     for i in 50..100 {
         rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES ({i})")))
@@ -862,11 +743,4 @@ fn ha_takeover(f: Flavor) {
     assert_eq!(b.stop(), Some(0));
 }
 
-#[test]
-fn ha_takeover_mariadb() {
-    ha_takeover(Flavor::MariaDb);
-}
-#[test]
-fn ha_takeover_mysql() {
-    ha_takeover(Flavor::MySql);
-}
+both_flavors!(ha_takeover: ha_takeover_mariadb(), ha_takeover_mysql());

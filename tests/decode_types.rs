@@ -191,17 +191,9 @@ fn all_types(f: Flavor) {
     let name = format!("alltypes_{}", f.tag());
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        let cols: Vec<String> = COLS.iter().map(|(n, t, _)| format!("`{n}` {t}")).collect();
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.alltypes (id INT PRIMARY KEY, {})",
-            cols.join(", ")
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let cols: Vec<String> = COLS.iter().map(|(n, t, _)| format!("`{n}` {t}")).collect();
+    let table = format!("alltypes (id INT PRIMARY KEY, {})", cols.join(", "));
+    let start = rt.block_on(fresh_table(&mut c, f, &name, &[&table]));
     let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
     let big: Vec<u8> = (0..16 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -214,16 +206,18 @@ fn all_types(f: Flavor) {
         tx.exec_drop(format!("UPDATE `{name}`.alltypes SET lb = ? WHERE id = 1"), (big.clone(),)).await.unwrap();
         tx.commit().await.unwrap();
         let s1 = snapshot(&mut c, &name).await;
-        c.query_drop(format!(
+        exec_all(
+            &mut c,
+            &[
+                format!(
             "UPDATE `{name}`.alltypes SET vc = 'changed', vl = 'Ærø', i = 41, e = 'large', s = '', \
              j = '{{\"a\": \"b\"}}', ts3 = '2001-02-03 04:05:06.007', b64 = b'0', tm = '-00:00:00.500000', \
              dt6 = '2024-01-01 00:00:00.000001', dec65 = 0.5, decn = -0.0001, c = NULL, bin = x'01' WHERE id = 1"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!("UPDATE `{name}`.alltypes SET vc = NULL, vb = x'00', e = 'small', s = 'b', y = 1901 WHERE id = 2"))
-            .await
-            .unwrap();
+        ),
+                format!("UPDATE `{name}`.alltypes SET vc = NULL, vb = x'00', e = 'small', s = 'b', y = 1901 WHERE id = 2"),
+            ],
+        )
+        .await;
         let s2 = snapshot(&mut c, &name).await;
         c.query_drop(format!("DELETE FROM `{name}`.alltypes")).await.unwrap();
         (s1, s2)
@@ -276,15 +270,7 @@ fn all_types(f: Flavor) {
     );
 }
 
-#[test]
-fn all_types_mariadb() {
-    all_types(Flavor::MariaDb);
-}
-
-#[test]
-fn all_types_mysql() {
-    all_types(Flavor::MySql);
-}
+both_flavors!(all_types: all_types_mariadb(), all_types_mysql());
 
 /// SELECT's text of `expr` for every row of `db.t`, by id.
 async fn select_text(c: &mut mysql_async::Conn, db: &str, exprs: &[&str]) -> Snapshot {
@@ -325,19 +311,18 @@ fn text_of(v: &Option<Vec<u8>>) -> Value {
 #[test]
 fn json_column_not_json_at_the_time_mariadb() {
     let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "jsonhist_maria";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, j LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(
+        f,
+        name,
+        &["t (id INT PRIMARY KEY, j LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)"],
+    );
     let not_json = [
         "not json {",
         "{\"a\": 1,}",
@@ -363,14 +348,16 @@ fn json_column_not_json_at_the_time_mariadb() {
                 .unwrap();
         }
         let new = select_text(&mut c, name, &["j"]).await;
-        c.query_drop(format!("ALTER TABLE `{name}`.t MODIFY j JSON"))
-            .await
-            .unwrap();
-        c.query_drop(format!(
-            "INSERT INTO `{name}`.t VALUES (4, '{{\"after\": \"alter\", \"n\": 1.50}}')"
-        ))
-        .await
-        .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("ALTER TABLE `{name}`.t MODIFY j JSON"),
+                format!(
+                    "INSERT INTO `{name}`.t VALUES (4, '{{\"after\": \"alter\", \"n\": 1.50}}')"
+                ),
+            ],
+        )
+        .await;
         let last = select_text(&mut c, name, &["j"]).await;
         (old, new, last)
     });
@@ -415,7 +402,7 @@ fn json_column_not_json_at_the_time_mariadb() {
         "6 values (3 inserts, 3 before images) counted: {n:?}\n{metrics}"
     );
     // one warning for the six values (at most one per column per minute), naming the column
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     let warnings: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("is not JSON"))
@@ -497,14 +484,11 @@ fn uuid_inet_mariadb() {
     let name = "uuidinet_maria";
     let dir = workdir(name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, u UUID, i4 INET4, i6 INET6, b16 BINARY(16))"
-        ))
-        .await
-        .unwrap();
-    });
+    rt.block_on(fresh_tables(
+        &mut c,
+        name,
+        &["t (id INT PRIMARY KEY, u UUID, i4 INET4, i6 INET6, b16 BINARY(16))"],
+    ));
     let n = UUIDS.len().max(INET6S.len());
     let start = rt.block_on(binlog_end(&mut c, f));
     let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
@@ -634,19 +618,14 @@ fn uuid_inet_mariadb() {
 #[test]
 fn json_decimals_mysql() {
     let f = Flavor::MySql;
-    let rt = rt();
     let name = "jsondec_mysql";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, j JSON)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(f, name, &["t (id INT PRIMARY KEY, j JSON)"]);
     let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
     let inserts = [
         "JSON_OBJECT('d', 1.5)",
@@ -673,12 +652,14 @@ fn json_decimals_mysql() {
         let mut s_upd = Vec::new();
         for (id, e, partial) in updates {
             let opt = if partial { "PARTIAL_JSON" } else { "" };
-            c.query_drop(format!("SET SESSION binlog_row_value_options = '{opt}'"))
-                .await
-                .unwrap();
-            c.query_drop(format!("UPDATE `{name}`.t SET j = {e} WHERE id = {id}"))
-                .await
-                .unwrap();
+            exec_all(
+                &mut c,
+                &[
+                    format!("SET SESSION binlog_row_value_options = '{opt}'"),
+                    format!("UPDATE `{name}`.t SET j = {e} WHERE id = {id}"),
+                ],
+            )
+            .await;
             s_upd.push(select_text(&mut c, name, &["j"]).await);
         }
         (s_ins, s_upd)

@@ -33,51 +33,9 @@ fn s(t: &str, op: &str, id: i64) -> (String, String, i64) {
     (t.to_string(), op.to_string(), id)
 }
 
-/// `(file, pos, row)` strictly increasing: each row change once, in binlog order.
-fn assert_increasing(ev: &[Value]) {
-    let key = |e: &Value| {
-        (
-            e["source"]["file"].as_str().unwrap().to_string(),
-            e["source"]["pos"].as_u64().unwrap(),
-            e["source"]["row"].as_u64().unwrap(),
-        )
-    };
-    for w in ev.windows(2) {
-        assert!(
-            key(&w[0]) < key(&w[1]),
-            "not increasing: {} then {}",
-            w[0],
-            w[1]
-        );
-    }
-}
-
 /// At least `n` events, then whatever else arrives within half a second (nothing should).
 fn settled_events(d: &mut Daemon, n: usize) -> Vec<Value> {
-    d.wait_events(n, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
-    d.events()
-}
-
-async fn exec_all(c: &mut mysql_async::Conn, qs: &[String]) {
-    for q in qs {
-        let t0 = Instant::now();
-        loop {
-            match c.query_drop(q).await {
-                Ok(()) => break,
-                // a prepared XA transaction of a session that just closed may take a moment
-                // to be detached (MariaDB): XAER_NOTA until then
-                Err(mysql_async::Error::Server(e))
-                    if e.code == 1397
-                        && q.starts_with("XA ")
-                        && t0.elapsed() < Duration::from_secs(10) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("{q}: {e}"),
-            }
-        }
-    }
+    d.settled_events(n, Duration::from_millis(500))
 }
 
 /// Rolls back what an earlier, interrupted run of a test may have left prepared.
@@ -129,19 +87,19 @@ fn xa_transactions(f: Flavor) {
     let name = format!("xa_{}", f.tag());
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
+    let start = rt.block_on(async {
         rollback_leftover_xa(&mut c, &["'a'", "'b','q',7"]).await;
-        fresh_db(&mut c, &name).await;
-        exec_all(
+        fresh_table(
             &mut c,
+            f,
+            &name,
             &[
-                format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v VARCHAR(20))"),
-                format!("CREATE TABLE `{name}`.o (id INT PRIMARY KEY)"),
+                "t (id INT PRIMARY KEY, v VARCHAR(20))",
+                "o (id INT PRIMARY KEY)",
             ],
         )
-        .await;
+        .await
     });
-    let start = rt.block_on(binlog_end(&mut c, f));
     let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
     rt.block_on(async {
         xa_prepare(
@@ -190,23 +148,15 @@ fn xa_transactions(f: Flavor) {
     assert_ne!(gtid(2), gtid(0));
     assert_ne!(gtid(2), gtid(1));
     assert_eq!(ev[2]["after"]["v"], "x");
-    let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(
-        log.contains("XA PREPARE: row changes held"),
+        d.log_all().contains("XA PREPARE: row changes held"),
         "{}",
         d.log_text()
     );
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn xa_transactions_mariadb() {
-    xa_transactions(Flavor::MariaDb);
-}
-#[test]
-fn xa_transactions_mysql() {
-    xa_transactions(Flavor::MySql);
-}
+both_flavors!(xa_transactions: xa_transactions_mariadb(), xa_transactions_mysql());
 
 async fn stored_row(
     c: &mut mysql_async::Conn,
@@ -231,19 +181,16 @@ fn xa_restart(f: Flavor) {
     let pipeline = format!("{name}_{}", f.tag());
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
+    let start = rt.block_on(async {
         rollback_leftover_xa(&mut c, &["'k'", "'g'"]).await;
-        fresh_db(&mut c, &name).await;
-        exec_all(
+        fresh_table(
             &mut c,
-            &[
-                format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"),
-                format!("CREATE TABLE `{name}`.o (id INT PRIMARY KEY)"),
-            ],
+            f,
+            &name,
+            &["t (id INT PRIMARY KEY)", "o (id INT PRIMARY KEY)"],
         )
-        .await;
+        .await
     });
-    let start = rt.block_on(binlog_end(&mut c, f));
     let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
     // wait until the position is stored past everything written so far
     let settle = |c: &mut mysql_async::Conn, d: &mut Daemon| {
@@ -289,8 +236,7 @@ fn xa_restart(f: Flavor) {
         "{code} {out}"
     );
     // crash, restart, then the outcome arrives
-    let _ = d.child.kill();
-    let _ = d.child.wait();
+    d.kill();
     d.restart();
     rt.block_on(async {
         exec_all(
@@ -350,14 +296,7 @@ fn xa_restart(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn xa_restart_between_prepare_and_commit_mariadb() {
-    xa_restart(Flavor::MariaDb);
-}
-#[test]
-fn xa_restart_between_prepare_and_commit_mysql() {
-    xa_restart(Flavor::MySql);
-}
+both_flavors!(xa_restart: xa_restart_between_prepare_and_commit_mariadb(), xa_restart_between_prepare_and_commit_mysql());
 
 /// MariaDB logs `SAVEPOINT` and `ROLLBACK TO` inside a transaction that also changed a
 /// non-transactional table: the rolled-back InnoDB rows are withdrawn (the MyISAM rows stay),
@@ -365,31 +304,22 @@ fn xa_restart_between_prepare_and_commit_mysql() {
 /// larger than the decoder's early hand-on threshold (4 MiB).
 #[test]
 fn savepoints_mariadb() {
-    let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "savepoint_maria";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        exec_all(
-            &mut c,
-            &[
-                format!(
-                    "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, pad VARCHAR(400)) ENGINE=InnoDB"
-                ),
-                format!("CREATE TABLE `{name}`.m (id INT PRIMARY KEY) ENGINE=MyISAM"),
-                format!("CREATE TABLE `{name}`.seed (n INT PRIMARY KEY)"),
-                format!("INSERT INTO `{name}`.seed SELECT seq FROM `{name}`.seq_1000_to_21000"),
-            ],
-        )
-        .await;
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(
-        &dir,
-        &config(f, name, name, &start, &dir, "exclude = [\"*.seed\"]"),
+    let mut sc = Scenario::new(
+        Flavor::MariaDb,
+        name,
+        &[
+            "t (id INT PRIMARY KEY, pad VARCHAR(400)) ENGINE=InnoDB",
+            "m (id INT PRIMARY KEY) ENGINE=MyISAM",
+            "seed (n INT PRIMARY KEY)",
+        ],
     );
+    sc.sql(&[format!(
+        "INSERT INTO `{name}`.seed SELECT seq FROM `{name}`.seq_1000_to_21000"
+    )]);
+    sc.start = sc.binlog_end();
+    let mut d = sc.daemon("exclude = [\"*.seed\"]");
+    let Scenario { rt, mut c, .. } = sc;
     rt.block_on(async {
         let mut tx = c.start_transaction(Default::default()).await.unwrap();
         for q in [
@@ -437,15 +367,9 @@ fn savepoints_mariadb() {
     assert_eq!(gtid(2), gtid(3), "one transaction, one GTID");
     assert_eq!(gtid(2), gtid(4), "one transaction, one GTID");
     assert_ne!(gtid(4), gtid(5));
-    let m = metric_from(&mut d, "binlogd_rows_rolled_back_total");
+    let m = d.metric("binlogd_rows_rolled_back_total");
     assert!(m >= 20_001.0, "rows_rolled_back = {m}");
     assert_eq!(d.stop(), Some(0));
-}
-
-fn metric_from(d: &mut Daemon, name: &str) -> f64 {
-    let addr = d.admin_addr();
-    let (_, body) = http_get(&addr, "/metrics");
-    metric(&body, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 /// Statements that change a table's contents without row events give one truncate event per
@@ -458,26 +382,28 @@ fn truncates(f: Flavor) {
     let p = format!("{name}_{}", std::process::id());
     let topic = format!("{p}.t1");
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        exec_all(
+    let start = rt.block_on(async {
+        fresh_tables(
             &mut c,
+            &name,
             &[
-                format!("CREATE TABLE `{name}`.t1 (id INT PRIMARY KEY)"),
-                format!("CREATE TABLE `{name}`.t2 (id INT PRIMARY KEY)"),
-                format!("CREATE TABLE `{name}`.t3 (id INT PRIMARY KEY)"),
-                format!(
-                    "CREATE TABLE `{name}`.p (id INT PRIMARY KEY) PARTITION BY RANGE (id) \
-                     (PARTITION p0 VALUES LESS THAN (10), PARTITION p1 VALUES LESS THAN (20), \
-                      PARTITION p2 VALUES LESS THAN MAXVALUE)"
-                ),
-                format!("CREATE TABLE `{name}`.x (id INT PRIMARY KEY)"),
-                format!("INSERT INTO `{name}`.p VALUES (1), (11), (21)"),
+                "t1 (id INT PRIMARY KEY)",
+                "t2 (id INT PRIMARY KEY)",
+                "t3 (id INT PRIMARY KEY)",
+                "p (id INT PRIMARY KEY) PARTITION BY RANGE (id) \
+                 (PARTITION p0 VALUES LESS THAN (10), PARTITION p1 VALUES LESS THAN (20), \
+                  PARTITION p2 VALUES LESS THAN MAXVALUE)",
+                "x (id INT PRIMARY KEY)",
             ],
         )
         .await;
+        exec_all(
+            &mut c,
+            &[format!("INSERT INTO `{name}`.p VALUES (1), (11), (21)")],
+        )
+        .await;
+        binlog_end(&mut c, f).await
     });
-    let start = rt.block_on(binlog_end(&mut c, f));
     let mut r = redis_conn(&redis_url());
     for k in [
         format!("{p}:t1:1"),
@@ -565,9 +491,7 @@ partitions = 3
     // Redis: the t1 truncate deleted every key matching on_truncate; p's truncates deleted
     // only its key without columns
     let t0 = Instant::now();
-    let exists = |r: &mut redis::Connection, k: &str| -> bool {
-        redis::cmd("EXISTS").arg(k).query::<i64>(r).unwrap() == 1
-    };
+    let exists = redis_exists;
     while exists(&mut r, &format!("{p}:t1:99")) || exists(&mut r, &format!("{p}:p:all")) {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
@@ -606,14 +530,7 @@ partitions = 3
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn truncate_events_mariadb() {
-    truncates(Flavor::MariaDb);
-}
-#[test]
-fn truncate_events_mysql() {
-    truncates(Flavor::MySql);
-}
+both_flavors!(truncates: truncate_events_mariadb(), truncate_events_mysql());
 
 /// MariaDB does not log foreign-key cascade changes: `check` and startup name the child table.
 /// MySQL 9 logs them as row events, which binlogd emits.
@@ -623,11 +540,10 @@ fn fk_cascades(f: Flavor) {
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
     rt.block_on(async {
-        fresh_db(&mut c, &name).await;
+        fresh_tables(&mut c, &name, &["parent (id INT PRIMARY KEY)"]).await;
         exec_all(
             &mut c,
             &[
-                format!("CREATE TABLE `{name}`.parent (id INT PRIMARY KEY)"),
                 format!(
                     "CREATE TABLE `{name}`.child (id INT PRIMARY KEY, pid INT, \
                      CONSTRAINT child_parent FOREIGN KEY (pid) REFERENCES `{name}`.parent (id) ON DELETE CASCADE)"
@@ -666,9 +582,8 @@ fn fk_cascades(f: Flavor) {
     got.sort();
     assert_eq!(got, want, "{ev:?}");
     if f == Flavor::MariaDb {
-        let log = std::fs::read_to_string(&d.log).unwrap();
         assert!(
-            log.contains("child_parent"),
+            d.log_all().contains("child_parent"),
             "startup warns: {}",
             d.log_text()
         );
@@ -676,14 +591,7 @@ fn fk_cascades(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn fk_cascades_mariadb() {
-    fk_cascades(Flavor::MariaDb);
-}
-#[test]
-fn fk_cascades_mysql() {
-    fk_cascades(Flavor::MySql);
-}
+both_flavors!(fk_cascades: fk_cascades_mariadb(), fk_cascades_mysql());
 
 /// A value that cannot be rendered (here: invalid UTF-8 written into a binlog file) stops
 /// binlogd before its row change, naming table, column and position, and every complete
@@ -697,12 +605,10 @@ fn unrenderable_value_keeps_earlier_transactions() {
     let mut c = rt.block_on(root(f));
     let marker = "MARKER-\u{e9}\u{e9}";
     let file = rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        exec_all(
+        fresh_tables(
             &mut c,
-            &[format!(
-                "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, s VARCHAR(40)) CHARACTER SET utf8mb4"
-            )],
+            name,
+            &["t (id INT PRIMARY KEY, s VARCHAR(40)) CHARACTER SET utf8mb4"],
         )
         .await;
         exec_all(&mut c, &["FLUSH BINARY LOGS".to_string()]).await;

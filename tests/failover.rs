@@ -158,22 +158,6 @@ struct Pair {
     r: PrivateServer,
 }
 
-async fn exec(url: &str, sql: &str) {
-    let mut c = root_at(url).await;
-    c.query_drop(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-async fn table_state(url: &str, db: &str) -> BTreeMap<i64, i64> {
-    let mut c = root_at(url).await;
-    let rows: Vec<(i64, i64)> = c
-        .query(format!("SELECT id, v FROM `{db}`.t"))
-        .await
-        .unwrap();
-    rows.into_iter().collect()
-}
-
 fn pair(f: Flavor, name: &str) -> Pair {
     let rt = rt();
     let dir = workdir(name);
@@ -294,159 +278,41 @@ impl Pair {
 
 /// Transactions on `db.t` (two inserts, an update, every fourth a delete) on ids from `base`,
 /// about 60 per second, until stopped or the server fails.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    commits: Arc<AtomicU64>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(url: String, db: &str, base: i64) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let commits = Arc::new(AtomicU64::new(0));
-        let (s, n, db) = (stop.clone(), commits.clone(), db.to_string());
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let Ok(mut c) = mysql_async::Conn::new(
-                    mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
-                        .prefer_socket(false),
-                )
-                .await
-                else {
-                    return;
-                };
-                let mut i: i64 = 0;
-                while !s.load(Ordering::Relaxed) {
-                    let a = base + 2 * i;
-                    let mut sql = format!(
-                        "START TRANSACTION; INSERT INTO `{db}`.t VALUES ({a}, 0), ({}, 0); \
+fn writer(url: String, db: &str, base: i64) -> Load {
+    let db = db.to_string();
+    Load::spawn(move |s, n| async move {
+        let Ok(mut c) = mysql_async::Conn::new(
+            mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
+                .prefer_socket(false),
+        )
+        .await
+        else {
+            return;
+        };
+        let mut i: i64 = 0;
+        while !s.load(Ordering::Relaxed) {
+            let a = base + 2 * i;
+            let mut sql = format!(
+                "START TRANSACTION; INSERT INTO `{db}`.t VALUES ({a}, 0), ({}, 0); \
                          UPDATE `{db}`.t SET v = v + 1 WHERE id = {};",
-                        a + 1,
-                        base + 2 * (i / 2)
-                    );
-                    if i % 4 == 3 {
-                        sql.push_str(&format!(
-                            " DELETE FROM `{db}`.t WHERE id = {};",
-                            base + 2 * (i - 3) + 1
-                        ));
-                    }
-                    sql.push_str(" COMMIT");
-                    if c.query_drop(sql).await.is_err() {
-                        return;
-                    }
-                    n.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
-        });
-        Writer {
-            stop,
-            commits,
-            handle: Some(handle),
-        }
-    }
-
-    fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
-    }
-
-    fn wait(&self, n: u64) {
-        let t0 = Instant::now();
-        let base = self.commits();
-        while self.commits() < base + n {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "the writer made no progress"
+                a + 1,
+                base + 2 * (i / 2)
             );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn finish(&mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-        self.commits()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A row change's identity across servers: its transaction's GTID and its index in the
-/// transaction (a transaction streamed twice gives the same keys; coordinates differ between
-/// servers, GTIDs do not).
-fn keys(events: &[Value]) -> Vec<(String, usize)> {
-    let mut out = Vec::with_capacity(events.len());
-    let mut cur = String::new();
-    let mut idx = 0usize;
-    for e in events {
-        let g = e["source"]["gtid"].as_str().unwrap_or("").to_string();
-        if g == cur {
-            idx += 1;
-        } else {
-            cur = g.clone();
-            idx = 0;
-        }
-        out.push((g, idx));
-    }
-    out
-}
-
-/// The events (of one or more outputs, each in its order) form an unbroken history of every
-/// row: returns the state it ends in, the distinct row changes and the repeats.
-fn history(outputs: &[Vec<Value>]) -> (BTreeMap<i64, i64>, usize, usize) {
-    let mut seen = HashSet::new();
-    let mut state: BTreeMap<i64, i64> = BTreeMap::new();
-    let mut repeats = 0;
-    for events in outputs {
-        for (e, k) in events.iter().zip(keys(events)) {
-            if !seen.insert(k) {
-                repeats += 1;
-                continue;
+            if i % 4 == 3 {
+                sql.push_str(&format!(
+                    " DELETE FROM `{db}`.t WHERE id = {};",
+                    base + 2 * (i - 3) + 1
+                ));
             }
-            let img = |side: &str| {
-                (
-                    e[side]["id"].as_i64().unwrap_or(-1),
-                    e[side]["v"].as_i64().unwrap_or(-1),
-                )
-            };
-            match e["op"].as_str() {
-                Some("c") => {
-                    let (id, v) = img("after");
-                    assert!(
-                        state.insert(id, v).is_none(),
-                        "insert of an existing id: {e}"
-                    );
-                }
-                Some("u") => {
-                    let (id, v0) = img("before");
-                    let (_, v1) = img("after");
-                    assert_eq!(
-                        state.get(&id),
-                        Some(&v0),
-                        "update of id {id} from v={v0}: a row change was lost or reordered: {e}"
-                    );
-                    state.insert(id, v1);
-                }
-                Some("d") => {
-                    let (id, v0) = img("before");
-                    assert_eq!(state.remove(&id), Some(v0), "delete out of history: {e}");
-                }
-                other => panic!("unexpected op {other:?}: {e}"),
+            sql.push_str(" COMMIT");
+            if c.query_drop(sql).await.is_err() {
+                return;
             }
+            n.fetch_add(1, Ordering::Relaxed);
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-    (state, seen.len(), repeats)
+    })
 }
 
 fn part(m: &BTreeMap<i64, i64>, r: std::ops::Range<i64>) -> BTreeMap<i64, i64> {
@@ -459,7 +325,7 @@ const R_BASE: i64 = 1_000_000;
 fn settle(d: &mut Daemon, want: &BTreeMap<i64, i64>, ids: std::ops::Range<i64>) -> (usize, usize) {
     let t0 = Instant::now();
     loop {
-        let (state, distinct, repeats) = history(&[d.events()]);
+        let (state, distinct, repeats) = check_history_across(&[d.events()]);
         if part(&state, ids.clone()) == *want {
             return (distinct, repeats);
         }
@@ -475,10 +341,6 @@ fn settle(d: &mut Daemon, want: &BTreeMap<i64, i64>, ids: std::ops::Range<i64>) 
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-fn log_of(d: &Daemon) -> String {
-    std::fs::read_to_string(&d.log).unwrap_or_default()
 }
 
 /// The number in "lacks N transaction(s)" of the last divergence error in `log`.
@@ -521,8 +383,8 @@ fn caught_up_failover(f: Flavor) {
     let vip = Proxy::start(pr.p.port);
     let cfg = daemon_cfg(f, &name, &vip.url("cdc:cdc"), &pr.start(), &pr.dir, None);
     let mut d = Daemon::start(&pr.dir, &cfg);
-    let mut w = Writer::start(pr.p.root_url(), "fo", 0);
-    w.wait(150);
+    let mut w = writer(pr.p.root_url(), "fo", 0);
+    w.wait_commits(150, Duration::from_secs(60), "");
     let n_p = w.finish();
     let want_p = pr.rt.block_on(table_state(&pr.p.root_url(), "fo"));
     settle(&mut d, &want_p, 0..R_BASE);
@@ -531,11 +393,11 @@ fn caught_up_failover(f: Flavor) {
     let t_fail = Instant::now();
     pr.fail_over();
     vip.switch(pr.r.port);
-    let mut w2 = Writer::start(pr.r.root_url(), "fo", R_BASE);
-    w2.wait(30);
+    let mut w2 = writer(pr.r.root_url(), "fo", R_BASE);
+    w2.wait_commits(30, Duration::from_secs(60), "");
     let code = d.wait_exit(Duration::from_secs(60), "after the failover");
     assert_eq!(code, Some(1), "{}", d.log_text());
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(
         log.contains("the source server changed while streaming"),
         "the running daemon names the change: {}",
@@ -544,12 +406,12 @@ fn caught_up_failover(f: Flavor) {
     assert!(!log.contains("history diverged"), "{}", d.log_text());
     // the supervisor starts it again
     d.restart();
-    w2.wait(30);
+    w2.wait_commits(30, Duration::from_secs(60), "");
     let n_r = w2.finish();
     let want = pr.rt.block_on(table_state(&pr.r.root_url(), "fo"));
     let (distinct, repeats) = settle(&mut d, &want, 0..i64::MAX);
     let took = t_fail.elapsed();
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(
         log.contains("the source server is not the one the stored position was read from"),
         "the failover is logged with both identities: {}",
@@ -565,15 +427,7 @@ fn caught_up_failover(f: Flavor) {
     );
 }
 
-#[test]
-fn caught_up_failover_mariadb() {
-    caught_up_failover(Flavor::MariaDb);
-}
-
-#[test]
-fn caught_up_failover_mysql() {
-    caught_up_failover(Flavor::MySql);
-}
+both_flavors!(caught_up_failover: caught_up_failover_mariadb(), caught_up_failover_mysql());
 
 // ------------------------------------------------------------------------------------------
 // failover to a replica that was behind
@@ -606,11 +460,11 @@ fn behind_failover(f: Flavor, separate: bool) {
         cp_url.as_deref(),
     );
     let mut d = Daemon::start(&pr.dir, &cfg);
-    let mut w = Writer::start(pr.p.root_url(), "fo", 0);
-    w.wait(100);
+    let mut w = writer(pr.p.root_url(), "fo", 0);
+    w.wait_commits(100, Duration::from_secs(60), "");
     pr.stop_receiving();
     let at_stop = w.commits();
-    w.wait(100);
+    w.wait_commits(100, Duration::from_secs(60), "");
     let n_p = w.finish();
     let behind = n_p - at_stop;
     let want_p = pr.rt.block_on(table_state(&pr.p.root_url(), "fo"));
@@ -618,12 +472,12 @@ fn behind_failover(f: Flavor, separate: bool) {
     std::thread::sleep(Duration::from_secs(1)); // stored
     pr.fail_over();
     vip.switch(pr.r.port);
-    let mut w2 = Writer::start(pr.r.root_url(), "fo", R_BASE);
-    w2.wait(40);
+    let mut w2 = writer(pr.r.root_url(), "fo", R_BASE);
+    w2.wait_commits(40, Duration::from_secs(60), "");
     // the running daemon reaches the new primary through the VIP: diverged, it stops
     let code = d.wait_exit(Duration::from_secs(60), "after the failover");
     assert_eq!(code, Some(1), "{}", d.log_text());
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(log.contains("history diverged"), "{}", d.log_text());
     assert!(
         !log.contains("purged"),
@@ -642,7 +496,7 @@ fn behind_failover(f: Flavor, separate: bool) {
         d.wait_exit(Duration::from_secs(60), "restarted after the failover"),
         Some(1)
     );
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(
         log.rfind("history diverged") > log.rfind("connected to source"),
         "the restarted daemon stops with the divergence error too: {}",
@@ -679,26 +533,26 @@ fn behind_failover(f: Flavor, separate: bool) {
     );
     // the operator accepts
     let mut d = Daemon::run_with(&pr.dir, &["--accept-divergence"]);
-    w2.wait(20);
+    w2.wait_commits(20, Duration::from_secs(60), "");
     let n_r = w2.finish();
     let want_r = part(
         &pr.rt.block_on(table_state(&pr.r.root_url(), "fo")),
         R_BASE..i64::MAX,
     );
     let (distinct, repeats) = settle(&mut d, &want_r, R_BASE..i64::MAX);
-    let (state, _, _) = history(&[d.events()]);
+    let (state, _, _) = check_history_across(&[d.events()]);
     assert_eq!(
         part(&state, 0..R_BASE),
         want_p,
         "everything of the old primary delivered before"
     );
     assert_eq!(repeats, 0, "nothing repeated");
-    assert!(log_of(&d).contains("ACCEPTING A DIVERGED HISTORY"));
+    assert!(d.log_all().contains("ACCEPTING A DIVERGED HISTORY"));
     assert_eq!(d.stop(), Some(0));
     // the accepted position was stored: the next start needs no flag
     d.restart();
-    let mut w3 = Writer::start(pr.r.root_url(), "fo", 2 * R_BASE);
-    w3.wait(20);
+    let mut w3 = writer(pr.r.root_url(), "fo", 2 * R_BASE);
+    w3.wait_commits(20, Duration::from_secs(60), "");
     w3.finish();
     let want = part(
         &pr.rt.block_on(table_state(&pr.r.root_url(), "fo")),
@@ -715,25 +569,9 @@ fn behind_failover(f: Flavor, separate: bool) {
     );
 }
 
-#[test]
-fn behind_failover_checkpoint_on_source_mariadb() {
-    behind_failover(Flavor::MariaDb, false);
-}
+both_flavors!(behind_failover: behind_failover_checkpoint_on_source_mariadb(false), behind_failover_checkpoint_on_source_mysql(false));
 
-#[test]
-fn behind_failover_checkpoint_on_source_mysql() {
-    behind_failover(Flavor::MySql, false);
-}
-
-#[test]
-fn behind_failover_checkpoint_separate_mariadb() {
-    behind_failover(Flavor::MariaDb, true);
-}
-
-#[test]
-fn behind_failover_checkpoint_separate_mysql() {
-    behind_failover(Flavor::MySql, true);
-}
+both_flavors!(behind_failover: behind_failover_checkpoint_separate_mariadb(true), behind_failover_checkpoint_separate_mysql(true));
 
 // ------------------------------------------------------------------------------------------
 // Kafka exactly_once: the partition tails know what was delivered
@@ -755,11 +593,11 @@ fn kafka_tails(f: Flavor) {
             kafka_brokers()
         );
     let mut d = Daemon::start(&pr.dir, &cfg);
-    let mut w = Writer::start(pr.p.root_url(), "fo", 0);
-    w.wait(100);
+    let mut w = writer(pr.p.root_url(), "fo", 0);
+    w.wait_commits(100, Duration::from_secs(60), "");
     pr.stop_receiving();
     let at_stop = w.commits();
-    w.wait(100);
+    w.wait_commits(100, Duration::from_secs(60), "");
     let n_p = w.finish();
     let want_p = pr.rt.block_on(table_state(&pr.p.root_url(), "fo"));
     settle(&mut d, &want_p, 0..R_BASE);
@@ -768,8 +606,8 @@ fn kafka_tails(f: Flavor) {
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     pr.fail_over();
-    let mut w2 = Writer::start(pr.r.root_url(), "fo", R_BASE);
-    w2.wait(40);
+    let mut w2 = writer(pr.r.root_url(), "fo", R_BASE);
+    w2.wait_commits(40, Duration::from_secs(60), "");
     // binlogd is started against the new primary
     let cfg_r = cfg.replace(&pr.p.cdc_url(), &pr.r.cdc_url());
     std::fs::write(&d.config, &cfg_r).unwrap();
@@ -790,7 +628,7 @@ fn kafka_tails(f: Flavor) {
         d.wait_exit(Duration::from_secs(60), "started on the new primary"),
         Some(1)
     );
-    let log = log_of(&d);
+    let log = d.log_all();
     assert!(
         log.contains("history diverged") && log.contains("Kafka "),
         "{}",
@@ -801,7 +639,7 @@ fn kafka_tails(f: Flavor) {
     assert_eq!(d.events().len(), delivered, "nothing emitted");
     // accepted: the new primary's changes reach Kafka (and the file), none lost
     let mut d = Daemon::run_with(&pr.dir, &["--accept-divergence"]);
-    w2.wait(20);
+    w2.wait_commits(20, Duration::from_secs(60), "");
     let n_r = w2.finish();
     let want_r = part(
         &pr.rt.block_on(table_state(&pr.r.root_url(), "fo")),
@@ -810,7 +648,7 @@ fn kafka_tails(f: Flavor) {
     settle(&mut d, &want_r, R_BASE..i64::MAX);
     let file_r: HashSet<(String, usize)> = {
         let ev = d.events();
-        keys(&ev)
+        gtid_keys(&ev)
             .into_iter()
             .zip(ev.iter())
             .filter(|(_, e)| {
@@ -850,34 +688,11 @@ fn kafka_tails(f: Flavor) {
     );
 }
 
-#[test]
-fn kafka_tails_reveal_divergence_mariadb() {
-    kafka_tails(Flavor::MariaDb);
-}
-
-#[test]
-fn kafka_tails_reveal_divergence_mysql() {
-    kafka_tails(Flavor::MySql);
-}
+both_flavors!(kafka_tails: kafka_tails_reveal_divergence_mariadb(), kafka_tails_reveal_divergence_mysql());
 
 // ------------------------------------------------------------------------------------------
 // the pipeline lock as a lease through a network partition
 // ------------------------------------------------------------------------------------------
-
-fn try_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
-}
 
 /// The wall time (ms) of the first log line containing `needle` (JSON logs).
 fn log_time(log: &str, needle: &str) -> Option<u64> {
@@ -903,15 +718,12 @@ fn partition_lease(f: Flavor, full: bool) {
     let dir_a = workdir(&name);
     let dir_b = workdir(&format!("{name}_b"));
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        &name,
+        &["t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"],
+    ));
     let proxy = Proxy::start(f.port());
     // a full partition cuts A's source stream too
     let src_proxy = Proxy::start(f.port());
@@ -926,7 +738,7 @@ fn partition_lease(f: Flavor, full: bool) {
     let mut a = Daemon::start(&dir_a, &cfg_a);
     let addr_a = a.admin_addr();
     let t0 = Instant::now();
-    while try_get(&addr_a, "/readyz").map(|r| r.0) != Some(200) {
+    while try_http_get(&addr_a, "/readyz").map(|r| r.0) != Some(200) {
         assert!(t0.elapsed() < Duration::from_secs(30), "{}", a.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -947,7 +759,8 @@ fn partition_lease(f: Flavor, full: bool) {
     let mut b = Daemon::start_with_env(&dir_b, &cfg_b, &[]);
     let addr_b = b.admin_addr();
     let t0 = Instant::now();
-    while !try_get(&addr_b, "/readyz").is_some_and(|(c, body)| c == 503 && body.contains("standby"))
+    while !try_http_get(&addr_b, "/readyz")
+        .is_some_and(|(c, body)| c == 503 && body.contains("standby"))
     {
         assert!(t0.elapsed() < Duration::from_secs(30), "{}", b.log_text());
         std::thread::sleep(Duration::from_millis(100));
@@ -961,8 +774,8 @@ fn partition_lease(f: Flavor, full: bool) {
         let (addr_a, addr_b) = (addr_a.clone(), addr_b.clone());
         std::thread::spawn(move || {
             while watching.load(Ordering::Relaxed) {
-                let ca = try_get(&addr_a, "/readyz").map_or(0, |r| r.0);
-                let cb = try_get(&addr_b, "/readyz").map_or(0, |r| r.0);
+                let ca = try_http_get(&addr_a, "/readyz").map_or(0, |r| r.0);
+                let cb = try_http_get(&addr_b, "/readyz").map_or(0, |r| r.0);
                 let cut = cut_at.load(Ordering::Relaxed);
                 let at = if cut == 0 {
                     -1
@@ -974,8 +787,8 @@ fn partition_lease(f: Flavor, full: bool) {
             }
         })
     };
-    let mut w = Writer::start(f.root_url(), &name, 0);
-    w.wait(150);
+    let mut w = writer(f.root_url(), &name, 0);
+    w.wait_commits(150, Duration::from_secs(60), "");
     // the partition: A's lock session and any new checkpoint connection of A go nowhere
     let t_cut = Instant::now();
     let cut_ms = now_ms();
@@ -985,7 +798,7 @@ fn partition_lease(f: Flavor, full: bool) {
         src_proxy.pause();
     }
     let takeover = loop {
-        if log_of(&b).contains("holding the pipeline lock: active") {
+        if b.log_all().contains("holding the pipeline lock: active") {
             break t_cut.elapsed();
         }
         assert!(
@@ -997,13 +810,13 @@ fn partition_lease(f: Flavor, full: bool) {
         std::thread::sleep(Duration::from_millis(20));
     };
     let takeover_ms =
-        log_time(&log_of(&b), "holding the pipeline lock: active").unwrap_or(now_ms());
-    w.wait(200); // B streams under load
+        log_time(&b.log_all(), "holding the pipeline lock: active").unwrap_or(now_ms());
+    w.wait_commits(200, Duration::from_secs(60), ""); // B streams under load
     let n = w.finish();
     let want = rt.block_on(table_state(&f.root_url(), &name));
     let t0 = Instant::now();
     let (distinct, repeats) = loop {
-        let (state, distinct, repeats) = history(&[a.events(), b.events()]);
+        let (state, distinct, repeats) = check_history_across(&[a.events(), b.events()]);
         if state == want {
             break (distinct, repeats);
         }
@@ -1024,7 +837,7 @@ fn partition_lease(f: Flavor, full: bool) {
         .iter()
         .filter(|e| e["ts_ms"].as_u64().unwrap_or(0) >= takeover_ms)
         .count();
-    let log_a = log_of(&a);
+    let log_a = a.log_all();
     let fenced_ms = log_time(&log_a, "self-fencing")
         .unwrap_or_else(|| panic!("A logs that it fenced itself:\n{}", a.log_text()));
     // the partition heals: A finds the lock taken and stops, emitting nothing more
@@ -1033,7 +846,7 @@ fn partition_lease(f: Flavor, full: bool) {
     let code = a.wait_exit(Duration::from_secs(60), "after the partition healed");
     assert_eq!(code, Some(1), "{}", a.log_text());
     assert!(
-        log_of(&a).contains("lost the pipeline lock"),
+        a.log_all().contains("lost the pipeline lock"),
         "{}",
         a.log_text()
     );
@@ -1094,25 +907,9 @@ fn partition_lease(f: Flavor, full: bool) {
     );
 }
 
-#[test]
-fn partition_lease_mariadb() {
-    partition_lease(Flavor::MariaDb, false);
-}
+both_flavors!(partition_lease: partition_lease_mariadb(false), partition_lease_mysql(false));
 
-#[test]
-fn partition_lease_mysql() {
-    partition_lease(Flavor::MySql, false);
-}
-
-#[test]
-fn partition_full_lease_mariadb() {
-    partition_lease(Flavor::MariaDb, true);
-}
-
-#[test]
-fn partition_full_lease_mysql() {
-    partition_lease(Flavor::MySql, true);
-}
+both_flavors!(partition_lease: partition_full_lease_mariadb(true), partition_full_lease_mysql(true));
 
 // ------------------------------------------------------------------------------------------
 // /readyz within one heartbeat
@@ -1122,7 +919,7 @@ fn partition_full_lease_mysql() {
 fn readyz_until(addr: &str, code: u16, needle: &str, d: &Daemon) -> Duration {
     let t0 = Instant::now();
     loop {
-        if let Some((c, body)) = try_get(addr, "/readyz") {
+        if let Some((c, body)) = try_http_get(addr, "/readyz") {
             if c == code && body.contains(needle) {
                 return t0.elapsed();
             }
@@ -1141,19 +938,9 @@ fn readyz_until(addr: &str, code: u16, needle: &str, d: &Daemon) -> Duration {
 /// answering (Redis behind a blackholing proxy), naming the cause; and 200 again after.
 fn readyz_within_heartbeat(f: Flavor) {
     let _g = serial();
-    let rt = rt();
     let name = format!("readyz_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let Scenario { rt, dir, start, .. } =
+        Scenario::new(f, &name, &["t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"]);
     let src = Proxy::start(f.port());
     let redis_port: u16 = redis_url()
         .trim_end_matches('/')
@@ -1175,15 +962,15 @@ fn readyz_within_heartbeat(f: Flavor) {
     let mut d = Daemon::start(&dir, &cfg);
     let addr = d.admin_addr();
     readyz_until(&addr, 200, "active", &d);
-    let mut w = Writer::start(f.root_url(), &name, 0);
-    w.wait(20);
+    let mut w = writer(f.root_url(), &name, 0);
+    w.wait_commits(20, Duration::from_secs(60), "");
     // the source stream goes silent (no close): unready within a heartbeat and the margin
     src.pause();
     let source_unready = readyz_until(&addr, 503, "no event or heartbeat from the source", &d);
     std::thread::sleep(Duration::from_millis(1500));
     src.resume();
     let source_ready = readyz_until(&addr, 200, "active", &d);
-    w.wait(20);
+    w.wait_commits(20, Duration::from_secs(60), "");
     // the Redis sink stops answering
     rp.pause();
     let sink_unready = readyz_until(&addr, 503, "cache", &d);
@@ -1214,12 +1001,4 @@ fn readyz_within_heartbeat(f: Flavor) {
     );
 }
 
-#[test]
-fn readyz_within_one_heartbeat_mariadb() {
-    readyz_within_heartbeat(Flavor::MariaDb);
-}
-
-#[test]
-fn readyz_within_one_heartbeat_mysql() {
-    readyz_within_heartbeat(Flavor::MySql);
-}
+both_flavors!(readyz_within_heartbeat: readyz_within_one_heartbeat_mariadb(), readyz_within_one_heartbeat_mysql());

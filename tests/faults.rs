@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use mysql_async::prelude::*;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -94,216 +93,102 @@ fn no_stale_keys(redis_url: &str, prefix: &str, table: &BTreeMap<i64, i64>, d: &
 }
 
 /// A writer on its own thread: transactions of 4 inserts, 3 updates and 1 delete on `db.t`,
-/// about 50 per second; reconnects after any error (the server may be down). With a cache
-/// ([`Load::start_with_cache`]) it fills the cache with the rows it is about to change.
-struct Load {
-    stop: Arc<AtomicBool>,
-    commits: Arc<AtomicU64>,
-    handle: Option<std::thread::JoinHandle<()>>,
+/// about 50 per second; reconnects after any error (the server may be down).
+fn start_load(url: String, db: String) -> Load {
+    load(url, db, None)
 }
 
-impl Load {
-    fn start(url: String, db: String) -> Load {
-        Self::start_inner(url, db, None)
-    }
+/// [`start_load`] filling the cache with the rows each transaction is about to change.
+fn start_load_with_cache(url: String, db: String, redis_url: String, prefix: String) -> Load {
+    let cache = CacheFill {
+        url: redis_url,
+        prefix,
+        conn: None,
+    };
+    load(url, db, Some(cache))
+}
 
-    fn start_with_cache(url: String, db: String, redis_url: String, prefix: String) -> Load {
-        let cache = CacheFill {
-            url: redis_url,
-            prefix,
-            conn: None,
+fn load(url: String, db: String, mut cache: Option<CacheFill>) -> Load {
+    Load::spawn(move |s, n| async move {
+        let mut next_id: i64 = 0;
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = move |m: i64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % m.max(1) as u64) as i64
         };
-        Self::start_inner(url, db, Some(cache))
-    }
-
-    fn start_inner(url: String, db: String, mut cache: Option<CacheFill>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let commits = Arc::new(AtomicU64::new(0));
-        let (s, n) = (stop.clone(), commits.clone());
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut next_id: i64 = 0;
-                let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-                let mut rand = move |m: i64| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    (rng % m.max(1) as u64) as i64
-                };
-                while !s.load(Ordering::Relaxed) {
-                    let opts = mysql_async::OptsBuilder::from_opts(
-                        mysql_async::Opts::from_url(&url).unwrap(),
-                    )
+        while !s.load(Ordering::Relaxed) {
+            let opts =
+                mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
                     .prefer_socket(false);
-                    let mut c = match tokio::time::timeout(
-                        Duration::from_secs(5),
-                        mysql_async::Conn::new(opts),
-                    )
+            let mut c =
+                match tokio::time::timeout(Duration::from_secs(5), mysql_async::Conn::new(opts))
                     .await
-                    {
-                        Ok(Ok(c)) => c,
-                        _ => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
-                        }
-                    };
-                    // ids already used survive a reconnect: continue after the largest
-                    if let Ok(Some(Some(m))) = c
-                        .query_first::<Option<i64>, _>(format!("SELECT MAX(id) FROM `{db}`.t"))
-                        .await
-                    {
-                        next_id = next_id.max(m + 1);
+                {
+                    Ok(Ok(c)) => c,
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
                     }
-                    while !s.load(Ordering::Relaxed) {
-                        let upd: Vec<i64> = (0..3).map(|_| rand(next_id.max(1))).collect();
-                        let del = rand(next_id.max(1));
-                        if let Some(cache) = cache.as_mut() {
-                            // read-through fill of every row this transaction touches
-                            let ids: Vec<String> =
-                                upd.iter().chain([&del]).map(|i| i.to_string()).collect();
-                            let found: Result<Vec<(i64, i64)>, _> = c
-                                .query(format!(
-                                    "SELECT id, v FROM `{db}`.t WHERE id IN ({})",
-                                    ids.join(",")
-                                ))
-                                .await;
-                            let Ok(found) = found else { break };
-                            let found: BTreeMap<i64, i64> = found.into_iter().collect();
-                            let rows: Vec<(i64, Option<i64>)> = upd
-                                .iter()
-                                .chain([&del])
-                                .map(|id| (*id, found.get(id).copied()))
-                                .chain((next_id..next_id + 4).map(|id| (id, None)))
-                                .collect();
-                            cache.fill(&rows);
-                        }
-                        let mut q =
-                            format!("START TRANSACTION; INSERT INTO `{db}`.t (id, v, s) VALUES ");
-                        for k in 0..4 {
-                            if k > 0 {
-                                q.push(',');
-                            }
-                            q.push_str(&format!("({}, 0, 'row {}')", next_id + k, next_id + k));
-                        }
-                        q.push(';');
-                        for id in &upd {
-                            q.push_str(&format!("UPDATE `{db}`.t SET v = v + 1 WHERE id = {id};"));
-                        }
-                        q.push_str(&format!(
-                            "DELETE FROM `{db}`.t WHERE id = {del} AND id % 7 = 3; COMMIT"
-                        ));
-                        let r =
-                            tokio::time::timeout(Duration::from_secs(60), c.query_drop(q)).await;
-                        match r {
-                            Ok(Ok(())) => {
-                                next_id += 4;
-                                n.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => break, // reconnect; a failed commit may or may not have happened
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+            // ids already used survive a reconnect: continue after the largest
+            if let Ok(Some(Some(m))) = c
+                .query_first::<Option<i64>, _>(format!("SELECT MAX(id) FROM `{db}`.t"))
+                .await
+            {
+                next_id = next_id.max(m + 1);
+            }
+            while !s.load(Ordering::Relaxed) {
+                let upd: Vec<i64> = (0..3).map(|_| rand(next_id.max(1))).collect();
+                let del = rand(next_id.max(1));
+                if let Some(cache) = cache.as_mut() {
+                    // read-through fill of every row this transaction touches
+                    let ids: Vec<String> =
+                        upd.iter().chain([&del]).map(|i| i.to_string()).collect();
+                    let found: Result<Vec<(i64, i64)>, _> = c
+                        .query(format!(
+                            "SELECT id, v FROM `{db}`.t WHERE id IN ({})",
+                            ids.join(",")
+                        ))
+                        .await;
+                    let Ok(found) = found else { break };
+                    let found: BTreeMap<i64, i64> = found.into_iter().collect();
+                    let rows: Vec<(i64, Option<i64>)> = upd
+                        .iter()
+                        .chain([&del])
+                        .map(|id| (*id, found.get(id).copied()))
+                        .chain((next_id..next_id + 4).map(|id| (id, None)))
+                        .collect();
+                    cache.fill(&rows);
                 }
-            });
-        });
-        Load {
-            stop,
-            commits,
-            handle: Some(handle),
-        }
-    }
-
-    fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
-    }
-
-    fn finish(&mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            h.join().unwrap();
-        }
-        self.commits()
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn coord(e: &Value) -> (String, u64, u64) {
-    let s = &e["source"];
-    (
-        s["file"].as_str().unwrap_or_default().to_string(),
-        s["pos"].as_u64().unwrap_or_default(),
-        s["row"].as_u64().unwrap_or_default(),
-    )
-}
-
-/// Checks the events form an unbroken history (a break can never heal: it fails at once);
-/// returns the state it ends in (id → v), the distinct row changes and the repeats.
-fn check_history(events: &[Value]) -> (BTreeMap<i64, i64>, usize, usize) {
-    let mut seen = HashSet::new();
-    let mut state: BTreeMap<i64, i64> = BTreeMap::new();
-    let mut repeats = 0;
-    for (i, e) in events.iter().enumerate() {
-        if !seen.insert(coord(e)) {
-            repeats += 1;
-            continue;
-        }
-        let img = |k: &str| -> (i64, i64) {
-            (
-                e[k]["id"].as_i64().unwrap_or(-1),
-                e[k]["v"].as_i64().unwrap_or(-1),
-            )
-        };
-        match e["op"].as_str() {
-            Some("c") => {
-                let (id, v) = img("after");
-                assert!(
-                    state.insert(id, v).is_none(),
-                    "event {i}: insert of id {id} that already exists: {e}"
-                );
+                let mut q = format!("START TRANSACTION; INSERT INTO `{db}`.t (id, v, s) VALUES ");
+                for k in 0..4 {
+                    if k > 0 {
+                        q.push(',');
+                    }
+                    q.push_str(&format!("({}, 0, 'row {}')", next_id + k, next_id + k));
+                }
+                q.push(';');
+                for id in &upd {
+                    q.push_str(&format!("UPDATE `{db}`.t SET v = v + 1 WHERE id = {id};"));
+                }
+                q.push_str(&format!(
+                    "DELETE FROM `{db}`.t WHERE id = {del} AND id % 7 = 3; COMMIT"
+                ));
+                let r = tokio::time::timeout(Duration::from_secs(60), c.query_drop(q)).await;
+                match r {
+                    Ok(Ok(())) => {
+                        next_id += 4;
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => break, // reconnect; a failed commit may or may not have happened
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Some("u") => {
-                let (id, v0) = img("before");
-                let (id1, v1) = img("after");
-                assert_eq!(id, id1);
-                assert_eq!(
-                    state.get(&id),
-                    Some(&v0),
-                    "event {i}: update of id {id} from v={v0}, but the history says {:?} (a row change was lost or reordered): {e}",
-                    state.get(&id)
-                );
-                state.insert(id, v1);
-            }
-            Some("d") => {
-                let (id, v0) = img("before");
-                assert_eq!(
-                    state.remove(&id),
-                    Some(v0),
-                    "event {i}: delete of id {id} v={v0} does not match the history: {e}"
-                );
-            }
-            other => panic!("event {i}: unexpected op {other:?}"),
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-    (state, seen.len(), repeats)
-}
-
-async fn table_state(url: &str, db: &str) -> BTreeMap<i64, i64> {
-    let mut c = root_at(url).await;
-    let rows: Vec<(i64, i64)> = c
-        .query(format!("SELECT id, v FROM `{db}`.t"))
-        .await
-        .unwrap();
-    rows.into_iter().collect()
+    })
 }
 
 /// Waits until the daemon has caught up: the events' history ends in the table's final state.
@@ -312,7 +197,7 @@ fn settle(d: &mut Daemon, url: &str, db: &str, rt: &tokio::runtime::Runtime) -> 
     let want = rt.block_on(table_state(url, db));
     let t0 = Instant::now();
     loop {
-        let (state, distinct, repeats) = check_history(&d.events());
+        let (state, distinct, repeats) = check_history(d.events());
         if state == want {
             return (distinct, repeats);
         }
@@ -361,13 +246,13 @@ fn setup(f: Flavor, name: &str, port: u16, extra_source: &str) -> Setup {
     let db = name.to_string();
     let start = rt.block_on(async {
         let mut c = root_at(&srv.root_url()).await;
-        fresh_db(&mut c, &db).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{db}`.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s VARCHAR(40))"
-        ))
+        fresh_table(
+            &mut c,
+            f,
+            &db,
+            &["t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s VARCHAR(40))"],
+        )
         .await
-        .unwrap();
-        binlog_end(&mut c, f).await
     });
     let cfg = config_for(&srv.cdc_url(), f, name, &db, &start, &dir, extra_source);
     Setup {
@@ -380,22 +265,7 @@ fn setup(f: Flavor, name: &str, port: u16, extra_source: &str) -> Setup {
 }
 
 fn wait_commits(load: &Load, n: u64, what: &str) {
-    let t0 = Instant::now();
-    let base = load.commits();
-    while load.commits() < base + n {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the writer made no progress {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn log_count(d: &Daemon, needle: &str) -> usize {
-    std::fs::read_to_string(&d.log)
-        .unwrap_or_default()
-        .matches(needle)
-        .count()
+    load.wait_commits(n, Duration::from_secs(120), what);
 }
 
 /// MySQL/MariaDB restarted cleanly and with `kill -9` under load: binlogd reconnects with
@@ -404,7 +274,7 @@ fn log_count(d: &Daemon, needle: &str) -> usize {
 fn server_restart(f: Flavor, port: u16) {
     let s = setup(f, &format!("fault_restart_{}", f.tag()), port, "");
     let mut d = Daemon::start(&s.dir, &s.cfg);
-    let mut load = Load::start(s.srv.root_url(), s.db.clone());
+    let mut load = start_load(s.srv.root_url(), s.db.clone());
     wait_commits(&load, 50, "before the first restart");
     s.srv.stop();
     std::thread::sleep(Duration::from_secs(2));
@@ -421,7 +291,7 @@ fn server_restart(f: Flavor, port: u16) {
         "the daemon kept running"
     );
     assert!(
-        log_count(&d, "reconnecting") >= 2,
+        d.log_count("reconnecting") >= 2,
         "it reconnected: {}",
         d.log_text()
     );
@@ -430,15 +300,7 @@ fn server_restart(f: Flavor, port: u16) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn server_restart_mariadb() {
-    server_restart(Flavor::MariaDb, 3370);
-}
-
-#[test]
-fn server_restart_mysql() {
-    server_restart(Flavor::MySql, 3371);
-}
+both_flavors!(server_restart: server_restart_mariadb(3370), server_restart_mysql(3371));
 
 /// The server stops answering without closing the connection (SIGSTOP for 30 s): the read
 /// timeout notices, binlogd reconnects (retrying while the server hangs) and loses nothing.
@@ -447,7 +309,7 @@ fn server_stall_sigstop() {
     let f = Flavor::MariaDb;
     let s = setup(f, "fault_stall", 3372, "");
     let mut d = Daemon::start(&s.dir, &s.cfg);
-    let mut load = Load::start(s.srv.root_url(), s.db.clone());
+    let mut load = start_load(s.srv.root_url(), s.db.clone());
     wait_commits(&load, 50, "before the stall");
     s.srv.signal("STOP");
     std::thread::sleep(Duration::from_secs(30));
@@ -455,9 +317,8 @@ fn server_stall_sigstop() {
     wait_commits(&load, 50, "after the stall");
     let n = load.finish();
     let (distinct, repeats) = settle(&mut d, &s.srv.root_url(), &s.db, &s.rt);
-    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
     assert!(
-        log.contains("reconnecting"),
+        d.log_all().contains("reconnecting"),
         "the stall was detected and the stream re-established: {}",
         d.log_text()
     );
@@ -472,7 +333,7 @@ fn rotate_and_purge_while_keeping_up() {
     let f = Flavor::MariaDb;
     let s = setup(f, "fault_rotate", 3373, "");
     let mut d = Daemon::start(&s.dir, &s.cfg);
-    let mut load = Load::start(s.srv.root_url(), s.db.clone());
+    let mut load = start_load(s.srv.root_url(), s.db.clone());
     let files_before = s.rt.block_on(async {
         let mut c = root_at(&s.srv.root_url()).await;
         for _ in 0..5 {
@@ -502,16 +363,6 @@ fn rotate_and_purge_while_keeping_up() {
     assert_eq!(d.stop(), Some(0));
 }
 
-async fn stored_pos(url: &str, pipeline: &str) -> Option<(String, u64)> {
-    let mut c = root_at(url).await;
-    c.exec_first(
-        "SELECT binlog_file, binlog_pos FROM binlogd.checkpoint WHERE pipeline = ?",
-        (pipeline,),
-    )
-    .await
-    .unwrap()
-}
-
 /// The checkpoint server (here a separate one) stops answering: binlogd keeps streaming to the
 /// sinks for `checkpoint.max_unstored`, then pauses reading; when the server answers again it
 /// stores and resumes. The stored position never moves backwards.
@@ -531,10 +382,10 @@ fn checkpoint_server_unreachable() {
     assert!(cfg.contains("max_unstored"));
     let pipeline = format!("{name}_{}", f.tag());
     let mut d = Daemon::start(&s.dir, &cfg);
-    let mut load = Load::start(s.srv.root_url(), s.db.clone());
+    let mut load = start_load(s.srv.root_url(), s.db.clone());
     wait_commits(&load, 50, "before the checkpoint server hangs");
     std::thread::sleep(Duration::from_millis(500));
-    let before = s.rt.block_on(stored_pos(&cp.root_url(), &pipeline));
+    let before = s.rt.block_on(stored_position_at(&cp.root_url(), &pipeline));
     assert!(before.is_some(), "a position was stored");
     cp.signal("STOP");
     let t_stop = Instant::now();
@@ -547,18 +398,7 @@ fn checkpoint_server_unreachable() {
         "still streaming 3 s after the checkpoint server hung ({n0} → {n1})"
     );
     // … then pauses (max_unstored 5 s after the first failed store, which takes up to 2 s)
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&d.log)
-        .unwrap_or_default()
-        .contains("pausing reading from the binlog")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "paused: {}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    d.wait_log("pausing reading from the binlog", Duration::from_secs(30));
     let paused_after = t_stop.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let p0 = d.events().len();
@@ -570,24 +410,13 @@ fn checkpoint_server_unreachable() {
         "the daemon waits"
     );
     cp.signal("CONT");
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&d.log)
-        .unwrap_or_default()
-        .contains("reading from the binlog resumes")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "resumed: {}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    d.wait_log("reading from the binlog resumes", Duration::from_secs(30));
     wait_commits(&load, 30, "after the checkpoint server is back");
     let n = load.finish();
     let (distinct, repeats) = settle(&mut d, &s.srv.root_url(), &s.db, &s.rt);
     assert_eq!(repeats, 0);
     assert_eq!(d.stop(), Some(0));
-    let after = s.rt.block_on(stored_pos(&cp.root_url(), &pipeline));
+    let after = s.rt.block_on(stored_position_at(&cp.root_url(), &pipeline));
     let (b, a) = (before.unwrap(), after.unwrap());
     assert!(
         a >= b,
@@ -632,7 +461,7 @@ fn file_sink_disk_full() {
     });
     let code = d.wait_exit(Duration::from_secs(90), "binlogd stops on a full disk");
     assert_eq!(code, Some(1), "exit code 1");
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         log.contains("No space left on device") && log.contains("out"),
         "the error names the sink and the cause: {}",
@@ -649,20 +478,15 @@ fn file_sink_disk_full() {
 /// DDL while writing: columns are added and dropped under a concurrent insert load; every event
 /// carries the columns the table had when the row was written (names from the table map).
 fn ddl_storm(f: Flavor) {
-    let rt = rt();
-    let name = format!("fault_ddl_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, s VARCHAR(200))"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
+    let s = Scenario::new(
+        f,
+        &format!("fault_ddl_{}", f.tag()),
+        &["t (id BIGINT AUTO_INCREMENT PRIMARY KEY, s VARCHAR(200))"],
+    );
+    let mut d = s.daemon("");
+    let Scenario {
+        rt, name, mut c, ..
+    } = s;
     let stop = Arc::new(AtomicBool::new(false));
     let inserted = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -746,15 +570,7 @@ fn ddl_storm(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn ddl_storm_mariadb() {
-    ddl_storm(Flavor::MariaDb);
-}
-
-#[test]
-fn ddl_storm_mysql() {
-    ddl_storm(Flavor::MySql);
-}
+both_flavors!(ddl_storm: ddl_storm_mariadb(), ddl_storm_mysql());
 
 /// A 1,000,000-row transaction and a 64 MiB row are streamed with bounded memory (peak RSS
 /// printed and checked against the bound the README states).
@@ -771,16 +587,18 @@ fn large_transaction_and_row() {
     let mut d = Daemon::start(&s.dir, &cfg);
     rt.block_on(async {
         let mut c = root_at(&s.srv.root_url()).await;
-        c.query_drop(format!(
+        exec_all(
+            &mut c,
+            &[
+                format!(
             "CREATE TABLE `{name}`.big (id BIGINT PRIMARY KEY, b LONGBLOB)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
+        ),
+                format!(
             "INSERT INTO `{name}`.t (id, v, s) SELECT seq, seq, CONCAT('row ', seq) FROM seq.seq_1_to_1000000"
-        ))
-        .await
-        .unwrap();
+        ),
+            ],
+        )
+        .await;
     });
     let wait_lines = |d: &mut Daemon, want: usize| {
         let t0 = Instant::now();
@@ -842,13 +660,6 @@ fn large_transaction_and_row() {
     );
 }
 
-fn nonce() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-}
-
 fn redis_sink(url: &str, db: &str, prefix: &str) -> String {
     format!(
         "\n[[sinks.redis]]\nname = \"cache\"\nurl = \"{url}\"\ntimeout = \"500ms\"\nretry_backoff_max = \"500ms\"\n[[sinks.redis.rules]]\ntable = \"{db}.t\"\nkeys = [\"{prefix}{{id}}\"]\n"
@@ -873,7 +684,7 @@ fn crash_20_kills(f: Flavor, port: u16) {
         );
     let mut d = Daemon::start(&s.dir, &cfg);
     let mut load =
-        Load::start_with_cache(s.srv.root_url(), s.db.clone(), redis_url(), prefix.clone());
+        start_load_with_cache(s.srv.root_url(), s.db.clone(), redis_url(), prefix.clone());
     wait_commits(&load, 20, "before the first kill");
     let mut seed = n | 1;
     for _ in 0..20 {
@@ -881,8 +692,7 @@ fn crash_20_kills(f: Flavor, port: u16) {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         std::thread::sleep(Duration::from_millis(200 + seed % 1300));
-        let _ = d.child.kill(); // SIGKILL
-        let _ = d.child.wait();
+        d.kill(); // SIGKILL
         d.restart();
     }
     wait_commits(&load, 50, "after the last restart");
@@ -934,15 +744,7 @@ fn crash_20_kills(f: Flavor, port: u16) {
     );
 }
 
-#[test]
-fn crash_20_kills_mariadb() {
-    crash_20_kills(Flavor::MariaDb, 3390);
-}
-
-#[test]
-fn crash_20_kills_mysql() {
-    crash_20_kills(Flavor::MySql, 3391);
-}
+both_flavors!(crash_20_kills: crash_20_kills_mariadb(3390), crash_20_kills_mysql(3391));
 
 /// Redis down for 30 s under load: the sink retries, nothing is acknowledged meanwhile (the
 /// stored position does not move), memory stays bounded, and after Redis is back no cached
@@ -959,12 +761,13 @@ fn redis_down_30s() {
     let pipeline = format!("{name}_{}", f.tag());
     let mut d = Daemon::start(&s.dir, &cfg);
     let mut load =
-        Load::start_with_cache(s.srv.root_url(), s.db.clone(), redis.url(), prefix.clone());
+        start_load_with_cache(s.srv.root_url(), s.db.clone(), redis.url(), prefix.clone());
     wait_commits(&load, 100, "before Redis goes down");
     redis.kill();
     let c0 = load.commits();
     std::thread::sleep(Duration::from_secs(1)); // acks from before the kill get stored
-    let p1 = s.rt.block_on(stored_pos(&s.srv.root_url(), &pipeline));
+    let p1 =
+        s.rt.block_on(stored_position_at(&s.srv.root_url(), &pipeline));
     assert!(p1.is_some(), "a position was stored before the outage");
     let pid = d.child.id();
     let mut peak_rss: f64 = 0.0;
@@ -973,7 +776,7 @@ fn redis_down_30s() {
         peak_rss = peak_rss.max(vm_rss_mib(pid));
         assert!(d.child.try_wait().unwrap().is_none(), "binlogd stays up");
         assert_eq!(
-            s.rt.block_on(stored_pos(&s.srv.root_url(), &pipeline)),
+            s.rt.block_on(stored_position_at(&s.srv.root_url(), &pipeline)),
             p1,
             "the stored position moved while Redis was down"
         );
@@ -992,14 +795,18 @@ fn redis_down_30s() {
     let fresh = no_stale_keys(&redis.url(), &prefix, &table, &d);
     let caught_up = t_back.elapsed();
     let t0 = Instant::now();
-    while s.rt.block_on(stored_pos(&s.srv.root_url(), &pipeline)) == p1 {
+    while s
+        .rt
+        .block_on(stored_position_at(&s.srv.root_url(), &pipeline))
+        == p1
+    {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "the position moves again after Redis is back"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(log_count(&d, "retrying") > 0, "retries are logged");
+    assert!(d.log_count("retrying") > 0, "retries are logged");
     assert_eq!(repeats, 0, "no repeats without a daemon restart");
     assert_eq!(d.stop(), Some(0));
     eprintln!(

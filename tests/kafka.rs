@@ -13,53 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn nonce() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
-fn kafka_sink(brokers: &str, topic: &str, extra: &str) -> String {
-    format!(
-        "\n[[sinks.kafka]]\nname = \"events\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ncreate_topics = true\n{extra}\n"
-    )
-}
-
-/// Consumes until `topics` hold at least `n` messages in total (or times out).
-fn consume_until(brokers: &str, topics: &[String], n: usize, d: &mut Daemon) -> Vec<KMsg> {
-    let t0 = Instant::now();
-    loop {
-        let all: Vec<KMsg> = topics
-            .iter()
-            .flat_map(|t| consume_all(brokers, t))
-            .collect();
-        if all.len() >= n {
-            return all;
-        }
-        if let Ok(Some(st)) = d.child.try_wait() {
-            panic!("binlogd exited ({st}); log:\n{}", d.log_text());
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{} of {n} messages ({:?}); log:\n{}",
-            all.len(),
-            topics
-                .iter()
-                .map(|t| (
-                    t,
-                    all.iter()
-                        .filter(|m| &m.topic == t)
-                        .map(|m| (m.partition, m.offset))
-                        .collect::<Vec<_>>()
-                ))
-                .collect::<Vec<_>>(),
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 fn without_ts(mut v: Value) -> Value {
     v.as_object_mut().unwrap().remove("ts_ms");
     v
@@ -70,19 +23,20 @@ fn ops(f: Flavor) {
     let name = format!("kops_{}", f.tag());
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!("USE `{name}`")).await.unwrap();
-        for ddl in [
-            "CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(50))",
-            "CREATE TABLE orders (tenant VARCHAR(10), id INT, note VARCHAR(10), PRIMARY KEY (tenant, id))",
-            "CREATE TABLE logs (a INT, b VARCHAR(10))",
-            "CREATE TABLE nokey (x INT)",
-        ] {
-            c.query_drop(ddl).await.unwrap();
-        }
+    let start = rt.block_on(async {
+        fresh_table(
+            &mut c,
+            f,
+            &name,
+            &[
+                "users (id INT PRIMARY KEY, email VARCHAR(50))",
+                "orders (tenant VARCHAR(10), id INT, note VARCHAR(10), PRIMARY KEY (tenant, id))",
+                "logs (a INT, b VARCHAR(10))",
+                "nokey (x INT)",
+            ],
+        )
+        .await
     });
-    let start = rt.block_on(binlog_end(&mut c, f));
     let brokers = kafka_brokers();
     let n = nonce();
     let topic = format!("{{server}}.{{db}}.{{table}}.{n}");
@@ -206,15 +160,7 @@ fn ops(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn ops_match_file_sink_mariadb() {
-    ops(Flavor::MariaDb);
-}
-
-#[test]
-fn ops_match_file_sink_mysql() {
-    ops(Flavor::MySql);
-}
+both_flavors!(ops: ops_match_file_sink_mariadb(), ops_match_file_sink_mysql());
 
 /// A steady write load; binlogd is `kill -9`ed 10 times at random moments and restarted.
 /// Every row change reaches Kafka: exactly once with `exactly_once = true`, at least once
@@ -228,20 +174,15 @@ fn crash(f: Flavor, exactly_once: bool) {
     );
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.a (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.b (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        &name,
+        &[
+            "a (id INT PRIMARY KEY, v INT)",
+            "b (id INT PRIMARY KEY, v INT)",
+        ],
+    ));
     let brokers = kafka_brokers();
     let n = nonce();
     let topic = format!("{name}.{n}");
@@ -262,21 +203,21 @@ fn crash(f: Flavor, exactly_once: bool) {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     // a multi-row, two-table transaction: 3 inserts + 1 update
-                    c.query_drop("BEGIN").await.unwrap();
-                    c.query_drop(format!(
-                        "INSERT INTO `{name}`.a VALUES ({}, 0), ({}, 0)",
-                        2 * i,
-                        2 * i + 1
-                    ))
-                    .await
-                    .unwrap();
-                    c.query_drop(format!("INSERT INTO `{name}`.b VALUES ({i}, 0)"))
-                        .await
-                        .unwrap();
-                    c.query_drop(format!("UPDATE `{name}`.a SET v = 1 WHERE id = {}", 2 * i))
-                        .await
-                        .unwrap();
-                    c.query_drop("COMMIT").await.unwrap();
+                    exec_all(
+                        &mut c,
+                        &[
+                            "BEGIN".to_string(),
+                            format!(
+                                "INSERT INTO `{name}`.a VALUES ({}, 0), ({}, 0)",
+                                2 * i,
+                                2 * i + 1
+                            ),
+                            format!("INSERT INTO `{name}`.b VALUES ({i}, 0)"),
+                            format!("UPDATE `{name}`.a SET v = 1 WHERE id = {}", 2 * i),
+                            "COMMIT".to_string(),
+                        ],
+                    )
+                    .await;
                     changes.fetch_add(4, Ordering::Relaxed);
                     i += 1;
                     tokio::time::sleep(Duration::from_millis(3)).await;
@@ -284,14 +225,13 @@ fn crash(f: Flavor, exactly_once: bool) {
             })
         })
     };
-    let mut seed = n as u64 | 1;
+    let mut seed = n | 1;
     for _ in 0..10 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         std::thread::sleep(Duration::from_millis(300 + seed % 900));
-        let _ = d.child.kill(); // SIGKILL
-        let _ = d.child.wait();
+        d.kill(); // SIGKILL
         d.restart();
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -319,16 +259,9 @@ fn crash(f: Flavor, exactly_once: bool) {
     assert_eq!(count.len(), total, "every row change is in Kafka");
     if exactly_once {
         assert_eq!(dups, 0, "exactly once");
-        let log = std::fs::read_to_string(&d.log).unwrap();
+        let log = d.log_all();
         assert!(!log.contains("precondition violated"), "{}", d.log_text());
     }
-}
-
-fn rt_small() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 // Exactly-once under 20 × kill -9 (with Redis and the file sink in the same daemon) is
@@ -404,15 +337,12 @@ fn broker_restart_state_lost() {
     let dir = workdir(name);
     let tansu = Tansu::start(&dir.join("tansu"), 19095);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.a (id INT PRIMARY KEY, pad VARCHAR(1000))"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &["a (id INT PRIMARY KEY, pad VARCHAR(1000))"],
+    ));
     let topic = format!("{name}.t");
     let cfg = config(f, name, name, &start, &dir, "")
         + &kafka_sink(
@@ -541,7 +471,7 @@ fn broker_restart_state_lost() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         log.contains("creating a new one"),
         "producer recreated: {}",
@@ -572,17 +502,14 @@ fn broker_restart_state_lost() {
 #[test]
 fn bad_kafka_settings() {
     let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "kbad";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.a (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(f, name, &["a (id INT PRIMARY KEY)"]);
     let base = config(f, name, name, &start, &dir, "");
     let path = dir.join("binlogd.toml");
     let p = path.to_str().unwrap();
@@ -626,7 +553,7 @@ fn bad_kafka_settings() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(code, Some(1));
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         log.contains(&format!("topic \\\"{missing}\\\" does not exist"))
             || log.contains(&format!("topic {missing:?} does not exist")),

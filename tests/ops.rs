@@ -10,13 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn rt_small() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Inserts into `db.t` every few ms until `stop`.
 fn writer(f: Flavor, db: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
@@ -35,14 +28,6 @@ fn writer(f: Flavor, db: String, stop: Arc<AtomicBool>) -> std::thread::JoinHand
     })
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn metrics_lag_and_readiness_under_load() {
     let f = Flavor::MariaDb;
@@ -51,15 +36,12 @@ fn metrics_lag_and_readiness_under_load() {
     let dir = workdir(name);
     let mut redis = PrivateRedis::start(&dir, 6404);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &["t (id INT PRIMARY KEY, v INT)"],
+    ));
     let cfg = config(f, name, name, &start, &dir, "").replace(
         "[admin]\n",
         "[admin]\nlag_interval = \"500ms\"\nprogress_threshold = \"1s\"\n",
@@ -136,7 +118,7 @@ fn metrics_lag_and_readiness_under_load() {
     wait_until("ready again", Duration::from_secs(20), || {
         http_get(&addr, "/readyz").0 == 200
     });
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(log.contains("catching up"), "catch-up progress logged");
 
     // a standby for the same pipeline says so
@@ -169,20 +151,18 @@ fn metrics_lag_and_readiness_under_load() {
 #[test]
 fn sighup_reloads_filters_and_level() {
     let f = Flavor::MySql;
-    let rt = rt();
     let name = "opshup";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.a (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-        c.query_drop(format!("CREATE TABLE `{name}`.b (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(
+        f,
+        name,
+        &["a (id INT PRIMARY KEY)", "b (id INT PRIMARY KEY)"],
+    );
     let cfg = config(f, name, name, &start, &dir, "")
         .replace(
             &format!("include = [\"{name}.*\"]"),
@@ -192,15 +172,15 @@ fn sighup_reloads_filters_and_level() {
     let mut d = Daemon::start_with_env(&dir, &cfg, &[("RUST_LOG", "")]);
     let _ = d.admin_addr();
     rt.block_on(async {
-        c.query_drop(format!("INSERT INTO `{name}`.a VALUES (1)"))
-            .await
-            .unwrap();
-        c.query_drop(format!("INSERT INTO `{name}`.b VALUES (1)"))
-            .await
-            .unwrap();
-        c.query_drop(format!("INSERT INTO `{name}`.a VALUES (2)"))
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("INSERT INTO `{name}`.a VALUES (1)"),
+                format!("INSERT INTO `{name}`.b VALUES (1)"),
+                format!("INSERT INTO `{name}`.a VALUES (2)"),
+            ],
+        )
+        .await;
     });
     let ev = d.wait_events(2, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
@@ -231,7 +211,7 @@ fn sighup_reloads_filters_and_level() {
     let ev = d.wait_events(3, Duration::from_secs(20));
     assert_eq!(ev[2]["source"]["table"], "b", "b streams after the reload");
     assert_eq!(ev[2]["after"]["id"], 2);
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         log.contains("take effect only after a restart") && log.contains("sinks"),
         "{}",
@@ -258,30 +238,19 @@ fn no_secret_in_logs_check_or_metrics() {
     let redis = PrivateRedis::start_with_password(&dir, 6405, Some(redis_pw));
     let mut c = rt.block_on(root(f));
     rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop("DROP USER IF EXISTS 'secretuser'@'%'")
-            .await
-            .unwrap();
-        c.query_drop(format!(
-            "CREATE USER 'secretuser'@'%' IDENTIFIED BY '{mysql_pw}'"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(
-            "GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'secretuser'@'%'",
+        fresh_tables(&mut c, name, &["t (id INT PRIMARY KEY, v INT)"]).await;
+        exec_all(
+            &mut c,
+            &[
+                "DROP USER IF EXISTS 'secretuser'@'%'".to_string(),
+                format!("CREATE USER 'secretuser'@'%' IDENTIFIED BY '{mysql_pw}'"),
+                "GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'secretuser'@'%'"
+                    .to_string(),
+                "GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON binlogd.* TO 'secretuser'@'%'"
+                    .to_string(),
+            ],
         )
-        .await
-        .unwrap();
-        c.query_drop(
-            "GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON binlogd.* TO 'secretuser'@'%'",
-        )
-        .await
-        .unwrap();
+        .await;
     });
     let start = rt.block_on(binlog_end(&mut c, f));
     let port = f.port();
@@ -300,14 +269,11 @@ fn no_secret_in_logs_check_or_metrics() {
     // the password in the environment
     let path = dir.join("binlogd.toml");
     std::fs::write(&path, &base).unwrap();
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_binlogd"))
-        .args(["check", "-c", path.to_str().unwrap()])
-        .env("BINLOGD__SOURCE__PASSWORD", mysql_pw)
-        .output()
-        .unwrap();
-    let check_out = String::from_utf8_lossy(&check.stdout).to_string()
-        + &String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "{check_out}");
+    let (code, check_out) = run_binlogd_env(
+        &["check", "-c", path.to_str().unwrap()],
+        &[("BINLOGD__SOURCE__PASSWORD", mysql_pw)],
+    );
+    assert_eq!(code, 0, "{check_out}");
     let mut d = Daemon::start_with_env(
         &dir,
         &base,
@@ -356,7 +322,7 @@ fn no_secret_in_logs_check_or_metrics() {
     let (code, missing_out) = run_binlogd(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{missing_out}");
     assert!(missing_out.contains("missing.pw"), "{missing_out}");
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         log.len() > 1000 && log.contains("DEBUG"),
         "a debug log was captured"

@@ -14,7 +14,7 @@ use redis::Commands;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const PORTS: [(&str, u16); 4] = [
     ("QUICKSTART_PORT", 3317),
@@ -155,14 +155,6 @@ fn check_output(out: &str) {
         assert_eq!(*key, wkey, "{out}");
         assert!(value.starts_with(wvalue), "{value} is not {wvalue}…");
     }
-}
-
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(500),
-    )
-    .is_ok()
 }
 
 #[test]

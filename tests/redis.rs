@@ -10,15 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn exists(r: &mut redis::Connection, key: &str) -> bool {
-    r.exists(key).unwrap()
-}
-
 /// Waits until `key` is gone (the daemon processed everything before the write that
 /// invalidates it); panics with the daemon log otherwise.
 fn wait_gone(r: &mut redis::Connection, key: &str, d: &mut Daemon, timeout: Duration) {
     let t0 = Instant::now();
-    while exists(r, key) {
+    while redis_exists(r, key) {
         if let Ok(Some(st)) = d.child.try_wait() {
             panic!("binlogd exited ({st}); log:\n{}", d.log_text());
         }
@@ -59,22 +55,20 @@ fn rule_shapes(f: Flavor) {
     let p = name.as_str();
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        for ddl in [
-            "CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(100) NULL, name VARCHAR(50))",
-            "CREATE TABLE orders (tenant VARCHAR(10), id INT, note VARCHAR(10), PRIMARY KEY (tenant, id))",
-            "CREATE TABLE items_a (id INT PRIMARY KEY)",
-            "CREATE TABLE items_b (id INT PRIMARY KEY)",
-            "CREATE TABLE other (id INT PRIMARY KEY)",
-            "CREATE TABLE prices (id INT PRIMARY KEY, amount DECIMAL(10,2), code VARBINARY(8))",
-            "CREATE TABLE sentinel (id INT PRIMARY KEY)",
-        ] {
-            c.query_drop(format!("USE `{name}`")).await.unwrap();
-            c.query_drop(ddl).await.unwrap();
-        }
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        &name,
+        &[
+            "users (id INT PRIMARY KEY, email VARCHAR(100) NULL, name VARCHAR(50))",
+            "orders (tenant VARCHAR(10), id INT, note VARCHAR(10), PRIMARY KEY (tenant, id))",
+            "items_a (id INT PRIMARY KEY)",
+            "items_b (id INT PRIMARY KEY)",
+            "other (id INT PRIMARY KEY)",
+            "prices (id INT PRIMARY KEY, amount DECIMAL(10,2), code VARBINARY(8))",
+            "sentinel (id INT PRIMARY KEY)",
+        ],
+    ));
     let url = redis_url();
     let cfg = config(f, &name, &name, &start, &dir, "")
         + &format!(
@@ -101,13 +95,15 @@ keys = ["{p}:price:{{amount}}", "{p}:code:{{code}}"]
     let mut d = Daemon::start(&dir, &cfg);
     let mut r = redis_conn(&url);
     rt.block_on(async {
-        c.query_drop(format!("USE `{name}`")).await.unwrap();
-        c.query_drop("INSERT INTO users VALUES (1, 'a@x', 'n1'), (3, NULL, 'n3')")
-            .await
-            .unwrap();
-        c.query_drop("INSERT INTO orders VALUES ('t1', 5, 'x')")
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                format!("USE `{name}`"),
+                "INSERT INTO users VALUES (1, 'a@x', 'n1'), (3, NULL, 'n3')".to_string(),
+                "INSERT INTO orders VALUES ('t1', 5, 'x')".to_string(),
+            ],
+        )
+        .await;
     });
     barrier(&rt, &mut c, &mut r, &mut d, &name, p, 1);
 
@@ -147,12 +143,14 @@ keys = ["{p}:price:{{amount}}", "{p}:code:{{code}}"]
             .await
             .unwrap();
         // glob table pattern
-        c.query_drop("INSERT INTO items_a VALUES (7)")
-            .await
-            .unwrap();
-        c.query_drop("INSERT INTO items_b VALUES (8)")
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                "INSERT INTO items_a VALUES (7)".to_string(),
+                "INSERT INTO items_b VALUES (8)".to_string(),
+            ],
+        )
+        .await;
         // rendering as in the event format: exact DECIMAL, binary as base64
         c.query_drop("INSERT INTO prices VALUES (1, 12.50, 0x0102)")
             .await
@@ -162,10 +160,16 @@ keys = ["{p}:price:{{amount}}", "{p}:code:{{code}}"]
     });
     barrier(&rt, &mut c, &mut r, &mut d, &name, p, 2);
     for k in gone {
-        assert!(!exists(&mut r, &format!("{p}:{k}")), "{k} should be gone");
+        assert!(
+            !redis_exists(&mut r, &format!("{p}:{k}")),
+            "{k} should be gone"
+        );
     }
     for k in kept {
-        assert!(exists(&mut r, &format!("{p}:{k}")), "{k} should be kept");
+        assert!(
+            redis_exists(&mut r, &format!("{p}:{k}")),
+            "{k} should be kept"
+        );
     }
     // the file sink saw the same changes
     let ev = d.events();
@@ -173,15 +177,7 @@ keys = ["{p}:price:{{amount}}", "{p}:code:{{code}}"]
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn rule_shapes_mariadb() {
-    rule_shapes(Flavor::MariaDb);
-}
-
-#[test]
-fn rule_shapes_mysql() {
-    rule_shapes(Flavor::MySql);
-}
+both_flavors!(rule_shapes: rule_shapes_mariadb(), rule_shapes_mysql());
 
 fn unlink_calls(r: &mut redis::Connection) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query(r).unwrap();
@@ -201,18 +197,15 @@ fn no_rule_no_traffic() {
     let dir = workdir(name);
     let redis = PrivateRedis::start(&dir, 6401);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.other (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.sentinel (id INT PRIMARY KEY)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &[
+            "other (id INT PRIMARY KEY)",
+            "sentinel (id INT PRIMARY KEY)",
+        ],
+    ));
     let cfg = config(f, name, name, &start, &dir, "")
         + &format!(
             "[[sinks.redis]]\nname = \"cache\"\nurl = \"{}\"\n{}",
@@ -245,19 +238,9 @@ fn no_rule_no_traffic() {
 #[test]
 fn unknown_template_column() {
     let f = Flavor::MariaDb;
-    let rt = rt();
     let name = "rbadcol";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.users (id INT PRIMARY KEY, email VARCHAR(50))"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let Scenario { dir, start, .. } =
+        Scenario::new(f, name, &["users (id INT PRIMARY KEY, email VARCHAR(50))"]);
     let cfg = config(f, name, name, &start, &dir, "")
         + &format!(
             "[[sinks.redis]]\nname = \"cache\"\nurl = \"{}\"\n[[sinks.redis.rules]]\ntable = \"{name}.users\"\nkeys = [\"user:{{id}}\", \"user:mail:{{mail}}\"]\n",
@@ -294,20 +277,15 @@ fn redis_restart(f: Flavor, port: u16) {
     let dir = workdir(&name);
     let mut redis = PrivateRedis::start(&dir, port);
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.users (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.sentinel (id INT PRIMARY KEY)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        &name,
+        &[
+            "users (id INT PRIMARY KEY, v INT)",
+            "sentinel (id INT PRIMARY KEY)",
+        ],
+    ));
     let cfg = config(f, &name, &name, &start, &dir, "")
         + &format!(
             "[[sinks.redis]]\nname = \"cache\"\nurl = \"{url}\"\ntimeout = \"500ms\"\nretry_backoff_max = \"500ms\"\n[[sinks.redis.rules]]\ntable = \"{name}.users\"\nkeys = [\"{p}:user:{{id}}\"]\n{s}",
@@ -373,7 +351,7 @@ fn redis_restart(f: Flavor, port: u16) {
     let mut r = redis.conn();
     barrier(&rt, &mut c, &mut r, &mut d, &name, &p, 1);
     let left: Vec<u32> = (0..N)
-        .filter(|i| exists(&mut r, &format!("{p}:user:{i}")))
+        .filter(|i| redis_exists(&mut r, &format!("{p}:user:{i}")))
         .collect();
     assert!(
         left.is_empty(),
@@ -384,44 +362,33 @@ fn redis_restart(f: Flavor, port: u16) {
         p2,
         "position moves again after Redis is back"
     );
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(log.contains("retrying"), "retries are logged");
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn redis_restart_mariadb() {
-    redis_restart(Flavor::MariaDb, 6402);
-}
-
-#[test]
-fn redis_restart_mysql() {
-    redis_restart(Flavor::MySql, 6403);
-}
+both_flavors!(redis_restart: redis_restart_mariadb(6402), redis_restart_mysql(6403));
 
 /// `second_delete = "300ms"`: a key re-filled right after the first delete (the stale-read
 /// race) is deleted again; one filled well after the second delete stays.
 #[test]
 fn second_delete_fixed_delay() {
     let f = Flavor::MySql;
-    let rt = rt();
     let name = "rsecond";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.users (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.sentinel (id INT PRIMARY KEY)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let Scenario {
+        rt,
+        dir,
+        mut c,
+        start,
+        ..
+    } = Scenario::new(
+        f,
+        name,
+        &[
+            "users (id INT PRIMARY KEY, v INT)",
+            "sentinel (id INT PRIMARY KEY)",
+        ],
+    );
     let url = redis_url();
     let cfg = config(f, name, name, &start, &dir, "")
         + &format!(
@@ -446,7 +413,7 @@ fn second_delete_fixed_delay() {
     std::thread::sleep(Duration::from_millis(600));
     let _: () = r.set(&key, "fresh").unwrap();
     std::thread::sleep(Duration::from_millis(600));
-    assert!(exists(&mut r, &key), "no third delete");
+    assert!(redis_exists(&mut r, &key), "no third delete");
     assert_eq!(d.stop(), Some(0));
 }
 
@@ -603,7 +570,7 @@ fn cache_consistency(f: Flavor, ports: (u16, u16)) {
         results.push((mode, stale));
         if mode == "after_replicas" {
             // the waits really succeeded (a timed-out wait also deletes, later)
-            let log = std::fs::read_to_string(&d.log).unwrap();
+            let log = d.log_all();
             assert!(log.contains("replicas caught up"), "{}", d.log_text());
             assert!(!log.contains("deleting anyway"), "{}", d.log_text());
         }
@@ -618,22 +585,7 @@ fn cache_consistency(f: Flavor, ports: (u16, u16)) {
     );
 }
 
-fn rt_small() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-#[test]
-fn cache_consistency_mariadb() {
-    cache_consistency(Flavor::MariaDb, (3350, 3351));
-}
-
-#[test]
-fn cache_consistency_mysql() {
-    cache_consistency(Flavor::MySql, (3352, 3353));
-}
+both_flavors!(cache_consistency: cache_consistency_mariadb((3350, 3351)), cache_consistency_mysql((3352, 3353)));
 
 /// A 3-master Redis Cluster (private processes): keys spread over all slots are grouped by
 /// slot (hash tags respected), so every command goes to one node and all keys go.
@@ -707,15 +659,12 @@ fn redis_cluster() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.users (id INT PRIMARY KEY, tenant INT)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &["users (id INT PRIMARY KEY, tenant INT)"],
+    ));
     let cfg = config(f, name, name, &start, &dir, "")
         + &format!(
             "[[sinks.redis]]\nname = \"cache\"\nurl = [{}]\n[[sinks.redis.rules]]\ntable = \"{name}.users\"\nkeys = [\"user:{{id}}\", \"t:{{{{{{tenant}}}}}}:user:{{id}}\"]\n",
@@ -763,7 +712,7 @@ fn redis_cluster() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(!log.contains("CROSSSLOT"), "{}", d.log_text());
     assert!(
         !log.contains("retrying"),

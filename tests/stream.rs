@@ -8,22 +8,13 @@ use mysql_async::prelude::*;
 use serde_json::Value;
 use std::time::Duration;
 
-fn ids(ev: &[Value], img: &str) -> Vec<i64> {
-    ev.iter().map(|e| e[img]["id"].as_i64().unwrap()).collect()
-}
-
 /// Tables without a primary key, with a composite key, and a table renamed and altered between
 /// changes: events after each DDL carry the new columns.
 fn schema_changes(f: Flavor) {
-    let rt = rt();
-    let name = format!("schema_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(fresh_db(&mut c, &name));
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
-    rt.block_on(async {
-        for q in [
+    let mut s = Scenario::new(f, &format!("schema_{}", f.tag()), &[]);
+    let name = s.name.clone();
+    let mut d = s.daemon("");
+    s.sql(&[
             format!("CREATE TABLE `{name}`.nopk (a INT, b VARCHAR(10))"),
             format!("INSERT INTO `{name}`.nopk VALUES (1, 'x'), (1, 'x')"),
             format!("CREATE TABLE `{name}`.comp (a INT, b VARCHAR(20), v INT, PRIMARY KEY (b, a))"),
@@ -35,10 +26,7 @@ fn schema_changes(f: Flavor) {
             format!("ALTER TABLE `{name}`.t2 ADD COLUMN added VARCHAR(10) DEFAULT 'new', DROP COLUMN gone, MODIFY COLUMN old_col BIGINT"),
             format!("INSERT INTO `{name}`.t2 (id, old_col) VALUES (2, 9000000000)"),
             format!("UPDATE `{name}`.t2 SET added = 'upd' WHERE id = 1"),
-        ] {
-            c.query_drop(q).await.unwrap();
-        }
-    });
+    ]);
     let ev = d.wait_events(9, Duration::from_secs(30));
     assert_eq!(ev.len(), 9);
     assert_eq!(ev[0]["after"], serde_json::json!({"a": 1, "b": "x"}));
@@ -77,26 +65,17 @@ fn schema_changes(f: Flavor) {
 
 /// A multi-statement transaction and a 100k-row transaction: all rows, in binlog order.
 fn transactions(f: Flavor) {
-    let rt = rt();
-    let name = format!("txn_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.a (id INT PRIMARY KEY, v INT)"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.b (id INT PRIMARY KEY, v VARCHAR(40))"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
-    rt.block_on(async {
+    let mut s = Scenario::new(
+        f,
+        &format!("txn_{}", f.tag()),
+        &[
+            "a (id INT PRIMARY KEY, v INT)",
+            "b (id INT PRIMARY KEY, v VARCHAR(40))",
+        ],
+    );
+    let mut d = s.daemon("");
+    let (name, c) = (s.name.clone(), &mut s.c);
+    s.rt.block_on(async {
         let mut tx = c.start_transaction(Default::default()).await.unwrap();
         tx.query_drop(format!("INSERT INTO `{name}`.a VALUES (1, 1), (2, 2)")).await.unwrap();
         tx.query_drop(format!("INSERT INTO `{name}`.b VALUES (1, 'one')")).await.unwrap();
@@ -153,17 +132,7 @@ fn transactions(f: Flavor) {
         "every row of the large transaction, in order"
     );
     // (file, pos, row) is unique
-    let mut keys: Vec<(String, u64, u64)> = ev
-        .iter()
-        .map(|e| {
-            let s = &e["source"];
-            (
-                s["file"].as_str().unwrap().to_string(),
-                s["pos"].as_u64().unwrap(),
-                s["row"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let mut keys: Vec<Coord> = ev.iter().map(coord).collect();
     keys.sort();
     keys.dedup();
     assert_eq!(
@@ -177,41 +146,26 @@ fn transactions(f: Flavor) {
 /// The replication connection is killed from the server side mid-stream, twice: the daemon
 /// reconnects and the file holds every row change exactly once.
 fn reconnect(f: Flavor) {
-    let rt = rt();
-    let name = format!("reconn_{}", f.tag());
+    let mut s = Scenario::new(
+        f,
+        &format!("reconn_{}", f.tag()),
+        &["t (id INT PRIMARY KEY, v VARCHAR(20))"],
+    );
+    let name = s.name.clone();
     let user = format!("cdc_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v VARCHAR(20))"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!("DROP USER IF EXISTS '{user}'@'%'"))
-            .await
-            .unwrap();
-        c.query_drop(format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"))
-            .await
-            .unwrap();
-        c.query_drop(format!(
-            "GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO '{user}'@'%'"
-        ))
-        .await
-        .unwrap();
-        c.query_drop(format!(
-            "GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON binlogd.* TO '{user}'@'%'"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let cfg = config(f, &name, &name, &start, &dir, "").replace(
+    s.sql(&[
+        format!("DROP USER IF EXISTS '{user}'@'%'"),
+        format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"),
+        format!("GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO '{user}'@'%'"),
+        format!("GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON binlogd.* TO '{user}'@'%'"),
+    ]);
+    s.start = s.binlog_end();
+    let cfg = s.config("").replace(
         &format!("url = \"{}\"", f.cdc_url()),
         &format!("url = \"mysql://{user}:pw@127.0.0.1:{}\"", f.port()),
     );
-    let mut d = Daemon::start(&dir, &cfg);
+    let mut d = s.daemon_with(&cfg);
+    let (rt, c) = (&s.rt, &mut s.c);
     let total = 3000;
     rt.block_on(async {
         let mut kills = 0;
@@ -248,9 +202,7 @@ fn reconnect(f: Flavor) {
         "every row exactly once, in order"
     );
     assert!(
-        std::fs::read_to_string(&d.log)
-            .unwrap()
-            .contains("reconnecting"),
+        d.log_all().contains("reconnecting"),
         "the daemon logged its reconnects"
     );
     assert_eq!(d.stop(), Some(0));
@@ -259,22 +211,15 @@ fn reconnect(f: Flavor) {
 /// Compressed binlog (MySQL binlog_transaction_compression, MariaDB log_bin_compress) gives the
 /// same events as uncompressed.
 fn compressed(f: Flavor) {
-    let rt = rt();
-    let name = format!("compr_{}", f.tag());
-    let dir = workdir(&name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v TEXT, n INT)"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(&dir, &config(f, &name, &name, &start, &dir, ""));
-    rt.block_on(async {
-        workload(&mut c, &name, 0).await;
+    let mut s = Scenario::new(
+        f,
+        &format!("compr_{}", f.tag()),
+        &["t (id INT PRIMARY KEY, v TEXT, n INT)"],
+    );
+    let mut d = s.daemon("");
+    let (name, c) = (s.name.clone(), &mut s.c);
+    s.rt.block_on(async {
+        workload(c, &name, 0).await;
         match f {
             Flavor::MySql => c
                 .query_drop("SET SESSION binlog_transaction_compression = ON")
@@ -282,15 +227,17 @@ fn compressed(f: Flavor) {
                 .unwrap(),
             Flavor::MariaDb => {
                 // log_bin_compress is global; the compressed events themselves are the point
-                c.query_drop("SET GLOBAL log_bin_compress = ON")
-                    .await
-                    .unwrap();
-                c.query_drop("SET GLOBAL log_bin_compress_min_len = 10")
-                    .await
-                    .unwrap();
+                exec_all(
+                    c,
+                    &[
+                        "SET GLOBAL log_bin_compress = ON".to_string(),
+                        "SET GLOBAL log_bin_compress_min_len = 10".to_string(),
+                    ],
+                )
+                .await;
             }
         }
-        workload(&mut c, &name, 100).await;
+        workload(c, &name, 100).await;
         if f == Flavor::MariaDb {
             c.query_drop("SET GLOBAL log_bin_compress = OFF")
                 .await
@@ -323,80 +270,46 @@ fn compressed(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn schema_changes_mariadb() {
-    schema_changes(Flavor::MariaDb);
-}
-#[test]
-fn schema_changes_mysql() {
-    schema_changes(Flavor::MySql);
-}
-#[test]
-fn transactions_mariadb() {
-    transactions(Flavor::MariaDb);
-}
-#[test]
-fn transactions_mysql() {
-    transactions(Flavor::MySql);
-}
-#[test]
-fn reconnect_mariadb() {
-    reconnect(Flavor::MariaDb);
-}
-#[test]
-fn reconnect_mysql() {
-    reconnect(Flavor::MySql);
-}
-#[test]
-fn compressed_mariadb() {
-    compressed(Flavor::MariaDb);
-}
-#[test]
-fn compressed_mysql() {
-    compressed(Flavor::MySql);
-}
+both_flavors!(schema_changes: schema_changes_mariadb(), schema_changes_mysql());
+both_flavors!(transactions: transactions_mariadb(), transactions_mysql());
+both_flavors!(reconnect: reconnect_mariadb(), reconnect_mysql());
+both_flavors!(compressed: compressed_mariadb(), compressed_mysql());
 
 async fn workload(c: &mut mysql_async::Conn, name: &str, base: i64) {
     let long = "x".repeat(400);
-    c.query_drop(format!(
-        "INSERT INTO `{name}`.t VALUES ({}, '{long}', 1), ({}, 'short', 2), ({}, NULL, 3)",
-        base,
-        base + 1,
-        base + 2
-    ))
-    .await
-    .unwrap();
-    c.query_drop(format!(
-        "UPDATE `{name}`.t SET n = n * 10 WHERE id >= {base}"
-    ))
-    .await
-    .unwrap();
-    c.query_drop(format!("DELETE FROM `{name}`.t WHERE id = {}", base + 1))
-        .await
-        .unwrap();
+    exec_all(
+        c,
+        &[
+            format!(
+                "INSERT INTO `{name}`.t VALUES ({}, '{long}', 1), ({}, 'short', 2), ({}, NULL, 3)",
+                base,
+                base + 1,
+                base + 2
+            ),
+            format!("UPDATE `{name}`.t SET n = n * 10 WHERE id >= {base}"),
+            format!("DELETE FROM `{name}`.t WHERE id = {}", base + 1),
+        ],
+    )
+    .await;
 }
 
 /// MySQL partial JSON updates (binlog_row_value_options=PARTIAL_JSON): the after image is
 /// the full document, as SELECT shows it.
 #[test]
 fn partial_json_mysql() {
-    let f = Flavor::MySql;
-    let rt = rt();
+    let mut s = Scenario::new(
+        Flavor::MySql,
+        "pjson_mysql",
+        &["t (id INT PRIMARY KEY, j JSON)"],
+    );
     let name = "pjson_mysql";
-    let dir = workdir(name);
-    let mut c = rt.block_on(root(f));
-    rt.block_on(async {
-        fresh_db(&mut c, name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY, j JSON)")).await.unwrap();
-        c.query_drop(format!(
-            "INSERT INTO `{name}`.t VALUES (1, '{{\"a\": 1, \"b\": [1, 2, 3], \"c\": {{\"d\": \"long string value here\"}}, \"e\": \"x\"}}')"
-        ))
-        .await
-        .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
-    let mut d = Daemon::start(&dir, &config(f, name, name, &start, &dir, ""));
-    let want: Vec<String> = rt.block_on(async {
+    s.sql(&[format!(
+        "INSERT INTO `{name}`.t VALUES (1, '{{\"a\": 1, \"b\": [1, 2, 3], \"c\": {{\"d\": \"long string value here\"}}, \"e\": \"x\"}}')"
+    )]);
+    s.start = s.binlog_end();
+    let mut d = s.daemon("");
+    let c = &mut s.c;
+    let want: Vec<String> = s.rt.block_on(async {
         c.query_drop("SET SESSION binlog_row_value_options = 'PARTIAL_JSON'")
             .await
             .unwrap();
@@ -461,52 +374,26 @@ fn caching_sha2_auth_mysql() {
 /// information_schema, with a loud warning.
 #[test]
 fn minimal_metadata_fallback_mariadb() {
-    let scripts = std::env::var("BINLOGD_TEST_SCRIPTS")
-        .expect("BINLOGD_TEST_SCRIPTS (run via scripts/test.sh)");
+    let f = Flavor::MariaDb;
     let dir = workdir("minimal_meta");
-    let data = dir.join("data");
     let port = 3338u16;
-    let st = std::process::Command::new("bash")
-        .arg(format!("{scripts}/mariadb.sh"))
-        .arg("start")
-        .arg(&data)
-        .arg(port.to_string())
-        .args(["--", "--binlog-row-metadata=MINIMAL", "--server-id=8"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    struct Stop(String, std::path::PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("bash")
-                .arg(format!("{}/mariadb.sh", self.0))
-                .arg("stop")
-                .arg(&self.1)
-                .status();
-        }
-    }
-    let _stop = Stop(scripts.clone(), data.clone());
+    let srv = PrivateServer::start(
+        f,
+        &dir,
+        port,
+        &["--binlog-row-metadata=MINIMAL", "--server-id=8"],
+    );
     let rt = rt();
-    let root_url = format!("mysql://root@127.0.0.1:{port}");
-    let mut c = rt.block_on(async {
-        let o =
-            mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&root_url).unwrap())
-                .prefer_socket(false);
-        mysql_async::Conn::new(o).await.unwrap()
-    });
-    rt.block_on(async {
-        c.query_drop("CREATE DATABASE m").await.unwrap();
-        c.query_drop("CREATE TABLE m.t (id INT UNSIGNED PRIMARY KEY, e ENUM('x','y'), name VARCHAR(10)) DEFAULT CHARSET=utf8mb4")
-            .await
-            .unwrap();
-    });
-    let (file, pos): (String, u64) = rt.block_on(async {
-        let r: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
-        (r.get(0).unwrap(), r.get(1).unwrap())
-    });
+    let mut c = rt.block_on(root_at(&srv.root_url()));
+    let (file, pos) = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        "m",
+        &["t (id INT UNSIGNED PRIMARY KEY, e ENUM('x','y'), name VARCHAR(10)) DEFAULT CHARSET=utf8mb4"],
+    ));
     let cfg = format!(
         "[source]\nurl = \"mysql://cdc:cdc@127.0.0.1:{port}\"\nserver_id = 777\nname = \"t\"\nstart = {{ file = \"{file}\", pos = {pos} }}\n\
-         include = [\"m.*\"]\n[[sinks.file]]\nname = \"o\"\npath = \"{}\"\n",
+         include = [\"m.*\"]\n[[sinks.file]]\nname = \"o\"\npath = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         dir.join("out.jsonl").display()
     );
     let mut d = Daemon::start(&dir, &cfg);
@@ -517,9 +404,8 @@ fn minimal_metadata_fallback_mariadb() {
         ev[0]["after"],
         serde_json::json!({"id": 4000000000u64, "e": "y", "name": "n"})
     );
-    let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(
-        log.contains("binlog_row_metadata"),
+        d.log_all().contains("binlog_row_metadata"),
         "the fallback is logged loudly"
     );
     assert_eq!(d.stop(), Some(0));
@@ -532,10 +418,7 @@ fn start_positions(f: Flavor) {
     let dir = workdir(&name);
     let mut c = rt.block_on(root(f));
     let gtid: String = rt.block_on(async {
-        fresh_db(&mut c, &name).await;
-        c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"))
-            .await
-            .unwrap();
+        fresh_tables(&mut c, &name, &["t (id INT PRIMARY KEY)"]).await;
         c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1)"))
             .await
             .unwrap();
@@ -568,18 +451,7 @@ fn start_positions(f: Flavor) {
     // latest: only what is written after the daemon connected
     std::fs::remove_file(&d.out).unwrap();
     let mut d = Daemon::start(&dir, &with_start("\"latest\""));
-    let t0 = std::time::Instant::now();
-    while !std::fs::read_to_string(&d.log)
-        .unwrap_or_default()
-        .contains("requesting binlog")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "daemon never connected: {}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_log("requesting binlog", Duration::from_secs(20)); // connected
     std::thread::sleep(Duration::from_millis(300));
     rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES (4)")))
         .unwrap();
@@ -589,11 +461,4 @@ fn start_positions(f: Flavor) {
     assert_eq!(d.stop(), Some(0));
 }
 
-#[test]
-fn start_positions_mariadb() {
-    start_positions(Flavor::MariaDb);
-}
-#[test]
-fn start_positions_mysql() {
-    start_positions(Flavor::MySql);
-}
+both_flavors!(start_positions: start_positions_mariadb(), start_positions_mysql());

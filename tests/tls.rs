@@ -189,6 +189,30 @@ fn check(dir: &Path, cfg: &str) -> (i32, String) {
     run_binlogd(&["check", "-c", p(&path)])
 }
 
+/// `binlogd check` of a MariaDB source at `url` with `tls` lines in `[source]` (no stored
+/// position needed: `check` only connects).
+fn check_source(dir: &Path, name: &str, url: &str, tls: &str) -> (i32, String) {
+    let start = ("binlog.000001".to_string(), 4);
+    check(
+        dir,
+        &config_for(url, Flavor::MariaDb, name, "tlsdb", &start, dir, tls),
+    )
+}
+
+/// Waits (up to 20 s) until `binlogd position show` names `file`: the daemon stored a
+/// position; panics with `what` and the output.
+fn wait_stored(d: &Daemon, file: &str, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        let (code, out) = run_binlogd(&["position", "show", "-c", p(&d.config)]);
+        if code == 0 && out.contains(file) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{what}: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn streams_over_tls(f: Flavor, port: u16) {
     let rt = rt();
     let name = format!("tls_ok_{}", f.tag());
@@ -196,13 +220,12 @@ fn streams_over_tls(f: Flavor, port: u16) {
     let certs = Certs::generate(&dir);
     let srv = tls_server(f, &dir, port, &certs.cert, &certs.key, &certs.ca);
     let mut c = rt.block_on(root_tls(srv.port));
-    rt.block_on(async {
-        fresh_db(&mut c, "tlsdb").await;
-        c.query_drop("CREATE TABLE tlsdb.t (id INT PRIMARY KEY, v VARCHAR(20))")
-            .await
-            .unwrap();
-    });
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        "tlsdb",
+        &["t (id INT PRIMARY KEY, v VARCHAR(20))"],
+    ));
     let url = format!("mysql://cdc:cdc@localhost:{}", srv.port);
     let cfg = config_for(
         &url,
@@ -217,12 +240,14 @@ fn streams_over_tls(f: Flavor, port: u16) {
     assert_eq!(code, 0, "check over TLS: {out}");
     let mut d = Daemon::start(&dir, &cfg);
     rt.block_on(async {
-        c.query_drop("INSERT INTO tlsdb.t VALUES (1, 'a'), (2, 'b')")
-            .await
-            .unwrap();
-        c.query_drop("UPDATE tlsdb.t SET v = 'c' WHERE id = 2")
-            .await
-            .unwrap();
+        exec_all(
+            &mut c,
+            &[
+                "INSERT INTO tlsdb.t VALUES (1, 'a'), (2, 'b')".to_string(),
+                "UPDATE tlsdb.t SET v = 'c' WHERE id = 2".to_string(),
+            ],
+        )
+        .await;
     });
     let ev = d.wait_events(3, Duration::from_secs(60));
     assert_eq!(ev[0]["op"], "c");
@@ -231,30 +256,11 @@ fn streams_over_tls(f: Flavor, port: u16) {
     assert_eq!(ev[2]["after"]["v"], "c");
     // the daemon's own connections use TLS: the server refuses anything else
     // (require_secure_transport), and the checkpoint (same server) was stored
-    let t0 = Instant::now();
-    loop {
-        let (code, out) = run_binlogd(&["position", "show", "-c", p(&d.config)]);
-        if code == 0 && out.contains(&start.0) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no stored position: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stored(&d, &start.0, "no stored position");
     assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
 }
 
-#[test]
-fn mariadb_verify_identity_streams() {
-    streams_over_tls(Flavor::MariaDb, 3360);
-}
-
-#[test]
-fn mysql_verify_identity_streams() {
-    streams_over_tls(Flavor::MySql, 3364);
-}
+both_flavors!(streams_over_tls: mariadb_verify_identity_streams(3360), mysql_verify_identity_streams(3364));
 
 #[test]
 fn mariadb_wrong_ca_is_a_clear_error() {
@@ -300,16 +306,7 @@ fn mariadb_wrong_ca_is_a_clear_error() {
         assert!(out.contains("TLS handshake failed"), "{mode} run: {out}");
     }
     // `required` does not check the certificate: it connects
-    let cfg = config_for(
-        &url,
-        Flavor::MariaDb,
-        name,
-        "tlsdb",
-        &start,
-        &dir,
-        "[source.tls]\nmode = \"required\"\n",
-    );
-    let (code, out) = check(&dir, &cfg);
+    let (code, out) = check_source(&dir, name, &url, "[source.tls]\nmode = \"required\"\n");
     assert_eq!(code, 0, "required: {out}");
 }
 
@@ -327,18 +324,13 @@ fn mariadb_host_not_in_certificate_is_a_clear_error() {
         &certs.key_noip,
         &certs.ca,
     );
-    let start = ("binlog.000001".to_string(), 4);
     let by_ip = format!("mysql://cdc:cdc@127.0.0.1:{}", srv.port);
-    let cfg = config_for(
-        &by_ip,
-        Flavor::MariaDb,
-        name,
-        "tlsdb",
-        &start,
+    let (code, out) = check_source(
         &dir,
+        name,
+        &by_ip,
         &source_tls("verify_identity", &certs.ca),
     );
-    let (code, out) = check(&dir, &cfg);
     eprintln!("host not in the certificate:\n{out}");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("TLS handshake failed"), "{out}");
@@ -348,28 +340,15 @@ fn mariadb_host_not_in_certificate_is_a_clear_error() {
     );
     assert!(out.contains("verify_identity"), "names the fix: {out}");
     // verify_ca checks the chain only: same URL, connects
-    let cfg = config_for(
-        &by_ip,
-        Flavor::MariaDb,
-        name,
-        "tlsdb",
-        &start,
-        &dir,
-        &source_tls("verify_ca", &certs.ca),
-    );
-    let (code, out) = check(&dir, &cfg);
+    let (code, out) = check_source(&dir, name, &by_ip, &source_tls("verify_ca", &certs.ca));
     assert_eq!(code, 0, "verify_ca: {out}");
     // and verify_identity with the name the certificate lists
-    let cfg = config_for(
-        &format!("mysql://cdc:cdc@localhost:{}", srv.port),
-        Flavor::MariaDb,
-        name,
-        "tlsdb",
-        &start,
+    let (code, out) = check_source(
         &dir,
+        name,
+        &format!("mysql://cdc:cdc@localhost:{}", srv.port),
         &source_tls("verify_identity", &certs.ca),
     );
-    let (code, out) = check(&dir, &cfg);
     assert_eq!(code, 0, "verify_identity by name: {out}");
 }
 
@@ -389,18 +368,8 @@ fn mariadb_require_secure_transport_source_and_checkpoint() {
         &certs.key,
         &certs.ca,
     );
-    let start = ("binlog.000001".to_string(), 4);
     let tls_url = format!("mysql://cdc:cdc@localhost:{}", srv.port);
-    let cfg = config_for(
-        &tls_url,
-        Flavor::MariaDb,
-        name,
-        "tlsdb",
-        &start,
-        &dir,
-        "[source.tls]\nmode = \"disabled\"\n",
-    );
-    let (code, out) = check(&dir, &cfg);
+    let (code, out) = check_source(&dir, name, &tls_url, "[source.tls]\nmode = \"disabled\"\n");
     eprintln!("plain TCP, require_secure_transport:\n{out}");
     assert_eq!(code, 1, "{out}");
     // MariaDB 10.11 answers a plain connection under require_secure_transport with "access
@@ -415,10 +384,7 @@ fn mariadb_require_secure_transport_source_and_checkpoint() {
     // checkpoint on the TLS server, source = the shared plain-TCP MariaDB
     let f = Flavor::MariaDb;
     let mut c = rt.block_on(root(f));
-    rt.block_on(fresh_db(&mut c, name));
-    rt.block_on(c.query_drop(format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)")))
-        .unwrap();
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(&mut c, f, name, &["t (id INT PRIMARY KEY)"]));
     let base = config(f, name, name, &start, &dir, "");
     let cp_header = "[checkpoint]\ninterval = \"200ms\"\n";
     assert!(base.contains(cp_header));
@@ -445,18 +411,11 @@ fn mariadb_require_secure_transport_source_and_checkpoint() {
     rt.block_on(c.query_drop(format!("INSERT INTO `{name}`.t VALUES (1), (2)")))
         .unwrap();
     d.wait_events(2, Duration::from_secs(60));
-    let t0 = Instant::now();
-    loop {
-        let (code, out) = run_binlogd(&["position", "show", "-c", p(&d.config)]);
-        if code == 0 && out.contains(&start.0) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no stored position on the TLS checkpoint server: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stored(
+        &d,
+        &start.0,
+        "no stored position on the TLS checkpoint server",
+    );
     assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
     // the position is on the TLS server
     let n: Option<u64> = rt.block_on(async {
@@ -545,12 +504,12 @@ fn redis_rediss_deletes_keys() {
     let r = TlsRedis::start(&dir, port, &certs);
     let f = Flavor::MariaDb;
     let mut c = rt.block_on(root(f));
-    rt.block_on(fresh_db(&mut c, name));
-    rt.block_on(c.query_drop(format!(
-        "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v INT)"
-    )))
-    .unwrap();
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &["t (id INT PRIMARY KEY, v INT)"],
+    ));
     for k in ["tls:1", "tls:2", "tls:3"] {
         assert_eq!(r.cli(port, &certs, &["SET", k, "cached"]), "OK");
     }
@@ -633,10 +592,6 @@ fn tansu_bin() -> PathBuf {
     panic!("no tansu under {}", lib.display());
 }
 
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
 impl TlsKafka {
     fn start(dir: &Path, port: u16, tls_port: u16, certs: &Certs) -> TlsKafka {
         let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
@@ -686,10 +641,14 @@ impl Drop for TlsKafka {
     }
 }
 
-fn kafka_sink(brokers: &str, topic: &str, ca: &Path) -> String {
-    format!(
-        "\n[[sinks.kafka]]\nname = \"events\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ncreate_topics = true\npartitions = 2\nexactly_once = true\nrequest_timeout = \"5s\"\n[sinks.kafka.producer]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n",
-        p(ca)
+fn tls_kafka_sink(brokers: &str, topic: &str, ca: &Path) -> String {
+    kafka_sink(
+        brokers,
+        topic,
+        &format!(
+            "partitions = 2\nexactly_once = true\nrequest_timeout = \"5s\"\n[sinks.kafka.producer]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"",
+            p(ca)
+        ),
     )
 }
 
@@ -702,14 +661,15 @@ fn kafka_ssl_streams_with_exactly_once() {
     let k = TlsKafka::start(&dir, 19100, 19101, &certs);
     let f = Flavor::MariaDb;
     let mut c = rt.block_on(root(f));
-    rt.block_on(fresh_db(&mut c, name));
-    rt.block_on(c.query_drop(format!(
-        "CREATE TABLE `{name}`.t (id INT PRIMARY KEY, v INT)"
-    )))
-    .unwrap();
-    let start = rt.block_on(binlog_end(&mut c, f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &["t (id INT PRIMARY KEY, v INT)"],
+    ));
     let topic = "tls_events";
-    let cfg = config(f, name, name, &start, &dir, "") + &kafka_sink(&k.brokers, topic, &certs.ca);
+    let cfg =
+        config(f, name, name, &start, &dir, "") + &tls_kafka_sink(&k.brokers, topic, &certs.ca);
     let (code, out) = check(&dir, &cfg);
     assert_eq!(code, 0, "check: {out}");
     let props = [
@@ -752,7 +712,7 @@ fn kafka_ssl_streams_with_exactly_once() {
         .unwrap();
     let msgs = wait_msgs(4, &d);
     assert_eq!(msgs.len(), 4, "no duplicates after the restart");
-    let log = std::fs::read_to_string(&d.log).unwrap();
+    let log = d.log_all();
     assert!(
         !log.contains("SSL handshake failed"),
         "a client without the TLS settings: {log}"
@@ -769,7 +729,7 @@ fn kafka_wrong_ca_is_a_clear_error() {
     let f = Flavor::MariaDb;
     let start = ("binlog.000001".to_string(), 4);
     let cfg = config(f, name, name, &start, &dir, "")
-        + &kafka_sink(&k.brokers, "tls_wrong", &certs.other_ca);
+        + &tls_kafka_sink(&k.brokers, "tls_wrong", &certs.other_ca);
     let (code, out) = check(&dir, &cfg);
     eprintln!("kafka, wrong CA:\n{out}");
     assert_eq!(code, 1, "{out}");
@@ -800,12 +760,11 @@ fn redis_after_replicas_over_tls() {
     let certs = Certs::generate(&dir);
     let srv = tls_server(f, &dir, 3395, &certs.cert, &certs.key, &certs.ca);
     let mut c = rt.block_on(root_tls(srv.port));
-    rt.block_on(async {
-        fresh_db(&mut c, "tlsrep").await;
-        c.query_drop("CREATE TABLE tlsrep.t (id INT PRIMARY KEY, v INT)")
-            .await
-            .unwrap();
-    });
+    rt.block_on(fresh_tables(
+        &mut c,
+        "tlsrep",
+        &["t (id INT PRIMARY KEY, v INT)"],
+    ));
     let mut r = redis_conn(&redis_url());
     let url = format!("mysql://cdc:cdc@localhost:{}", srv.port);
     for (i, with_tls) in [(1, true), (2, false)] {
@@ -865,7 +824,7 @@ fn redis_after_replicas_over_tls() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
-        let log = std::fs::read_to_string(&d.log).unwrap();
+        let log = d.log_all();
         let failed = log.contains("waiting for replica failed");
         if with_tls {
             assert!(

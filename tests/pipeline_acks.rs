@@ -1,0 +1,246 @@
+//! In process, no servers: the pipeline's acknowledgements. The acknowledged position (what
+//! the checkpoint stores) moves only to a transaction end that every sink has written, never
+//! past a batch a sink failed on, and nothing reaches a sink while the fence holds or after
+//! the lock is lost, or is read from the source while the gate is closed.
+
+use binlogd::event::Batch;
+use binlogd::pipeline::{Acked, Fence, Pipeline};
+use binlogd::sinks::{Sink, SinkError};
+use binlogd::source::position::{BinlogCoord, Position};
+use futures_util::future::BoxFuture;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// A sink that writes a batch only when given a permit, records the sequence numbers it
+/// wrote, and fails on the batch `fail_at`.
+struct TestSink {
+    name: String,
+    permits: Arc<Semaphore>,
+    written: Arc<Mutex<Vec<u64>>>,
+    fail_at: Option<u64>,
+}
+
+/// The test's handle on a [`TestSink`].
+#[derive(Clone)]
+struct Handle {
+    permits: Arc<Semaphore>,
+    written: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Handle {
+    fn written(&self) -> Vec<u64> {
+        self.written.lock().unwrap().clone()
+    }
+    /// Lets it write `n` more batches.
+    fn allow(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+}
+
+/// A sink named `name` that may write `permits` batches before it waits for more.
+fn sink(name: &str, permits: usize, fail_at: Option<u64>) -> (Box<dyn Sink>, Handle) {
+    let h = Handle {
+        permits: Arc::new(Semaphore::new(permits)),
+        written: Arc::new(Mutex::new(Vec::new())),
+    };
+    let s = TestSink {
+        name: name.to_string(),
+        permits: h.permits.clone(),
+        written: h.written.clone(),
+        fail_at,
+    };
+    (Box::new(s), h)
+}
+
+impl Sink for TestSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.permits.acquire().await.unwrap().forget();
+            if self.fail_at == Some(batch.seq) {
+                return Err(SinkError::Fatal {
+                    sink: self.name.clone(),
+                    message: format!("batch {} refused", batch.seq),
+                });
+            }
+            self.written.lock().unwrap().push(batch.seq);
+            Ok(())
+        })
+    }
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A batch ending at `pos` of binlog.000001 when it ends a transaction (`None`: mid-transaction).
+fn batch(commit: Option<u64>) -> Batch {
+    Batch {
+        commit: commit.map(|pos| {
+            Position::new(
+                BinlogCoord {
+                    file: "binlog.000001".into(),
+                    pos,
+                },
+                None,
+            )
+        }),
+        last_event_ms: 1,
+        ..Default::default()
+    }
+}
+
+fn acked_pos(rx: &watch::Receiver<Option<Acked>>) -> Option<u64> {
+    rx.borrow().as_ref().map(|a| a.position.coord.pos)
+}
+
+/// Polls `f` every 5 ms for up to 10 s.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Long enough for a batch that could move to have moved.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_only_when_every_sink_wrote_up_to_a_transaction_end() {
+    let (fast, a) = sink("fast", 100, None);
+    let (slow, b) = sink("slow", 0, None);
+    let (tx, rx) = mpsc::channel(8);
+    let (acked_tx, acked) = watch::channel(None);
+    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![fast, slow], acked_tx));
+    for c in [Some(100), None, Some(300)] {
+        tx.send(batch(c)).await.unwrap();
+    }
+    until("the fast sink wrote all three", || a.written() == [1, 2, 3]).await;
+    settle().await;
+    assert_eq!(acked_pos(&acked), None, "the slow sink wrote nothing yet");
+    b.allow(1);
+    until("acknowledged at the first transaction end", || {
+        acked_pos(&acked) == Some(100)
+    })
+    .await;
+    b.allow(1);
+    until("the slow sink wrote the second batch", || {
+        b.written() == [1, 2]
+    })
+    .await;
+    settle().await;
+    assert_eq!(
+        acked_pos(&acked),
+        Some(100),
+        "a batch ending mid-transaction moves nothing"
+    );
+    b.allow(1);
+    until("acknowledged at the second transaction end", || {
+        acked_pos(&acked) == Some(300)
+    })
+    .await;
+    drop(tx);
+    run.await.unwrap().expect("the pipeline drains and ends");
+    assert_eq!(
+        a.written(),
+        b.written(),
+        "every sink got every batch, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sink_stops_the_pipeline_before_its_batch_is_acknowledged() {
+    let (good, a) = sink("good", 100, None);
+    let (bad, b) = sink("bad", 100, Some(2));
+    let (tx, rx) = mpsc::channel(8);
+    let (acked_tx, acked) = watch::channel(None);
+    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![good, bad], acked_tx));
+    for c in [Some(100), Some(200), Some(300)] {
+        // the pipeline may already have stopped
+        let _ = tx.send(batch(c)).await;
+    }
+    let r = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the pipeline stops")
+        .unwrap();
+    let e = r.expect_err("a sink error ends the pipeline");
+    assert!(
+        e.to_string().contains("bad") && e.to_string().contains("batch 2 refused"),
+        "{e}"
+    );
+    assert_eq!(b.written(), [1]);
+    assert!(
+        matches!(acked_pos(&acked), None | Some(100)),
+        "nothing past the failed batch is acknowledged: {:?} (the good sink wrote {:?})",
+        acked_pos(&acked),
+        a.written()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_reaches_a_sink_while_the_fence_holds_or_after_the_lock_is_lost() {
+    let (s, h) = sink("out", 100, None);
+    let (tx, rx) = mpsc::channel(8);
+    let (acked_tx, acked) = watch::channel(None);
+    let (fence_tx, fence) = watch::channel(Fence::Hold);
+    let run = tokio::spawn(
+        Pipeline::new(1 << 20)
+            .fenced(fence)
+            .run(rx, vec![s], acked_tx),
+    );
+    tx.send(batch(Some(100))).await.unwrap();
+    settle().await;
+    assert!(h.written().is_empty(), "written while the fence holds");
+    assert_eq!(acked_pos(&acked), None);
+    fence_tx.send(Fence::Open).unwrap();
+    until("written and acknowledged once open", || {
+        acked_pos(&acked) == Some(100)
+    })
+    .await;
+    fence_tx.send(Fence::Hold).unwrap();
+    settle().await;
+    tx.send(batch(Some(200))).await.unwrap();
+    settle().await;
+    assert_eq!(h.written(), [1], "written while the fence holds again");
+    fence_tx.send(Fence::Lost).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the pipeline stops when the lock is lost")
+        .unwrap();
+    assert!(r.is_err(), "the lost lock is an error");
+    assert_eq!(h.written(), [1], "nothing written after the lock is lost");
+    assert_eq!(acked_pos(&acked), Some(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_read_from_the_source_while_the_gate_is_closed() {
+    let (s, h) = sink("out", 100, None);
+    let (tx, rx) = mpsc::channel(1);
+    let (acked_tx, acked) = watch::channel(None);
+    let (gate_tx, gate) = watch::channel(false);
+    let run = tokio::spawn(
+        Pipeline::new(1 << 20)
+            .gated(gate)
+            .run(rx, vec![s], acked_tx),
+    );
+    tx.send(batch(Some(100))).await.unwrap();
+    settle().await;
+    assert!(h.written().is_empty(), "read while the gate is closed");
+    assert_eq!(
+        tx.capacity(),
+        0,
+        "the batch is still in the source's channel"
+    );
+    gate_tx.send(true).unwrap();
+    until("read, written and acknowledged once open", || {
+        acked_pos(&acked) == Some(100)
+    })
+    .await;
+    drop(tx);
+    run.await.unwrap().expect("the pipeline drains and ends");
+}
