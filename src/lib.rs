@@ -14,4 +14,5 @@ pub mod filter;
 pub mod metrics;
 pub mod pipeline;
 pub mod sinks;
+pub mod snapshot;
 pub mod source;
