@@ -28,6 +28,8 @@ fn as_i128(v: &Value) -> Result<i128, String> {
     match v {
         Value::Int(i) => Ok(*i as i128),
         Value::UInt(u) => Ok(*u as i128),
+        // MySQL types `enum_col+0` as DOUBLE
+        Value::Double(d) if d.fract() == 0.0 && d.abs() < 1.9e19 => Ok(*d as i128),
         Value::Bytes(b) => std::str::from_utf8(b)
             .ok()
             .and_then(|s| s.trim().parse::<i128>().ok())

@@ -4,11 +4,16 @@
 //! SELECT text loses which numbers were doubles and which DECIMALs; what matters is that the
 //! rendering is the same. The decoder renders an integer by its digits, a double as serde_json
 //! prints it (shortest round-trip digits, `1e+300`) and a DECIMAL by its exact digits. So a number token is encoded as:
-//! an integer when it has no `.`/exponent; a double when it has an exponent or when serde_json
-//! prints the parsed double as the token itself (then a double and a DECIMAL render the same);
-//! otherwise (`1.50`: trailing zeros only a DECIMAL keeps) a DECIMAL with the token's digits.
-//! A double that MySQL printed with an exponent is parsed back to the same f64 (MySQL prints
-//! 17 significant digits at most, enough to round-trip), and renders as the binlog double does.
+//! an integer when it has no `.`/exponent; a DECIMAL with the token's digits when no double
+//! prints so (a trailing fraction zero, `1.50`, unless the double's rendering is the token
+//! itself, `3.0`; or more than 17 significant digits); otherwise a double. MySQL prints a
+//! double without exponent for magnitudes in [1e-15, 1e15) (`0.00000015`, measured on 9.7.4)
+//! and with one outside; either parses back to the same f64 (at most 17 significant digits),
+//! which renders as the binlog double does (`1.5e-7`).
+//!
+//! Known gap: a DECIMAL inside JSON with at most 17 digits, no trailing zero, whose double
+//! rendering differs from its digits (e.g. `CAST(0.0000001 AS DECIMAL(8,7))` in a JSON
+//! document: the binlog renders `0.0000001`, the snapshot `1e-7`).
 //!
 //! Not covered: opaque scalars other than DECIMAL (DATE/TIME/DATETIME values put into JSON by
 //! `CAST(… AS JSON)`): SELECT prints them as strings, and they would come out as strings here,
@@ -118,12 +123,18 @@ fn number(tok: &str) -> Result<(u8, Vec<u8>), String> {
     }
     let d: f64 = tok.parse().map_err(|_| bad())?;
     let has_exp = tok.contains(['e', 'E']);
-    if has_exp || !d.is_finite() || double_text(d) == tok {
-        return Ok((T_DOUBLE, d.to_le_bytes().to_vec()));
-    }
-    // a DECIMAL: its exact digits
     let digits = tok.trim_start_matches('-');
     let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let significant = format!("{int}{frac}").trim_start_matches('0').len();
+    // DECIMAL only where a double cannot print so: a trailing fraction zero (`1.50`; a double
+    // prints `x.0` at most, which the double's rendering matches) or more than 17 digits
+    let decimal = !has_exp
+        && d.is_finite()
+        && double_text(d) != tok
+        && (frac.ends_with('0') || significant > 17);
+    if !decimal {
+        return Ok((T_DOUBLE, d.to_le_bytes().to_vec()));
+    }
     let int = int.trim_start_matches('0');
     let scale = frac.len();
     let precision = (int.len() + scale).max(1);
@@ -241,6 +252,9 @@ mod tests {
             ("1e300", "1e+300"),
             ("1E-7", "1e-7"),
             ("0.1", "0.1"),
+            ("0.00000015", "1.5e-7"),
+            ("100000000000000.0", "100000000000000.0"),
+            ("12345678901234567890.123", "12345678901234567890.123"),
             ("1.8446744073709552e19", "1.8446744073709552e+19"),
             ("\"x\\\"y\"", "\"x\\\"y\""),
             ("[]", "[]"),
