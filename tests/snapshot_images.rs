@@ -374,7 +374,7 @@ fn images(f: Flavor) {
         fresh_db(&mut c, &db).await;
         let defs: Vec<String> = cols.iter().map(|(n, t, _)| format!("`{n}` {t}")).collect();
         c.query_drop(format!(
-            "CREATE TABLE `{db}`.alltypes (id INT PRIMARY KEY, {}, gen BIGINT AS (i + 1) STORED)",
+            "CREATE TABLE `{db}`.alltypes (id INT PRIMARY KEY, {}, gen BIGINT AS (i + 1) STORED, genv BIGINT AS (i + 2) VIRTUAL)",
             defs.join(", ")
         ))
         .await
@@ -548,4 +548,296 @@ fn images_equal_binlog_images_mariadb() {
 #[test]
 fn images_equal_binlog_images_mysql() {
     images(Flavor::MySql);
+}
+
+/// The generated chunk query is an index range scan on both servers (the row-value form
+/// `(a, b) > (?, ?)` is not: a full index scan from the start).
+fn chunk_query_uses_a_range(f: Flavor) {
+    let rt = rt();
+    let db = format!("snap_explain_{}", f.tag());
+    rt.block_on(async {
+        let mut c = root(f).await;
+        fresh_db(&mut c, &db).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{db}`.t (a INT NOT NULL, b VARCHAR(20) NOT NULL, c INT NOT NULL, v INT, PRIMARY KEY (a, b, c))"
+        ))
+        .await
+        .unwrap();
+        let mut vals = Vec::new();
+        for n in 0..3000 {
+            vals.push(format!("({}, 'x{}', {}, {n})", n % 100, n % 7, n));
+        }
+        c.query_drop(format!("INSERT INTO `{db}`.t VALUES {}", vals.join(",")))
+            .await
+            .unwrap();
+        c.query_drop(format!("ANALYZE TABLE `{db}`.t")).await.unwrap();
+        let mut s = cdc(f).await;
+        prepare_session(&mut s).await.unwrap();
+        let coll = load_collations(&mut s).await.unwrap();
+        let t = load_table(&mut s, &db, "t", &coll).await.unwrap();
+        let after = [
+            KeyValue::Int(50),
+            KeyValue::Bytes(b"x3".to_vec()),
+            KeyValue::Int(1500),
+        ];
+        let sql = binlogd::snapshot::chunk::chunk_sql(&t, true, None, 100);
+        let params = binlogd::snapshot::chunk::chunk_params(&t, &after).unwrap();
+        let rows: Vec<mysql_async::Row> = s.exec(format!("EXPLAIN {sql}"), params).await.unwrap();
+        let col = |r: &mysql_async::Row, n: &str| -> Option<String> {
+            let i = r
+                .columns_ref()
+                .iter()
+                .position(|c| c.name_str().eq_ignore_ascii_case(n))?;
+            r.get::<Option<String>, _>(i).flatten()
+        };
+        // MariaDB: the traditional table; MySQL 9.7: one TREE text (explain_format default)
+        let plan = |r: &mysql_async::Row| match col(r, "EXPLAIN") {
+            Some(tree) => tree,
+            None => format!(
+                "type={} key={}",
+                col(r, "type").unwrap_or_default(),
+                col(r, "key").unwrap_or_default()
+            ),
+        };
+        let p = plan(&rows[0]);
+        eprintln!("{}: EXPLAIN {sql}:\n{p}", f.tag());
+        assert!(
+            p.contains("type=range key=PRIMARY") || p.contains("Index range scan on t using PRIMARY"),
+            "{p}"
+        );
+        // the row-value form, for the record
+        let rows: Vec<mysql_async::Row> = s
+            .query(format!(
+                "EXPLAIN SELECT * FROM `{db}`.t WHERE (a, b, c) > (50, 'x3', 1500) ORDER BY a, b, c LIMIT 100"
+            ))
+            .await
+            .unwrap();
+        eprintln!("{}: row-value form: {}", f.tag(), plan(&rows[0]));
+        // and the chunk returns what the row-value comparison means
+        let r = read_chunk(&mut s, &t, Some(&after), None, 100).await.unwrap();
+        let want: Vec<(i64, String, i64)> = s
+            .query(format!(
+                "SELECT a, b, c FROM `{db}`.t WHERE (a, b, c) > (50, 'x3', 1500) ORDER BY a, b, c LIMIT 100"
+            ))
+            .await
+            .unwrap();
+        let got: Vec<String> = render_afters(&[r])
+            .iter()
+            .map(|a| key_of(a, &["a", "b", "c"]))
+            .collect();
+        let want: Vec<String> = want
+            .iter()
+            .map(|k| serde_json::to_string(k).unwrap())
+            .collect();
+        assert_eq!(got, want);
+    });
+}
+
+#[test]
+fn chunk_query_uses_a_range_mariadb() {
+    chunk_query_uses_a_range(Flavor::MariaDb);
+}
+
+#[test]
+fn chunk_query_uses_a_range_mysql() {
+    chunk_query_uses_a_range(Flavor::MySql);
+}
+
+/// SHOW BINLOG EVENTS from `start`: for each rows event on `db.table`, (end_log_pos, GTID of
+/// its transaction). One row per rows event (the writers insert single rows).
+async fn rows_events(
+    c: &mut Conn,
+    start: &(String, u64),
+    db: &str,
+    table: &str,
+) -> Vec<(u64, String)> {
+    let rows: Vec<mysql_async::Row> = c
+        .query(format!(
+            "SHOW BINLOG EVENTS IN '{}' FROM {}",
+            start.0, start.1
+        ))
+        .await
+        .unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut gtid = String::new();
+    let mut out = Vec::new();
+    let name = format!("({db}.{table})");
+    for r in rows {
+        let ty: String = r.get(2).unwrap();
+        let end: u64 = r.get(4).unwrap();
+        let info: String = r.get::<Option<String>, _>(5).unwrap().unwrap_or_default();
+        let table_id = || {
+            info.strip_prefix("table_id: ")
+                .and_then(|x| x.split_whitespace().next())
+                .map(str::to_string)
+        };
+        if ty == "Gtid" {
+            // MySQL: SET @@SESSION.GTID_NEXT= 'uuid:n'
+            gtid = info.split('\'').nth(1).unwrap_or_default().to_string();
+        } else if ty == "Table_map" && info.ends_with(&name) {
+            ids.extend(table_id());
+        } else if ty.starts_with("Write_rows") && table_id().is_some_and(|i| ids.contains(&i)) {
+            out.push((end, gtid.clone()));
+        }
+    }
+    out
+}
+
+/// Inserts ids 1, 2, … one per transaction into `db.t` until `stop`; returns the count.
+async fn writer(f: Flavor, db: String, stop: Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    let mut c = root(f).await;
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        c.exec_drop(format!("INSERT INTO `{db}`.t VALUES (?, 0)"), (n,))
+            .await
+            .unwrap();
+    }
+    n
+}
+
+/// MariaDB: the rows a consistent-snapshot read sees are exactly those whose rows events end
+/// at or before its Binlog_snapshot_position, under concurrent commits.
+#[test]
+fn mariadb_snapshot_position_is_exact() {
+    use binlogd::snapshot::chunk::read_chunk_mariadb;
+    use binlogd::snapshot::Watermark;
+    let f = Flavor::MariaDb;
+    let rt = rt();
+    let db = "snap_wm_maria".to_string();
+    rt.block_on(async {
+        let mut c = root(f).await;
+        fresh_db(&mut c, &db).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{db}`.t (id BIGINT PRIMARY KEY, v INT)"
+        ))
+        .await
+        .unwrap();
+        let start = binlog_end(&mut c, f).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let w = tokio::spawn(writer(f, db.clone(), stop.clone()));
+        let mut s = cdc(f).await;
+        prepare_session(&mut s).await.unwrap();
+        let coll = load_collations(&mut s).await.unwrap();
+        let t = load_table(&mut s, &db, "t", &coll).await.unwrap();
+        let mut samples = Vec::new();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..40 {
+            let (r, wm) = read_chunk_mariadb(&mut s, &t, None, None, 10_000_000)
+                .await
+                .unwrap();
+            let Watermark::Coord(at) = wm else {
+                panic!("MariaDB gives a coordinate")
+            };
+            samples.push((at, r.chunk.rows as u64));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let total = w.await.unwrap();
+        let events = rows_events(&mut c, &start, &db, "t").await;
+        assert_eq!(events.len() as u64, total, "one rows event per insert");
+        let mut inside = 0;
+        for (at, rows) in &samples {
+            assert_eq!(at.file, start.0, "no rotation during the test");
+            let before = events.iter().filter(|(end, _)| *end <= at.pos).count() as u64;
+            assert_eq!(
+                before, *rows,
+                "snapshot at {at} saw {rows} rows; {before} rows events end at or before it"
+            );
+            if *rows > 0 && *rows < total {
+                inside += 1;
+            }
+        }
+        eprintln!(
+            "mariadb: {} samples, {inside} taken while inserts ran, {total} inserts",
+            samples.len()
+        );
+        assert!(inside >= 20, "the samples ran concurrently with the writer");
+    });
+}
+
+/// MySQL: low = gtid_executed before START TRANSACTION WITH CONSISTENT SNAPSHOT, high =
+/// after COMMIT; every transaction in low is visible to the read, every visible one is in high,
+/// under concurrent commits.
+#[test]
+fn mysql_gtid_watermarks_bracket_the_snapshot() {
+    use binlogd::snapshot::chunk::read_chunk_mysql;
+    use binlogd::snapshot::Watermark;
+    use binlogd::source::position::MySqlGtidSet;
+    let f = Flavor::MySql;
+    let rt = rt();
+    let db = "snap_wm_mysql".to_string();
+    rt.block_on(async {
+        let mut c = root(f).await;
+        fresh_db(&mut c, &db).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{db}`.t (id BIGINT PRIMARY KEY, v INT)"
+        ))
+        .await
+        .unwrap();
+        let start = binlog_end(&mut c, f).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let w = tokio::spawn(writer(f, db.clone(), stop.clone()));
+        let mut s = cdc(f).await;
+        prepare_session(&mut s).await.unwrap();
+        let coll = load_collations(&mut s).await.unwrap();
+        let t = load_table(&mut s, &db, "t", &coll).await.unwrap();
+        let mut samples = Vec::new();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let seen = MySqlGtidSet::default();
+        for _ in 0..40 {
+            let (r, wm) = read_chunk_mysql(
+                &mut s,
+                &t,
+                None,
+                None,
+                10_000_000,
+                &seen,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            let Watermark::Gtids { low, high } = wm else {
+                panic!("MySQL gives GTID sets")
+            };
+            samples.push((low, high, r.chunk.rows as u64));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let total = w.await.unwrap();
+        let events = rows_events(&mut c, &start, &db, "t").await;
+        assert_eq!(events.len() as u64, total, "one rows event per insert");
+        let contains = |set: &MySqlGtidSet, g: &str| {
+            let (sid, n) = g.rsplit_once(':').unwrap();
+            set.contains(sid, n.parse().unwrap())
+        };
+        let (mut inside, mut gap) = (0, 0);
+        for (low, high, rows) in &samples {
+            // id k (1-based) is the k-th rows event; the read saw ids 1..=rows
+            for (k, (_, g)) in events.iter().enumerate() {
+                let visible = (k as u64) < *rows;
+                if contains(low, g) {
+                    assert!(visible, "id {} ({g}) is in low but not visible", k + 1);
+                }
+                if visible {
+                    assert!(
+                        contains(high, g),
+                        "id {} ({g}) is visible but not in high",
+                        k + 1
+                    );
+                }
+            }
+            if *rows > 0 && *rows < total {
+                inside += 1;
+            }
+            if high.subtract(low).count() > 0 {
+                gap += 1;
+            }
+        }
+        eprintln!(
+            "mysql: {} samples, {inside} while inserts ran, {gap} with high ≠ low, {total} inserts",
+            samples.len()
+        );
+        assert!(inside >= 20, "the samples ran concurrently with the writer");
+    });
 }
