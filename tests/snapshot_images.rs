@@ -283,6 +283,12 @@ fn render_afters(chunks: &[ChunkRead]) -> Vec<String> {
             let doc: BTreeMap<String, &RawValue> = serde_json::from_slice(&b).unwrap();
             assert_eq!(doc["op"].get(), "\"r\"");
             assert_eq!(doc["before"].get(), "null");
+            let src: Value = serde_json::from_str(doc["source"].get()).unwrap();
+            let mark = match r.chunk.op {
+                binlogd::event::Op::Read { last: true } => "last",
+                _ => "true",
+            };
+            assert_eq!(src["snapshot"], mark, "{}", doc["source"].get());
             out.push(doc["after"].get().to_string());
         }
     }
@@ -526,6 +532,10 @@ fn images(f: Flavor) {
         );
         assert_eq!(chunks[0].last_key, Some(vec![KeyValue::UInt(u64::MAX)]));
         assert_same_images("one", &render_afters(&chunks), &binlog["one"], &["id"]);
+        // the table's last read event carries source.snapshot = "last" (checked in render_afters)
+        let mut chunks = chunks;
+        chunks[0].chunk.op = binlogd::event::Op::Read { last: true };
+        assert_same_images("one (last)", &render_afters(&chunks[..1]), &binlog["one"], &["id"]);
 
         // no usable key: a clear error naming the table and the fix
         let e = load_table(&mut s, &db, "nokey", &coll).await.unwrap_err();

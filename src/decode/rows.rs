@@ -40,7 +40,11 @@ pub enum Op {
     /// partition operations, RENAME): one change per table, no images.
     Truncate,
     /// A snapshot read (`src/snapshot/`): a row as it is in the table, after image only.
-    Read,
+    /// `last`: the chunk holding the table's last read event(s) (`source.snapshot` is `"last"`
+    /// instead of `"true"`).
+    Read {
+        last: bool,
+    },
 }
 
 impl Op {
@@ -50,7 +54,7 @@ impl Op {
             Op::Update => "u",
             Op::Delete => "d",
             Op::Truncate => "t",
-            Op::Read => "r",
+            Op::Read { .. } => "r",
         }
     }
 }
@@ -125,7 +129,7 @@ impl RowsChunk {
     pub fn before(&self, r: usize) -> Option<&[Cell]> {
         let n = self.table.columns.len();
         match self.op {
-            Op::Insert | Op::Truncate | Op::Read => None,
+            Op::Insert | Op::Truncate | Op::Read { .. } => None,
             Op::Update => Some(&self.cells[2 * r * n..(2 * r + 1) * n]),
             Op::Delete => Some(&self.cells[r * n..(r + 1) * n]),
         }
@@ -137,7 +141,7 @@ impl RowsChunk {
         match self.op {
             Op::Delete | Op::Truncate => None,
             Op::Update => Some(&self.cells[(2 * r + 1) * n..(2 * r + 2) * n]),
-            Op::Insert | Op::Read => Some(&self.cells[r * n..(r + 1) * n]),
+            Op::Insert | Op::Read { .. } => Some(&self.cells[r * n..(r + 1) * n]),
         }
     }
 
@@ -423,7 +427,7 @@ pub fn split_rows(
     while p < data.len() {
         let row_start = p;
         match op {
-            Op::Insert | Op::Read => {
+            Op::Insert | Op::Read { .. } => {
                 read_image(t, &hdr.present_after, na, data, &mut p, cells).map_err(m)?
             }
             Op::Delete => read_image(t, &hdr.present_before, nb, data, &mut p, cells).map_err(m)?,

@@ -194,7 +194,7 @@ pub async fn read_chunk(
     }
     let mut chunk = RowsChunk {
         table: t.schema.clone(),
-        op: Op::Read,
+        op: Op::Read { last: false },
         data,
         cells,
         rows: nrows as u32,

@@ -13,7 +13,8 @@
 //!   LIMIT n`), read with the binary protocol, and the watermark reads around it
 //!   ([`chunk::read_chunk_mariadb`], [`chunk::read_chunk_mysql`]).
 //! - [`encode`]: SELECT values → binlog row-image cells ([`jsonb`] for MySQL binary JSON), so a
-//!   chunk is a [`RowsChunk`](crate::decode::rows::RowsChunk) with [`Op::Read`](crate::decode::rows::Op::Read).
+//!   chunk is a [`RowsChunk`](crate::decode::rows::RowsChunk) with [`Op::Read`](crate::decode::rows::Op::Read) (`source.snapshot`
+//!   `"true"`, or `"last"` for a chunk marked `last`).
 //! - [`window`]: the sans-I/O watermark window (which rows of a chunk to drop, when to emit).
 //! - [`progress`]: per-table progress (last key, counts, done) as a compact JSON string.
 

@@ -210,7 +210,7 @@ impl Window {
     /// snapshot), is treated as a truncate: nothing of this chunk is emitted.
     pub fn observe(&mut self, chunk: &RowsChunk) {
         let t = &chunk.table;
-        if t.db != self.db || t.table != self.table || chunk.op == Op::Read {
+        if t.db != self.db || t.table != self.table || matches!(chunk.op, Op::Read { .. }) {
             return;
         }
         if chunk.op == Op::Truncate {
@@ -374,7 +374,7 @@ mod tests {
 
     fn read(t: &Arc<TableSchema>, ids: &[i32]) -> ChunkRead {
         let imgs: Vec<(i32, i32)> = ids.iter().map(|&i| (i, i * 10)).collect();
-        let c = chunk(t, Op::Read, &imgs);
+        let c = chunk(t, Op::Read { last: false }, &imgs);
         let keys = (0..c.rows as usize)
             .map(|r| render_key(&t.columns, &[0], &c.data, c.after(r).unwrap()).unwrap())
             .collect();
