@@ -851,3 +851,356 @@ fn mysql_gtid_watermarks_bracket_the_snapshot() {
         assert!(inside >= 20, "the samples ran concurrently with the writer");
     });
 }
+
+/// One row change of the daemon's output: (op, file, pos, gtid, before, after).
+struct StreamEv {
+    op: String,
+    file: String,
+    pos: u64,
+    gtid: Option<String>,
+    before: Value,
+    after: Value,
+}
+
+fn stream_events(path: &std::path::Path) -> Vec<StreamEv> {
+    read_events(path)
+        .into_iter()
+        .map(|e| StreamEv {
+            op: e["op"].as_str().unwrap().to_string(),
+            file: e["source"]["file"].as_str().unwrap().to_string(),
+            pos: e["source"]["pos"].as_u64().unwrap(),
+            gtid: e["source"]["gtid"].as_str().map(str::to_string),
+            before: e["before"].clone(),
+            after: e["after"].clone(),
+        })
+        .collect()
+}
+
+/// A row's key as the window records it (`[42]`).
+fn key_bytes(img: &Value) -> Vec<u8> {
+    serde_json::to_vec(&[&img["id"]]).unwrap()
+}
+
+/// Under a concurrent write load (inserts, updates, deletes, key changes), chunks read with
+/// their watermarks and filtered by the window, replayed in stream order with the stream's
+/// changes into a model, give the table's final state: 0 lost, 0 stale. The stream is the
+/// daemon's real output; the windows are driven offline from it (the wiring into the stream
+/// loop is not part of this module). Each window opens at the server's current point (binlog
+/// end / gtid_executed), an upper bound of where a real stream could be, and records what the
+/// stream hands on after that point.
+fn converges(f: Flavor) {
+    use binlogd::snapshot::chunk::{gtid_executed, read_chunk_mariadb, read_chunk_mysql};
+    use binlogd::snapshot::window::{Emission, StreamPoint, Watermark, Window};
+    use binlogd::source::position::{coord_le, BinlogCoord, MySqlGtidSet};
+    let rt = rt();
+    let db = format!("snap_conv_{}", f.tag());
+    let dir = workdir(&db);
+    let mut c = rt.block_on(root(f));
+    rt.block_on(async {
+        fresh_db(&mut c, &db).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL)"
+        ))
+        .await
+        .unwrap();
+        let vals: Vec<String> = (1..=2000).map(|i| format!("({i}, 0)")).collect();
+        c.query_drop(format!("INSERT INTO `{db}`.t VALUES {}", vals.join(",")))
+            .await
+            .unwrap();
+    });
+    // the stream starts after the existing rows: only the snapshot knows them
+    let start = rt.block_on(binlog_end(&mut c, f));
+    let mut d = Daemon::start(&dir, &config(f, &db, &db, &start, &dir, ""));
+    std::thread::sleep(Duration::from_millis(500));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (db, stop) = (db.clone(), stop.clone());
+        rt.spawn(async move {
+            let mut c = root(f).await;
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut ops = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = next() % 2600 + 1;
+                let q = match next() % 8 {
+                    0 => format!("INSERT IGNORE INTO `{db}`.t VALUES ({id}, 1)"),
+                    1 => format!("DELETE FROM `{db}`.t WHERE id = {id}"),
+                    2 => format!(
+                        "UPDATE IGNORE `{db}`.t SET id = {} WHERE id = {id}",
+                        next() % 2600 + 1
+                    ),
+                    3 => format!(
+                        "UPDATE `{db}`.t SET v = v + 1 WHERE id BETWEEN {id} AND {}",
+                        id + 20
+                    ),
+                    _ => format!("UPDATE `{db}`.t SET v = v + 1 WHERE id = {id}"),
+                };
+                c.query_drop(q).await.unwrap();
+                ops += 1;
+            }
+            ops
+        })
+    };
+    // the snapshot, chunks of 100; each chunk reaches the (replayed) stream loop when the
+    // stream has handed on what the server had when the read finished: a stream that keeps up
+    type Pending = (ChunkRead, Watermark, StreamPoint);
+    type Win = (Window, Option<Pending>);
+    let (mut windows, stale): (Vec<Win>, usize) = rt.block_on(async {
+        let mut s = cdc(f).await;
+        prepare_session(&mut s).await.unwrap();
+        let coll = load_collations(&mut s).await.unwrap();
+        let t = load_table(&mut s, &db, "t", &coll).await.unwrap();
+        let mut windows = Vec::new();
+        let mut stale = 0;
+        let mut after: Option<Vec<KeyValue>> = None;
+        async fn point(s: &mut Conn, f: Flavor) -> StreamPoint {
+            match f {
+                Flavor::MariaDb => {
+                    let (file, pos) = binlog_end(s, f).await;
+                    StreamPoint::Coord(BinlogCoord { file, pos })
+                }
+                Flavor::MySql => StreamPoint::Gtids(gtid_executed(s).await.unwrap()),
+            }
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            let at = point(&mut s, f).await;
+            let w = Window::open(&db, "t", t.key_names(), at.clone());
+            let last = loop {
+                let (read, wm) = match &at {
+                    StreamPoint::Coord(_) => {
+                        read_chunk_mariadb(&mut s, &t, after.as_deref(), None, 100)
+                            .await
+                            .unwrap()
+                    }
+                    StreamPoint::Gtids(g) => read_chunk_mysql(
+                        &mut s,
+                        &t,
+                        after.as_deref(),
+                        None,
+                        100,
+                        g,
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap(),
+                };
+                if !wm.covers(&at) {
+                    // what Window::chunk_read refuses as Stale: read again
+                    stale += 1;
+                    continue;
+                }
+                // a stream loop some 30 ms behind: changes after the watermark reach it first
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let arrived = point(&mut s, f).await;
+                let last = read.last_key.clone();
+                windows.push((w, Some((read, wm, arrived))));
+                break last;
+            };
+            match last {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        (windows, stale)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ops = rt.block_on(load).unwrap();
+    let (final_state, all_gtids): (BTreeMap<i64, i64>, MySqlGtidSet) = rt.block_on(async {
+        let rows: Vec<(i64, i64)> = c
+            .query(format!("SELECT id, v FROM `{db}`.t ORDER BY id"))
+            .await
+            .unwrap();
+        let g = match f {
+            Flavor::MySql => gtid_executed(&mut c).await.unwrap(),
+            Flavor::MariaDb => MySqlGtidSet::default(),
+        };
+        (rows.into_iter().collect(), g)
+    });
+    // the daemon has written everything when its output stops growing
+    let t0 = std::time::Instant::now();
+    let events = loop {
+        let n = stream_events(&d.out).len();
+        std::thread::sleep(Duration::from_millis(1500));
+        let ev = stream_events(&d.out);
+        if ev.len() == n && n > 0 {
+            break ev;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "daemon did not settle"
+        );
+    };
+    assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
+
+    // the replay: before each event, tell every window where the stream is (emitting what
+    // is due); record the event's keys in the windows it comes after; apply it to the model
+    let gtid_of = |g: &str| -> (String, u64) {
+        let (sid, n) = g.rsplit_once(':').unwrap();
+        (sid.to_string(), n.parse().unwrap())
+    };
+    let ours: MySqlGtidSet = {
+        let mut s = MySqlGtidSet::default();
+        for e in events.iter().filter(|_| f == Flavor::MySql) {
+            if let Some(g) = &e.gtid {
+                let (sid, n) = gtid_of(g);
+                s.add(&sid, n);
+            }
+        }
+        s
+    };
+    // transactions of other databases (the stream passes them too)
+    let mut seen = all_gtids.subtract(&ours);
+    let mut model: BTreeMap<i64, i64> = BTreeMap::new();
+    let (mut read_rows, mut dropped, mut chunks) = (0usize, 0usize, 0usize);
+    let mut apply = |model: &mut BTreeMap<i64, i64>, e: &Emission| {
+        chunks += 1;
+        read_rows += e.rows_read;
+        dropped += e.dropped;
+        let txn = TxnChunks {
+            file: Arc::from("snapshot"),
+            gtid: None,
+            chunks: Vec::new(),
+        };
+        for row in 0..e.chunk.rows as usize {
+            let ch = Change {
+                txn: &txn,
+                chunk: &e.chunk,
+                row,
+            };
+            let mut b = Vec::new();
+            ch.write_json(&mut b, &SourceInfo::default(), 0).unwrap();
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            model.insert(
+                v["after"]["id"].as_i64().unwrap(),
+                v["after"]["v"].as_i64().unwrap(),
+            );
+        }
+    };
+    let mut cur_gtid: Option<String> = None;
+    for e in &events {
+        if f == Flavor::MySql && e.gtid != cur_gtid {
+            if let Some(g) = cur_gtid.take() {
+                let (sid, n) = gtid_of(&g);
+                seen.add(&sid, n);
+            }
+            cur_gtid = e.gtid.clone();
+        }
+        let here = BinlogCoord {
+            file: e.file.clone(),
+            pos: e.pos,
+        };
+        let p = match f {
+            Flavor::MariaDb => StreamPoint::Coord(here.clone()),
+            Flavor::MySql => StreamPoint::Gtids(seen.clone()),
+        };
+        for (w, pending) in windows.iter_mut() {
+            let arrived = match pending.as_ref().map(|x| &x.2) {
+                Some(StreamPoint::Coord(r)) => match &p {
+                    StreamPoint::Coord(h) => coord_le(&r.file, r.pos, h),
+                    _ => false,
+                },
+                Some(StreamPoint::Gtids(r)) => match &p {
+                    StreamPoint::Gtids(h) => h.contains_set(r),
+                    _ => false,
+                },
+                None => false,
+            };
+            let em = if arrived {
+                let (read, wm, _) = pending.take().unwrap();
+                w.stream_passed(&p);
+                w.chunk_read(read, wm).unwrap()
+            } else {
+                w.stream_passed(&p)
+            };
+            if let Some(em) = em {
+                apply(&mut model, &em);
+            }
+            let after_open = match w.opened_at() {
+                StreamPoint::Coord(o) => coord_le(&o.file, o.pos, &here),
+                StreamPoint::Gtids(o) => {
+                    let (sid, n) = gtid_of(e.gtid.as_deref().unwrap());
+                    !o.contains(&sid, n)
+                }
+            };
+            if after_open {
+                for img in [&e.before, &e.after] {
+                    if !img.is_null() {
+                        w.record_key(key_bytes(img));
+                    }
+                }
+            }
+        }
+        let id = |img: &Value| img["id"].as_i64().unwrap();
+        match e.op.as_str() {
+            "c" => {
+                model.insert(id(&e.after), e.after["v"].as_i64().unwrap());
+            }
+            "u" => {
+                model.remove(&id(&e.before));
+                model.insert(id(&e.after), e.after["v"].as_i64().unwrap());
+            }
+            "d" => {
+                model.remove(&id(&e.before));
+            }
+            o => panic!("op {o}"),
+        }
+    }
+    // the stream's end: whatever is left is emitted
+    let end = match f {
+        Flavor::MariaDb => StreamPoint::Coord(BinlogCoord {
+            file: "binlog.999999".into(),
+            pos: u64::MAX,
+        }),
+        Flavor::MySql => StreamPoint::Gtids(all_gtids.clone()),
+    };
+    for (w, pending) in windows.iter_mut() {
+        w.stream_passed(&end);
+        let em = match pending.take() {
+            Some((read, wm, _)) => w.chunk_read(read, wm).unwrap(),
+            None => w.stream_passed(&end),
+        };
+        if let Some(em) = em {
+            apply(&mut model, &em);
+        }
+    }
+    eprintln!(
+        "{}: {ops} write statements, {} row changes streamed, {chunks} chunks, {read_rows} rows read, {dropped} dropped by the windows, {stale} stale re-reads",
+        f.tag(),
+        events.len()
+    );
+    assert_eq!(chunks, windows.len(), "every chunk emitted once");
+    let lost: Vec<_> = final_state
+        .keys()
+        .filter(|k| !model.contains_key(k))
+        .collect();
+    let extra: Vec<_> = model
+        .keys()
+        .filter(|k| !final_state.contains_key(k))
+        .collect();
+    let stale_rows: Vec<_> = final_state
+        .iter()
+        .filter(|(k, v)| model.get(k).is_some_and(|m| m != *v))
+        .collect();
+    assert!(
+        lost.is_empty() && extra.is_empty() && stale_rows.is_empty(),
+        "model ≠ table: lost {lost:?}, extra {extra:?}, stale {stale_rows:?}"
+    );
+    assert!(dropped > 0, "the load touched rows of open windows");
+}
+
+#[test]
+fn converges_under_writes_mariadb() {
+    converges(Flavor::MariaDb);
+}
+
+#[test]
+fn converges_under_writes_mysql() {
+    converges(Flavor::MySql);
+}
