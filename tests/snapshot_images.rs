@@ -1204,3 +1204,101 @@ fn converges_under_writes_mariadb() {
 fn converges_under_writes_mysql() {
     converges(Flavor::MySql);
 }
+
+/// Figures, not a timed test: a 200,000-row 10-column table read in chunks of 8,192 (read +
+/// encode + the key of every row), then rendered as events. `cargo test --release -j 1 --test
+/// snapshot_images throughput -- --ignored --nocapture`
+fn throughput(f: Flavor) {
+    let rt = rt();
+    let db = format!("snap_perf_{}", f.tag());
+    rt.block_on(async {
+        let mut c = root(f).await;
+        fresh_db(&mut c, &db).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{db}`.t (id BIGINT PRIMARY KEY, a INT, b BIGINT, c VARCHAR(64), \
+             d DECIMAL(12,2), e DATETIME(6), f DOUBLE, g TINYINT, h VARCHAR(32), i INT UNSIGNED)"
+        ))
+        .await
+        .unwrap();
+        let depth = match f {
+            Flavor::MariaDb => "max_recursive_iterations",
+            Flavor::MySql => "cte_max_recursion_depth",
+        };
+        c.query_drop(format!("SET SESSION {depth} = 1000000"))
+            .await
+            .unwrap();
+        c.query_drop(format!(
+            "INSERT INTO `{db}`.t WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 200000) \
+             SELECT n, n % 1000, n * 7, CONCAT('row ', n, ' some text'), n / 100, '2024-06-01 12:34:56.123456', \
+             n / 3, n % 100, 'abcdefgh', n FROM s"
+        ))
+        .await
+        .unwrap();
+        let mut s = cdc(f).await;
+        prepare_session(&mut s).await.unwrap();
+        let coll = load_collations(&mut s).await.unwrap();
+        let t = load_table(&mut s, &db, "t", &coll).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let mut after: Option<Vec<KeyValue>> = None;
+        let mut rows = 0u64;
+        let mut chunks = Vec::new();
+        loop {
+            let r = read_chunk(&mut s, &t, after.as_deref(), None, 8192).await.unwrap();
+            rows += r.chunk.rows as u64;
+            match r.last_key.clone() {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+            chunks.push(r);
+        }
+        let read = t0.elapsed();
+        let t1 = std::time::Instant::now();
+        let txn = TxnChunks {
+            file: Arc::from("snapshot"),
+            gtid: None,
+            chunks: Vec::new(),
+        };
+        let mut out = Vec::with_capacity(1 << 20);
+        let mut bytes = 0usize;
+        for r in &chunks {
+            for row in 0..r.chunk.rows as usize {
+                Change {
+                    txn: &txn,
+                    chunk: &r.chunk,
+                    row,
+                }
+                .write_json(&mut out, &SourceInfo::default(), 0)
+                .unwrap();
+                out.push(b'\n');
+                if out.len() > 1 << 20 {
+                    bytes += out.len();
+                    out.clear();
+                }
+            }
+        }
+        bytes += out.len();
+        let render = t1.elapsed();
+        eprintln!(
+            "{}: {rows} rows: read+encode {:.2} s = {:.0} rows/s; render {:.2} s = {:.0} rows/s ({} MB JSON)",
+            f.tag(),
+            read.as_secs_f64(),
+            rows as f64 / read.as_secs_f64(),
+            render.as_secs_f64(),
+            rows as f64 / render.as_secs_f64(),
+            bytes / 1_000_000
+        );
+        c.query_drop(format!("DROP DATABASE `{db}`")).await.unwrap();
+    });
+}
+
+#[test]
+#[ignore]
+fn throughput_mariadb() {
+    throughput(Flavor::MariaDb);
+}
+
+#[test]
+#[ignore]
+fn throughput_mysql() {
+    throughput(Flavor::MySql);
+}
