@@ -36,6 +36,9 @@ pub struct SnapshotTable {
     pub key_kind: KeyKind,
     /// How each key column's last value is bound in the next chunk query (same order as `key`).
     pub key_binds: Vec<KeyBind>,
+    /// Collation id of each column (63 for binary strings; None: not a string), checked
+    /// against the result set's column definitions.
+    pub collations: Vec<Option<u16>>,
     pub mariadb: bool,
 }
 
@@ -214,11 +217,20 @@ pub async fn load_table(
         .iter()
         .map(|&i| key_bind(&t.columns[i], &cols[i]))
         .collect();
+    let collations = cols
+        .iter()
+        .zip(&t.columns)
+        .map(|(c, s)| match s.kind {
+            ColKind::Str { .. } | ColKind::Blob { .. } => Some(c.collation_id.unwrap_or(63)),
+            _ => None,
+        })
+        .collect();
     Ok(SnapshotTable {
         schema: Arc::new(t),
         key,
         key_kind,
         key_binds,
+        collations,
         mariadb,
     })
 }

@@ -159,6 +159,9 @@ pub async fn read_chunk(
         conn.exec(sql, params).await?
     };
     let columns = &t.schema.columns;
+    if let Some(first) = rows.first() {
+        check_result_columns(t, first.columns_ref())?;
+    }
     let mut data = Vec::new();
     let mut cells = Vec::with_capacity(rows.len() * columns.len());
     let mut keys = Vec::with_capacity(rows.len());
@@ -217,6 +220,74 @@ pub async fn read_chunk(
         keys,
         last_key: last,
     })
+}
+
+/// The result set's column definitions against the schema the cells are encoded for: a
+/// column whose integer width/signedness, DECIMAL scale, fractional-seconds precision, BIT
+/// width or character set differs would be encoded wrongly (an ALTER since the schema was
+/// read).
+pub fn check_result_columns(
+    t: &SnapshotTable,
+    wire: &[mysql_async::Column],
+) -> Result<(), SnapshotError> {
+    use mysql_common::constants::{ColumnFlags, ColumnType::*};
+    let cols = &t.schema.columns;
+    let changed = |column: &str, message: String| SnapshotError::SchemaChanged {
+        db: t.db().into(),
+        table: t.table().into(),
+        column: column.into(),
+        message,
+    };
+    if wire.len() != cols.len() {
+        return Err(changed(
+            "*",
+            format!("{} columns read, {} expected", wire.len(), cols.len()),
+        ));
+    }
+    for (i, (c, w)) in cols.iter().zip(wire).enumerate() {
+        let ty = w.column_type();
+        let ok = match c.kind {
+            ColKind::Int(n) => {
+                matches!(
+                    (n, ty),
+                    (1, MYSQL_TYPE_TINY)
+                        | (2, MYSQL_TYPE_SHORT)
+                        | (3, MYSQL_TYPE_INT24)
+                        | (4, MYSQL_TYPE_LONG)
+                        | (8, MYSQL_TYPE_LONGLONG)
+                ) && w.flags().contains(ColumnFlags::UNSIGNED_FLAG) == c.unsigned
+            }
+            ColKind::Year => ty == MYSQL_TYPE_YEAR,
+            ColKind::Float => ty == MYSQL_TYPE_FLOAT,
+            ColKind::Double => ty == MYSQL_TYPE_DOUBLE,
+            ColKind::Decimal { scale, .. } => {
+                matches!(ty, MYSQL_TYPE_NEWDECIMAL | MYSQL_TYPE_DECIMAL) && w.decimals() == scale
+            }
+            ColKind::Date => matches!(ty, MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE),
+            ColKind::Time2 { fsp } => ty == MYSQL_TYPE_TIME && w.decimals() == fsp,
+            ColKind::DateTime2 { fsp } => ty == MYSQL_TYPE_DATETIME && w.decimals() == fsp,
+            ColKind::Timestamp2 { fsp } => ty == MYSQL_TYPE_TIMESTAMP && w.decimals() == fsp,
+            ColKind::Bit { bits } => ty == MYSQL_TYPE_BIT && w.column_length() == bits as u32,
+            ColKind::Str { .. } | ColKind::Blob { .. } if c.special.is_none() => {
+                t.collations.get(i).copied().flatten() == Some(w.character_set())
+            }
+            _ => true,
+        };
+        if !ok {
+            return Err(changed(
+                &c.name,
+                format!(
+                    "read as {ty:?} (decimals {}, length {}, charset {}, flags {:?}), expected {:?}",
+                    w.decimals(),
+                    w.column_length(),
+                    w.character_set(),
+                    w.flags(),
+                    c.kind
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn in_snapshot<T>(
@@ -371,6 +442,7 @@ mod tests {
             key,
             key_kind: KeyKind::Primary,
             key_binds,
+            collations: Vec::new(),
             mariadb: false,
         }
     }

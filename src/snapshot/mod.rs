@@ -55,6 +55,19 @@ pub enum SnapshotError {
         table: String,
         message: String,
     },
+    /// The result set does not match the schema read from information_schema (an ALTER
+    /// between [`catalog::load_table`] and the read): load the table again and re-read the
+    /// chunk; nothing of this read may be emitted.
+    #[error(
+        "{db}.{table} column {column} changed under the snapshot ({message}): load its schema \
+         again and re-read the chunk"
+    )]
+    SchemaChanged {
+        db: String,
+        table: String,
+        column: String,
+        message: String,
+    },
     #[error("watermark: {0}")]
     Watermark(String),
     #[error("progress: {0}")]
