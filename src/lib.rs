@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mysql;
 pub mod pipeline;
 pub mod sinks;
+pub mod snapshot;
 pub mod source;
 pub mod tls;
 pub mod units;

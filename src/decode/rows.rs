@@ -40,6 +40,12 @@ pub enum Op {
     /// A table's rows were removed or replaced without row events (TRUNCATE, DROP TABLE,
     /// partition operations, RENAME): one change per table, no images.
     Truncate,
+    /// A snapshot read (`src/snapshot/`): a row as it is in the table, after image only.
+    /// `last`: the chunk holding the table's last read event(s) (`source.snapshot` is `"last"`
+    /// instead of `"true"`).
+    Read {
+        last: bool,
+    },
 }
 
 impl Op {
@@ -49,6 +55,7 @@ impl Op {
             Op::Update => "u",
             Op::Delete => "d",
             Op::Truncate => "t",
+            Op::Read { .. } => "r",
         }
     }
 }
@@ -123,7 +130,7 @@ impl RowsChunk {
     pub fn before(&self, r: usize) -> Option<&[Cell]> {
         let n = self.table.columns.len();
         match self.op {
-            Op::Insert | Op::Truncate => None,
+            Op::Insert | Op::Truncate | Op::Read { .. } => None,
             Op::Update => Some(&self.cells[2 * r * n..(2 * r + 1) * n]),
             Op::Delete => Some(&self.cells[r * n..(r + 1) * n]),
         }
@@ -135,7 +142,7 @@ impl RowsChunk {
         match self.op {
             Op::Delete | Op::Truncate => None,
             Op::Update => Some(&self.cells[(2 * r + 1) * n..(2 * r + 2) * n]),
-            Op::Insert => Some(&self.cells[r * n..(r + 1) * n]),
+            Op::Insert | Op::Read { .. } => Some(&self.cells[r * n..(r + 1) * n]),
         }
     }
 
@@ -421,7 +428,9 @@ pub fn split_rows(
     while p < data.len() {
         let row_start = p;
         match op {
-            Op::Insert => read_image(t, &hdr.present_after, na, data, &mut p, cells).map_err(m)?,
+            Op::Insert | Op::Read { .. } => {
+                read_image(t, &hdr.present_after, na, data, &mut p, cells).map_err(m)?
+            }
             Op::Delete => read_image(t, &hdr.present_before, nb, data, &mut p, cells).map_err(m)?,
             Op::Truncate => return Err(m("a rows event cannot be a truncate".into())),
             Op::Update => {

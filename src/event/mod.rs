@@ -333,6 +333,14 @@ impl Envelope {
         out.extend_from_slice(b",\"ts_ms\":");
         out.extend_from_slice(itoa::Buffer::new().format(ch.chunk.ts_ms).as_bytes());
         out.push(b',');
+        // snapshot reads only: every other event's bytes are unchanged
+        if let Op::Read { last } = ch.op() {
+            out.extend_from_slice(if last {
+                b"\"snapshot\":\"last\","
+            } else {
+                b"\"snapshot\":\"true\","
+            });
+        }
         if let Some((_, t)) = &self.table {
             out.extend_from_slice(t);
         }
