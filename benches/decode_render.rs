@@ -14,9 +14,10 @@
 //!
 //! Run: `cargo bench --bench decode_render` (`-- --quick` for a short run).
 
+use binlogd::binlog::Flavor;
 use binlogd::decode::charset::CollationMap;
-use binlogd::decode::{Decoder, Flavor, Step};
-use binlogd::event::{Batch, Change, Envelope, SourceInfo};
+use binlogd::decode::event::{Batch, Change, Envelope, SourceInfo};
+use binlogd::decode::{Decoder, Step};
 use binlogd::filter::TableFilter;
 use binlogd::source::binlog_file::BinlogFileReader;
 use criterion::{Criterion, Throughput};

@@ -10,7 +10,6 @@ pub mod checkpoint;
 pub mod cmd;
 pub mod config;
 pub mod decode;
-pub mod event;
 pub mod filter;
 pub mod finding;
 pub mod metrics;

@@ -421,7 +421,7 @@ impl Metrics {
 
     /// Updates the time-derived gauges; called before every scrape.
     pub fn refresh(&self) {
-        let now = crate::event::now_ms();
+        let now = crate::metrics::now_ms();
         let acked = self.acked_event_ms.load(Ordering::Relaxed);
         let caught_up = self.source_idle.load(Ordering::Relaxed)
             && self.pipeline_in_flight.load(Ordering::Relaxed) == 0;
@@ -512,4 +512,12 @@ impl Metrics {
         }
         Ok("{\"status\":\"active\",\"active\":true}".into())
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -3,10 +3,10 @@
 //! past a batch a sink failed on, and nothing reaches a sink while the fence holds or after
 //! the lock is lost, or is read from the source while the gate is closed.
 
-use binlogd::event::Batch;
+use binlogd::binlog::position::{BinlogCoord, Position};
+use binlogd::decode::event::Batch;
 use binlogd::pipeline::{Acked, Fence, Pipeline};
 use binlogd::sinks::{Sink, SinkError};
-use binlogd::source::position::{BinlogCoord, Position};
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 
 mod common;
 
-use binlogd::event::{Change, SourceInfo, TxnChunks};
+use binlogd::decode::event::{Change, SourceInfo, TxnChunks};
 use binlogd::snapshot::catalog::{load_collations, load_table, KeyKind, SnapshotTable};
 use binlogd::snapshot::chunk::{prepare_session, read_chunk, ChunkRead};
 use binlogd::snapshot::progress::{KeyValue, SnapshotProgress};
@@ -285,7 +285,7 @@ fn render_afters(chunks: &[ChunkRead]) -> Vec<String> {
             assert_eq!(doc["before"].get(), "null");
             let src: Value = serde_json::from_str(doc["source"].get()).unwrap();
             let mark = match r.chunk.op {
-                binlogd::event::Op::Read { last: true } => "last",
+                binlogd::decode::event::Op::Read { last: true } => "last",
                 _ => "true",
             };
             assert_eq!(src["snapshot"], mark, "{}", doc["source"].get());
@@ -534,7 +534,7 @@ fn images(f: Flavor) {
         assert_same_images("one", &render_afters(&chunks), &binlog["one"], &["id"]);
         // the table's last read event carries source.snapshot = "last" (checked in render_afters)
         let mut chunks = chunks;
-        chunks[0].chunk.op = binlogd::event::Op::Read { last: true };
+        chunks[0].chunk.op = binlogd::decode::event::Op::Read { last: true };
         assert_same_images("one (last)", &render_afters(&chunks[..1]), &binlog["one"], &["id"]);
 
         // no usable key: a clear error naming the table and the fix
@@ -789,9 +789,9 @@ fn mariadb_snapshot_position_is_exact() {
 /// under concurrent commits.
 #[test]
 fn mysql_gtid_watermarks_bracket_the_snapshot() {
+    use binlogd::binlog::position::MySqlGtidSet;
     use binlogd::snapshot::chunk::read_chunk_mysql;
     use binlogd::snapshot::Watermark;
-    use binlogd::source::position::MySqlGtidSet;
     let f = Flavor::MySql;
     let rt = rt();
     let db = "snap_wm_mysql".to_string();
@@ -907,9 +907,9 @@ fn key_bytes(img: &Value) -> Vec<u8> {
 /// end / gtid_executed), an upper bound of where a real stream could be, and records what the
 /// stream hands on after that point.
 fn converges(f: Flavor) {
+    use binlogd::binlog::position::{coord_le, BinlogCoord, MySqlGtidSet};
     use binlogd::snapshot::chunk::{gtid_executed, read_chunk_mariadb, read_chunk_mysql};
     use binlogd::snapshot::window::{Emission, StreamPoint, Watermark, Window};
-    use binlogd::source::position::{coord_le, BinlogCoord, MySqlGtidSet};
     let rt = rt();
     let db = format!("snap_conv_{}", f.tag());
     let dir = workdir(&db);

@@ -12,3 +12,14 @@ pub enum Flavor {
     MySql,
     MariaDb,
 }
+
+/// One GTID found at a Kafka partition's tail: the last row change this pipeline wrote there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    pub topic: String,
+    pub partition: i32,
+    /// `uuid[:tag]:n` or `domain-server-seq`.
+    pub gtid: String,
+    /// The source server that message was read from (`binlogd.server`).
+    pub server: String,
+}

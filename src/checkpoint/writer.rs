@@ -191,8 +191,10 @@ impl Store {
                         tracing::debug!(position = %a.position.coord, "checkpoint stored");
                         let m = crate::metrics::get();
                         m.checkpoint_stores.inc();
-                        m.stored_at_ms
-                            .store(crate::event::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                        m.stored_at_ms.store(
+                            crate::metrics::now_ms(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         stored = cur.clone();
                     }
                     Err(e) => {

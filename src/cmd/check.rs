@@ -301,7 +301,9 @@ pub async fn check(cfg: Config) -> Outcome {
                     }),
                 }
             }
-            all.extend(crate::sinks::check(&cfg, &mut c, true).await);
+            all.extend(
+                crate::sinks::registry::check(&cfg.sinks, &cfg.pipeline.name, &mut c, true).await,
+            );
             all.extend(check_stored(&cfg, &src).await);
             all.extend(check_failover_setup(&cfg, &src).await);
             if let Err(e) = crate::mysql::server::binlog_files(&mut c).await {

@@ -25,7 +25,7 @@ pub fn stored_identity(s: &crate::checkpoint::Stored) -> Identity {
 pub async fn kafka_tails(
     cfg: &Config,
     servers: &[String],
-) -> Result<Vec<crate::source::divergence::Tail>, DaemonError> {
+) -> Result<Vec<crate::binlog::Tail>, DaemonError> {
     let mut out = Vec::new();
     for k in cfg.sinks.kafka.iter().filter(|k| k.exactly_once) {
         let (k2, pipeline, name) = (

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::Config;
-use crate::event::SourceInfo;
+use crate::decode::event::SourceInfo;
 use crate::sinks::SinkError;
 use crate::source::SourceError;
 

@@ -10,7 +10,7 @@ use tracing::warn;
 use crate::binlog::position::{BinlogCoord, GtidSet, StartPosition};
 use crate::binlog::Flavor;
 use crate::config::Config;
-use crate::event::Batch;
+use crate::decode::event::Batch;
 use crate::pipeline::Pipeline;
 use crate::source::{Source, SourceError, SourceStats, StartPoint};
 
@@ -92,7 +92,11 @@ pub async fn replay(
     };
     decoder.stop_at = Some(end.clone());
     drop(c);
-    let sinks = open_sinks(&cfg, &range.sinks, source_info(&cfg, Some(&src.info), true))?;
+    let sinks = open_sinks(
+        &cfg.sinks,
+        &range.sinks,
+        source_info(&cfg, Some(&src.info), true),
+    )?;
     let (tx, rx) = mpsc::channel(2);
     let (acked_tx, _acked_rx) = watch::channel(None);
     let (ptx, prx) = mpsc::channel::<Batch>(2);
@@ -203,7 +207,7 @@ pub async fn replay_files(
     // the server, when reachable, supplies collations and schema hints
     let src = Source::connect(cfg.clone()).await.ok().map(|x| x.0);
     let sinks = open_sinks(
-        &cfg,
+        &cfg.sinks,
         &range.sinks,
         source_info(&cfg, src.as_ref().map(|s| &s.info), true),
     )?;

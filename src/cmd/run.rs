@@ -53,7 +53,9 @@ pub async fn run(
     src.filter_updates = filter_updates;
     {
         let mut c = src.conn().await?;
-        findings.extend(crate::sinks::check(&cfg, &mut c, false).await);
+        findings.extend(
+            crate::sinks::registry::check(&cfg.sinks, &cfg.pipeline.name, &mut c, false).await,
+        );
         match crate::mysql::requirements::check_privileges(&mut c).await {
             Ok(f) => findings.extend(f),
             Err(e) => warn!("cannot read the user's grants to check them: {e}"),
@@ -177,7 +179,7 @@ pub async fn run(
         if let Some(s) = &stored {
             info!(position = %s.position.coord, gtid = ?s.position.gtid.as_ref().map(|g| g.to_string()), "resuming from stored position");
         }
-        let sinks = open_sinks(&cfg, &[], source_info(&cfg, Some(&src.info), false))?;
+        let sinks = open_sinks(&cfg.sinks, &[], source_info(&cfg, Some(&src.info), false))?;
         let start = src
             .resolve_start(stored.as_ref().map(|s| &s.position))
             .await?;

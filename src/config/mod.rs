@@ -7,6 +7,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+use crate::sinks::SinksConfig;
 use crate::tls::{TlsConfig, TlsMode};
 use crate::units::{ByteSize, HumanDuration, Secret};
 
@@ -120,28 +121,6 @@ pub struct SourceConfig {
     pub verify_checksums: bool,
     #[serde(default)]
     pub tls: TlsConfig,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinksConfig {
-    #[serde(default)]
-    pub file: Vec<crate::sinks::file::FileSinkConfig>,
-    #[serde(default)]
-    pub redis: Vec<crate::sinks::redis::config::RedisSinkConfig>,
-    #[serde(default)]
-    pub kafka: Vec<crate::sinks::kafka::config::KafkaSinkConfig>,
-}
-
-impl SinksConfig {
-    /// Every sink's name, in config order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.file
-            .iter()
-            .map(|f| f.name.as_str())
-            .chain(self.redis.iter().map(|r| r.name.as_str()))
-            .chain(self.kafka.iter().map(|k| k.name.as_str()))
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -26,7 +26,7 @@ use super::value::{check_value, decimal_to_string, mysql_json_value, push_value,
 use super::{jsondiff, DecodeError, Decoder, Step};
 use crate::binlog::event_type as et;
 use crate::binlog::Flavor;
-use crate::event::SourceInfo;
+use crate::decode::event::SourceInfo;
 use crate::filter::TableFilter;
 use crate::source::binlog_file::BinlogFileReader;
 

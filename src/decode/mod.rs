@@ -7,6 +7,7 @@
 //! [`Step::NeedHints`], and the source answers with [`Decoder::set_hints`].
 
 pub mod charset;
+pub mod event;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod jsondiff;
@@ -32,7 +33,7 @@ use crate::binlog::position::{
     coord_le, BinlogCoord, GtidSet, MariaGtidPos, MySqlGtidSet, Position,
 };
 use crate::binlog::Flavor;
-use crate::event::{Batch, TxnChunks};
+use crate::decode::event::{Batch, TxnChunks};
 use crate::filter::TableFilter;
 use charset::CollationMap;
 use rows::{Op, RowsChunk, RowsEventKind};

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, Instrument};
 
 use crate::binlog::position::Position;
-use crate::event::Batch;
+use crate::decode::event::Batch;
 use crate::sinks::{Sink, SinkError};
 
 /// Sink tasks and the acknowledged position of the whole pipeline.
@@ -300,7 +300,11 @@ fn count_rows(b: &Batch) {
     m.transactions.inc_by(b.txns.len() as u64);
     // summed per table and op first: one metric look-up (which allocates its key) per table
     // and op in the batch, not per rows event
-    let mut sums: Vec<(&crate::decode::table::TableSchema, crate::event::Op, u64)> = Vec::new();
+    let mut sums: Vec<(
+        &crate::decode::table::TableSchema,
+        crate::decode::event::Op,
+        u64,
+    )> = Vec::new();
     for c in b.txns.iter().flat_map(|t| t.chunks.iter()) {
         let t = &*c.table;
         match sums

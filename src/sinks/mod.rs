@@ -7,10 +7,11 @@ pub mod redis;
 pub mod registry;
 
 use futures_util::future::BoxFuture;
+use serde::Deserialize;
 use std::sync::Arc;
 use thiserror::Error;
 
-use crate::event::Batch;
+use crate::decode::event::Batch;
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -34,21 +35,25 @@ pub trait Sink: Send {
 
 pub type SharedBatch = Arc<Batch>;
 
-/// What `binlogd check` and startup verify about the sinks against the live source schema
-/// (and, with `contact`, by reaching each sink's server).
-pub async fn check(
-    cfg: &crate::config::Config,
-    conn: &mut mysql_async::Conn,
-    contact: bool,
-) -> Vec<crate::finding::Finding> {
-    let mut out = Vec::new();
-    for r in &cfg.sinks.redis {
-        out.extend(redis::check(conn, r, contact).await);
+/// The `[[sinks.*]]` sections.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    #[serde(default)]
+    pub file: Vec<file::FileSinkConfig>,
+    #[serde(default)]
+    pub redis: Vec<redis::config::RedisSinkConfig>,
+    #[serde(default)]
+    pub kafka: Vec<kafka::config::KafkaSinkConfig>,
+}
+
+impl SinksConfig {
+    /// Every sink's name, in config order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.file
+            .iter()
+            .map(|f| f.name.as_str())
+            .chain(self.redis.iter().map(|r| r.name.as_str()))
+            .chain(self.kafka.iter().map(|k| k.name.as_str()))
     }
-    if contact {
-        for k in &cfg.sinks.kafka {
-            out.extend(kafka::check(k, &cfg.pipeline.name).await);
-        }
-    }
-    out
 }

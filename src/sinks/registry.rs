@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
-use crate::event::SourceInfo;
+use super::SinksConfig;
+use crate::decode::event::SourceInfo;
 use crate::sinks::file::FileSink;
 use crate::sinks::kafka::{KafkaSink, KafkaStats};
 use crate::sinks::redis::{RedisSink, RedisStats};
@@ -11,24 +11,24 @@ use crate::sinks::{Sink, SinkError};
 
 /// Opens the configured sinks (all, or those named in `only`).
 pub fn open_sinks(
-    cfg: &Config,
+    cfg: &SinksConfig,
     only: &[String],
     info: SourceInfo,
 ) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     for n in only {
-        if !cfg.sinks.names().any(|f| f == n) {
+        if !cfg.names().any(|f| f == n) {
             return Err(SinkError::Config(format!(
                 "no sink named {n:?} in the config"
             )));
         }
     }
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    for f in &cfg.sinks.file {
+    for f in &cfg.file {
         if only.is_empty() || only.contains(&f.name) {
             sinks.push(Box::new(FileSink::open(f, info.clone())?));
         }
     }
-    for r in &cfg.sinks.redis {
+    for r in &cfg.redis {
         if only.is_empty() || only.contains(&r.name) {
             let pw = r.password().map_err(SinkError::Config)?;
             let stats = Arc::new(RedisStats::for_sink(&r.name));
@@ -39,11 +39,31 @@ pub fn open_sinks(
             )?));
         }
     }
-    for k in &cfg.sinks.kafka {
+    for k in &cfg.kafka {
         if only.is_empty() || only.contains(&k.name) {
             let stats = Arc::new(KafkaStats::for_sink(&k.name));
             sinks.push(Box::new(KafkaSink::open(k, info.clone(), stats)?));
         }
     }
     Ok(sinks)
+}
+
+/// What `binlogd check` and startup verify about the sinks against the live source schema
+/// (and, with `contact`, by reaching each sink's server).
+pub async fn check(
+    sinks: &SinksConfig,
+    pipeline: &str,
+    conn: &mut mysql_async::Conn,
+    contact: bool,
+) -> Vec<crate::finding::Finding> {
+    let mut out = Vec::new();
+    for r in &sinks.redis {
+        out.extend(super::redis::check(conn, r, contact).await);
+    }
+    if contact {
+        for k in &sinks.kafka {
+            out.extend(super::kafka::check(k, pipeline).await);
+        }
+    }
+    out
 }

@@ -19,9 +19,9 @@ use super::encode::encode_row;
 use super::progress::{hex_string, KeyValue};
 use super::window::{render_key, Watermark};
 use super::SnapshotError;
+use crate::binlog::position::{BinlogCoord, MySqlGtidSet};
 use crate::decode::rows::{Op, RowsChunk};
 use crate::decode::table::ColKind;
-use crate::source::position::{BinlogCoord, MySqlGtidSet};
 
 /// One chunk as read.
 #[derive(Debug)]

@@ -51,10 +51,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::binlog::position::{coord_le, BinlogCoord, MySqlGtidSet};
 use crate::decode::rows::{Cell, Op, RowsChunk};
 use crate::decode::table::{ColumnSchema, TableSchema};
 use crate::decode::value::push_value_in;
-use crate::source::position::{coord_le, BinlogCoord, MySqlGtidSet};
 
 use super::chunk::ChunkRead;
 use super::progress::KeyValue;

@@ -138,16 +138,7 @@ pub async fn read_identity(conn: &mut Conn, flavor: Flavor) -> Result<Identity, 
     })
 }
 
-/// One GTID found at a Kafka partition's tail: the last row change this pipeline wrote there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tail {
-    pub topic: String,
-    pub partition: i32,
-    /// `uuid[:tag]:n` or `domain-server-seq`.
-    pub gtid: String,
-    /// The source server that message was read from (`binlogd.server`).
-    pub server: String,
-}
+pub use crate::binlog::Tail;
 
 /// What was handed to the sinks and is missing from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]

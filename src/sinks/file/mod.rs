@@ -7,8 +7,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::{Sink, SinkError};
+use crate::decode::event::{Batch, Change, Envelope, RenderError, SourceInfo, TxnChunks};
 use crate::decode::rows::RowsChunk;
-use crate::event::{now_ms, Batch, Change, Envelope, RenderError, SourceInfo, TxnChunks};
+use crate::metrics::now_ms;
 
 /// Batches with at least this many bytes of row data are rendered by two threads (the
 /// second half on a scoped thread while this one renders the first half) …

@@ -34,10 +34,11 @@ use tracing::{debug, error, info, warn};
 use self::config::{KafkaSinkConfig, KeyMode};
 use self::probe::{MsgPos, Probed, Prober};
 use super::{Sink, SinkError};
+use crate::decode::event::{Batch, SourceInfo};
 use crate::decode::table::TableSchema;
-use crate::event::{now_ms, Batch, SourceInfo};
 use crate::filter::TablePattern;
 use crate::finding::{Finding, Severity};
+use crate::metrics::now_ms;
 
 /// Counters of one Kafka sink: handles into the process metrics (`binlogd_kafka_*`).
 #[derive(Debug)]
@@ -405,14 +406,14 @@ impl KafkaSink {
         let mut bytes = 0usize;
         let mut batch_topics: Vec<String> = Vec::new();
         // the envelope parts shared by a rows event's changes, rendered once per rows event
-        let mut env = crate::event::Envelope::default();
+        let mut env = crate::decode::event::Envelope::default();
         let mut env_chunk: Option<&crate::decode::rows::RowsChunk> = None;
         for ch in batch.changes() {
             if !env_chunk.is_some_and(|c| std::ptr::eq(c, ch.chunk)) {
                 env.set(&ch, &self.info);
                 env_chunk = Some(ch.chunk);
             }
-            let truncate = ch.op() == crate::event::Op::Truncate;
+            let truncate = ch.op() == crate::decode::event::Op::Truncate;
             if truncate && !self.cfg.truncate_events {
                 continue;
             }
@@ -440,7 +441,7 @@ impl KafkaSink {
                 row: ch.row_index(),
                 tombstone: false,
             };
-            let tombstone = self.cfg.tombstones && ch.op() == crate::event::Op::Delete;
+            let tombstone = self.cfg.tombstones && ch.op() == crate::decode::event::Op::Delete;
             let skip = |partition: i32, tomb: bool| -> bool {
                 !self.probes.is_empty()
                     && self

@@ -206,7 +206,7 @@ pub fn tail_gtids(
     cfg: &KafkaSinkConfig,
     pipeline: &str,
     source_name: &str,
-) -> Result<Vec<crate::source::divergence::Tail>, String> {
+) -> Result<Vec<crate::binlog::Tail>, String> {
     let mut prober = Prober::new(cfg, pipeline)?;
     let template = cfg.topic.replace("{server}", source_name);
     let md = prober
@@ -223,7 +223,7 @@ pub fn tail_gtids(
     for (topic, n) in topics {
         for (p, pr) in prober.probe(&topic, n)? {
             if pr.pipeline == pipeline && !pr.gtid.is_empty() {
-                out.push(crate::source::divergence::Tail {
+                out.push(crate::binlog::Tail {
                     topic: topic.clone(),
                     partition: p,
                     gtid: pr.gtid,

@@ -23,8 +23,8 @@ use self::config::{RedisSinkConfig, Rule, SecondDelete};
 use self::second::{SecondDeletes, WaitFor};
 use self::template::{BoundTemplate, RenderSkip};
 use super::{Sink, SinkError};
+use crate::decode::event::Batch;
 use crate::decode::table::TableSchema;
-use crate::event::Batch;
 use crate::finding::{Finding, Severity};
 
 /// Counters of one Redis sink: handles into the process metrics (`binlogd_redis_*`,
@@ -158,7 +158,7 @@ impl RedisSink {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for txn in &batch.txns {
             for chunk in &txn.chunks {
-                if chunk.op == crate::event::Op::Truncate {
+                if chunk.op == crate::decode::event::Op::Truncate {
                     // no row to render keys from: the keys without columns and the rules'
                     // on_truncate patterns
                     for r in &self.rules {

@@ -352,10 +352,3 @@ impl Envelope {
         out.extend_from_slice(b",\"row\":");
     }
 }
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
