@@ -8,7 +8,6 @@ pub mod registry;
 
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
-use std::sync::Arc;
 use thiserror::Error;
 
 use crate::decode::event::Batch;
@@ -32,8 +31,6 @@ pub trait Sink: Send {
     /// Called once at shutdown after the last batch.
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
 }
-
-pub type SharedBatch = Arc<Batch>;
 
 /// The `[[sinks.*]]` sections.
 #[derive(Debug, Clone, Default, Deserialize)]
