@@ -302,7 +302,13 @@ pub async fn check(cfg: Config) -> Outcome {
                 }
             }
             all.extend(
-                crate::sinks::registry::check(&cfg.sinks, &cfg.pipeline.name, &mut c, true).await,
+                crate::sinks::registry::check(
+                    &cfg.sinks,
+                    &cfg.pipeline.name,
+                    &crate::cmd::sink_catalog(&cfg, &mut c).await,
+                    true,
+                )
+                .await,
             );
             all.extend(check_stored(&cfg, &src).await);
             all.extend(check_failover_setup(&cfg, &src).await);

@@ -78,3 +78,17 @@ pub async fn migrate(cfg: &Config) -> Result<usize, DaemonError> {
     let mut cp = Checkpoint::connect(opts, &cfg.checkpoint.schema, &cfg.pipeline.name).await?;
     Ok(cp.migrate().await?)
 }
+
+/// The schema catalog the sink checks need (read only when a sink checks templates); the
+/// error text is what the checks report.
+pub async fn sink_catalog(
+    cfg: &Config,
+    c: &mut mysql_async::Conn,
+) -> Result<crate::mysql::schema::Catalog, String> {
+    if cfg.sinks.redis.is_empty() {
+        return Ok(Default::default());
+    }
+    crate::mysql::schema::load_catalog(c)
+        .await
+        .map_err(|e| e.to_string())
+}

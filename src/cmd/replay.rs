@@ -5,10 +5,8 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use tracing::warn;
 
 use crate::binlog::position::{BinlogCoord, GtidSet, StartPosition};
-use crate::binlog::Flavor;
 use crate::config::Config;
 use crate::decode::event::Batch;
 use crate::pipeline::Pipeline;
@@ -202,7 +200,6 @@ pub async fn replay_files(
     paths: Vec<std::path::PathBuf>,
     range: ReplayRange,
 ) -> Result<u64, DaemonError> {
-    use crate::source::binlog_file::BinlogFileReader;
     let cfg = Arc::new(cfg);
     // the server, when reachable, supplies collations and schema hints
     let src = Source::connect(cfg.clone()).await.ok().map(|x| x.0);
@@ -216,115 +213,14 @@ pub async fn replay_files(
     let pipeline = tokio::spawn(
         Pipeline::new(cfg.pipeline.max_in_flight.0 as usize).run(prx, sinks, acked_tx),
     );
-    let mut meta = match &src {
-        Some(s) => s.conn().await.ok(),
-        None => None,
+    let files = crate::source::file_replay::FileRange {
+        from: range.from.clone(),
+        to: range.to.clone(),
+        from_time_ms: range.from_time_ms,
+        to_time_ms: range.to_time_ms,
     };
-    let mut decoder: Option<crate::decode::Decoder> = None;
-    let mut rows = 0u64;
-    let mut from = range.from.clone();
-    let mut failed: Option<SourceError> = None;
-    'files: for path in &paths {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| other(format!("{} is not a file", path.display())))?;
-        let f = std::fs::File::open(path).map_err(|e| other(format!("{}: {e}", path.display())))?;
-        // errors name the file as given and the byte offset of the event
-        let mut file = BinlogFileReader::new(
-            &path.display().to_string(),
-            std::io::BufReader::with_capacity(1 << 20, f),
-        )
-        .map_err(SourceError::from)?;
-        loop {
-            let ev = match file.next_event().map_err(SourceError::from)? {
-                None => break,
-                Some(e) => e,
-            };
-            if decoder.is_none() {
-                let flavor = if ev.header().event_type_raw()
-                    == crate::binlog::event_type::FORMAT_DESCRIPTION
-                {
-                    let fde = ev
-                        .read_event::<mysql_common::binlog::events::FormatDescriptionEvent<'_>>()
-                        .map_err(other)?;
-                    if fde
-                        .server_version()
-                        .to_ascii_lowercase()
-                        .contains("mariadb")
-                    {
-                        Flavor::MariaDb
-                    } else {
-                        Flavor::MySql
-                    }
-                } else {
-                    return Err(other(format!(
-                        "{}: does not start with a FORMAT_DESCRIPTION event",
-                        path.display()
-                    )));
-                };
-                let collations = match &src {
-                    Some(s) => s.collations.clone(),
-                    None => Arc::new(crate::decode::charset::CollationMap::builtin()),
-                };
-                let filter = crate::filter::TableFilter::new(
-                    cfg.source.include.as_deref(),
-                    &cfg.source.exclude,
-                )
-                .map_err(other)?;
-                let mut d = crate::decode::Decoder::new(
-                    flavor,
-                    filter,
-                    collations,
-                    cfg.source.verify_checksums,
-                );
-                d.from_time_ms = range.from_time_ms;
-                d.stop_time_ms = range.to_time_ms;
-                d.stop_at = range.to.clone();
-                decoder = Some(d);
-            }
-            let d = decoder.as_mut().ok_or_else(|| other("no decoder"))?;
-            if d.current_file() != name {
-                d.start_at(&name, None, from.take().filter(|c| c.file == name));
-            }
-            loop {
-                let step = match d.handle(&ev) {
-                    Ok(step) => step,
-                    Err(e) => {
-                        // what was handed on before the bad event reaches the sinks first
-                        failed = Some(SourceError::from(e));
-                        break 'files;
-                    }
-                };
-                match step {
-                    crate::decode::Step::Continue => break,
-                    crate::decode::Step::NeedHints { db, table } => {
-                        let hints = match (&mut meta, &src) {
-                            (Some(c), Some(s)) => {
-                                crate::mysql::schema::fetch_hints(c, &db, &table, s.info.flavor)
-                                    .await
-                                    .unwrap_or_default()
-                            }
-                            _ => {
-                                warn!(%db, %table, "no server to read schema hints from: MariaDB JSON columns come out as strings");
-                                Default::default()
-                            }
-                        };
-                        d.set_hints(&db, &table, hints);
-                    }
-                }
-            }
-            if let Some(b) = d.take_batch() {
-                rows += b.rows() as u64;
-                if ptx.send(b).await.is_err() {
-                    break 'files;
-                }
-            }
-            if d.reached_stop() {
-                break 'files;
-            }
-        }
-    }
+    let (rows, failed) =
+        crate::source::file_replay::replay_files(&cfg, src.as_ref(), &paths, files, &ptx).await?;
     drop(ptx);
     pipeline.await.map_err(other)??;
     if let Some(e) = failed {

@@ -54,7 +54,13 @@ pub async fn run(
     {
         let mut c = src.conn().await?;
         findings.extend(
-            crate::sinks::registry::check(&cfg.sinks, &cfg.pipeline.name, &mut c, false).await,
+            crate::sinks::registry::check(
+                &cfg.sinks,
+                &cfg.pipeline.name,
+                &crate::cmd::sink_catalog(&cfg, &mut c).await,
+                false,
+            )
+            .await,
         );
         match crate::mysql::requirements::check_privileges(&mut c).await {
             Ok(f) => findings.extend(f),

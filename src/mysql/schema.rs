@@ -125,6 +125,28 @@ fn parse_labels(ctype: &str) -> Vec<String> {
     out
 }
 
+/// Every user table's columns, in order: what sink checks verify their templates against.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub tables: std::collections::BTreeMap<(String, String), Vec<String>>,
+}
+
+/// Reads the [`Catalog`] (system schemas left out).
+pub async fn load_catalog(conn: &mut Conn) -> Result<Catalog, mysql_async::Error> {
+    let cols: Vec<(String, String, String)> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA NOT IN ('mysql','sys','information_schema','performance_schema') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION",
+        )
+        .await?;
+    let mut c = Catalog::default();
+    for (db, t, col) in cols {
+        c.tables.entry((db, t)).or_default().push(col);
+    }
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

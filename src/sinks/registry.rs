@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::SinksConfig;
 use crate::decode::event::SourceInfo;
+use crate::mysql::schema::Catalog;
 use crate::sinks::file::FileSink;
 use crate::sinks::kafka::{KafkaSink, KafkaStats};
 use crate::sinks::redis::{RedisSink, RedisStats};
@@ -53,12 +54,12 @@ pub fn open_sinks(
 pub async fn check(
     sinks: &SinksConfig,
     pipeline: &str,
-    conn: &mut mysql_async::Conn,
+    catalog: &Result<Catalog, String>,
     contact: bool,
 ) -> Vec<crate::finding::Finding> {
     let mut out = Vec::new();
     for r in &sinks.redis {
-        out.extend(super::redis::check(conn, r, contact).await);
+        out.extend(super::redis::check(catalog, r, contact).await);
     }
     if contact {
         for k in &sinks.kafka {

@@ -81,17 +81,7 @@ pub async fn is_mariadb(conn: &mut Conn) -> Result<bool, SnapshotError> {
 
 /// Collation id → character set, as the server has them (built-in ids first).
 pub async fn load_collations(conn: &mut Conn) -> Result<CollationMap, SnapshotError> {
-    let mut m = CollationMap::builtin();
-    let rows: Vec<(Option<u64>, String)> = conn
-        .query(
-            "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL",
-        )
-        .await?;
-    m.extend(
-        rows.into_iter()
-            .filter_map(|(id, cs)| Some((u16::try_from(id?).ok()?, cs))),
-    );
-    Ok(m)
+    Ok(crate::mysql::schema::load_collations(conn).await?)
 }
 
 /// One row of information_schema.COLUMNS.

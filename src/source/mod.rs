@@ -5,6 +5,7 @@
 
 pub mod binlog_file;
 pub mod divergence;
+pub mod file_replay;
 pub mod lag;
 
 use futures_util::{FutureExt, StreamExt};

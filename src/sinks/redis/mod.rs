@@ -26,6 +26,7 @@ use super::{Sink, SinkError};
 use crate::decode::event::Batch;
 use crate::decode::table::TableSchema;
 use crate::finding::{Finding, Severity};
+use crate::mysql::schema::Catalog;
 
 /// Counters of one Redis sink: handles into the process metrics (`binlogd_redis_*`,
 /// `binlogd_sink_retries`), or detached ones (`Default`, for `binlogd check`).
@@ -290,37 +291,25 @@ impl Sink for RedisSink {
 /// missing column fails at startup rather than when the table is first written. With
 /// `contact`, also checks that Redis answers.
 pub async fn check(
-    conn: &mut mysql_async::Conn,
+    catalog: &Result<Catalog, String>,
     cfg: &RedisSinkConfig,
     contact: bool,
 ) -> Vec<Finding> {
-    use mysql_async::prelude::Queryable;
     let mut out = Vec::new();
     let mut err = |severity, message| out.push(Finding { severity, message });
     let Ok(rules) = cfg.validate() else {
         return Vec::new(); // reported by config validation
     };
-    let cols: Result<Vec<(String, String, String)>, _> = conn
-        .query(
-            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA NOT IN ('mysql','sys','information_schema','performance_schema') \
-             ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION",
-        )
-        .await;
-    match cols {
+    match catalog {
         Err(e) => err(
             Severity::Warning,
             format!("sinks.redis {:?}: cannot read information_schema.COLUMNS to check key templates: {e}", cfg.name),
         ),
-        Ok(cols) => {
-            let mut tables: std::collections::BTreeMap<(String, String), Vec<String>> =
-                Default::default();
-            for (db, t, c) in cols {
-                tables.entry((db, t)).or_default().push(c);
-            }
+        Ok(catalog) => {
+            let tables = &catalog.tables;
             for r in &rules {
                 let mut matched = false;
-                for ((db, t), columns) in &tables {
+                for ((db, t), columns) in tables {
                     if !r.pattern.matches(db, t) {
                         continue;
                     }
