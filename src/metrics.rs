@@ -87,9 +87,6 @@ pub struct Metrics {
     pub rows_rolled_back: Counter,
     /// Values of a column believed to be JSON (MariaDB) that were not JSON, emitted as strings.
     pub json_fallback: Family<ColumnLabels, Counter>,
-    /// Event time (ms) of the last batch handed to the sinks / of the last acknowledged
-    /// transaction; wall time (ms) of the last stored checkpoint.
-    pub read_event_ms: AtomicU64,
     pub acked_event_ms: AtomicU64,
     pub stored_at_ms: AtomicU64,
     /// The source waits for the server with nothing pending (caught up).
@@ -173,7 +170,6 @@ impl Metrics {
             xa_unknown_commits: Counter::default(),
             rows_rolled_back: Counter::default(),
             json_fallback: Family::default(),
-            read_event_ms: AtomicU64::new(0),
             acked_event_ms: AtomicU64::new(0),
             stored_at_ms: AtomicU64::new(0),
             source_idle: AtomicBool::new(false),

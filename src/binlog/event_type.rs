@@ -1,7 +1,6 @@
 //! Binlog event-type codes (the byte at offset 4 of every event header), by name. MySQL's are
 //! in `libbinlogevents/include/binlog_event.h`, MariaDB's own (≥ 160) in `sql/log_event.h`.
 
-pub const START_V3: u8 = 1;
 pub const QUERY: u8 = 2;
 pub const STOP: u8 = 3;
 pub const ROTATE: u8 = 4;

@@ -284,7 +284,6 @@ pub fn mariadb_uncompress(comp: &[u8]) -> Result<Vec<u8>, String> {
 /// Parsed rows-event header: table id, present-column bitmaps, offset of the rows part.
 pub struct RowsHeader {
     pub table_id: u64,
-    pub flags: u16,
     pub ncols: usize,
     pub present_before: Vec<u8>,
     pub present_after: Vec<u8>,
@@ -300,7 +299,8 @@ pub fn parse_rows_header(
     let mut p = 0usize;
     let table_id = le_uint(body.get(..id_len).ok_or("truncated table id")?);
     p += id_len;
-    let flags = le_uint(body.get(p..p + 2).ok_or("truncated flags")?) as u16;
+    // flags (end of statement, foreign-key/unique checks off): nothing binlogd needs
+    body.get(p..p + 2).ok_or("truncated flags")?;
     p += 2;
     if kind.v2 {
         let extra = le_uint(body.get(p..p + 2).ok_or("truncated extra-data length")?) as usize;
@@ -328,7 +328,6 @@ pub fn parse_rows_header(
     };
     Ok(RowsHeader {
         table_id,
-        flags,
         ncols,
         present_before,
         present_after,

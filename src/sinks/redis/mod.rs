@@ -112,10 +112,6 @@ impl RedisSink {
         })
     }
 
-    pub fn stats(&self) -> Arc<RedisStats> {
-        self.stats.clone()
-    }
-
     fn fatal(&self, message: String) -> SinkError {
         SinkError::Fatal {
             sink: self.name.clone(),
