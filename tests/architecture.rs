@@ -35,8 +35,8 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                 .trim_end_matches(".rs")
                 .to_string();
             let text = std::fs::read_to_string(&p).expect("read file");
-            // unit tests may use anything
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            // unit tests (a `#[cfg(test)] mod x {` block) may use anything
+            let code = test_block_start(&text).map_or(text.as_str(), |i| &text[..i]);
             let uses = out.entry(module.clone()).or_default();
             for (i, _) in code.match_indices("crate::") {
                 let name: String = code[i + 7..]
@@ -55,6 +55,24 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     out
+}
+
+/// Where the first inline `#[cfg(test)] mod name {` block starts (`mod name;` lines are not
+/// blocks: that file is skipped by name).
+fn test_block_start(text: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = text[from..].find("#[cfg(test)]") {
+        let at = from + i;
+        let rest = text[at + "#[cfg(test)]".len()..].trim_start();
+        if let Some(m) = rest.strip_prefix("mod ") {
+            let head: String = m.chars().take_while(|c| *c != '\n').collect();
+            if head.trim_end().ends_with('{') {
+                return Some(at);
+            }
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn uses<'a>(g: &'a BTreeMap<String, BTreeSet<String>>, m: &str) -> &'a BTreeSet<String> {
