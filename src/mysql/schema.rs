@@ -95,7 +95,7 @@ pub async fn fetch_hints(
 }
 
 /// `enum('a','b''c')` → ["a", "b'c"]
-fn parse_labels(ctype: &str) -> Vec<String> {
+pub fn parse_labels(ctype: &str) -> Vec<String> {
     let inner = ctype.split_once('(').map(|x| x.1).unwrap_or("");
     let inner = inner.strip_suffix(')').unwrap_or(inner);
     let mut out = Vec::new();

@@ -293,30 +293,7 @@ pub fn choose_key(
 }
 
 /// `enum('a','b''c')` → ["a", "b'c"] (information_schema doubles quotes).
-pub fn parse_labels(column_type: &str) -> Vec<String> {
-    let inner = column_type.split_once('(').map(|x| x.1).unwrap_or("");
-    let inner = inner.rsplit_once(')').map(|x| x.0).unwrap_or(inner);
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_q = false;
-    let mut chars = inner.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (in_q, c) {
-            (false, '\'') => in_q = true,
-            (true, '\'') if chars.peek() == Some(&'\'') => {
-                chars.next();
-                cur.push('\'');
-            }
-            (true, '\'') => {
-                in_q = false;
-                out.push(std::mem::take(&mut cur));
-            }
-            (true, c) => cur.push(c),
-            (false, _) => {}
-        }
-    }
-    out
-}
+pub use crate::mysql::schema::parse_labels;
 
 /// `"name":`, as the decoder's table schema keys it.
 fn json_key(name: &str) -> Box<str> {
