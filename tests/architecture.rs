@@ -177,3 +177,17 @@ fn only_cmd_wires_stages() {
         }
     }
 }
+
+#[test]
+fn only_cmd_reads_the_config_aggregate() {
+    let g = graph();
+    for (m, u) in &g {
+        if m == "cmd" {
+            continue;
+        }
+        assert!(
+            !u.contains("config"),
+            "{m} imports the config aggregate: take its own section (next to it) instead"
+        );
+    }
+}

@@ -244,7 +244,7 @@ pub async fn check(cfg: Config) -> Outcome {
         "source: {}",
         crate::mysql::opts::redact_url(cfg.source.url.expose())
     );
-    let (src, findings) = match Source::connect(cfg.clone()).await {
+    let (src, findings) = match crate::cmd::connect_source(&cfg).await {
         Ok(x) => x,
         Err(e) => {
             println!("error: {e}");

@@ -92,3 +92,14 @@ pub async fn sink_catalog(
         .await
         .map_err(|e| e.to_string())
 }
+
+/// Connects to the source described by `cfg` (its `[source]` section and batch size).
+pub async fn connect_source(
+    cfg: &Config,
+) -> Result<(crate::source::Source, Vec<crate::finding::Finding>), SourceError> {
+    crate::source::Source::connect(
+        std::sync::Arc::new(cfg.source.clone()),
+        cfg.pipeline.batch_max_bytes.0 as usize,
+    )
+    .await
+}

@@ -6,7 +6,7 @@ use crate::binlog::position::{BinlogCoord, GtidSet, Position};
 use crate::binlog::Flavor;
 use crate::checkpoint::{Checkpoint, CheckpointError, SourceIdentity};
 use crate::config::Config;
-use crate::source::{Source, SourceError};
+use crate::source::SourceError;
 
 use crate::cmd::{open_checkpoint, other, DaemonError};
 
@@ -54,7 +54,7 @@ pub async fn position_show(cfg: &Config) -> Result<String, DaemonError> {
     ));
     out.push_str(&format!("source server_id: {}\n", s.server_id));
     let cfg2 = Arc::new(cfg.clone());
-    if let Ok((src, _)) = Source::connect(cfg2).await {
+    if let Ok((src, _)) = crate::cmd::connect_source(&cfg2).await {
         if let Ok(mut c) = src.conn().await {
             if let Ok((cur, behind)) =
                 crate::mysql::server::bytes_behind(&mut c, src.info.flavor, &s.position.coord).await
@@ -92,7 +92,7 @@ async fn locked_checkpoint(cfg: &Config) -> Result<Checkpoint, DaemonError> {
 /// `binlogd position set`.
 pub async fn position_set(cfg: &Config, target: SetTarget) -> Result<Position, DaemonError> {
     let mut cp = locked_checkpoint(cfg).await?;
-    let (src, _) = Source::connect(Arc::new(cfg.clone())).await?;
+    let (src, _) = crate::cmd::connect_source(cfg).await?;
     let mut c = src.conn().await?;
     let pos = match target {
         SetTarget::Latest => {

@@ -54,7 +54,7 @@ pub async fn replay(
         ));
     }
     let cfg = Arc::new(cfg);
-    let (src, _) = Source::connect(cfg.clone()).await?;
+    let (src, _) = crate::cmd::connect_source(&cfg).await?;
     let mut c = src.conn().await?;
     let start = if let Some(f) = &range.from {
         src.resolve(&StartPosition::File {
@@ -202,7 +202,7 @@ pub async fn replay_files(
 ) -> Result<u64, DaemonError> {
     let cfg = Arc::new(cfg);
     // the server, when reachable, supplies collations and schema hints
-    let src = Source::connect(cfg.clone()).await.ok().map(|x| x.0);
+    let src = crate::cmd::connect_source(&cfg).await.ok().map(|x| x.0);
     let sinks = open_sinks(
         &cfg.sinks,
         &range.sinks,
@@ -220,7 +220,8 @@ pub async fn replay_files(
         to_time_ms: range.to_time_ms,
     };
     let (rows, failed) =
-        crate::source::file_replay::replay_files(&cfg, src.as_ref(), &paths, files, &ptx).await?;
+        crate::source::file_replay::replay_files(&cfg.source, src.as_ref(), &paths, files, &ptx)
+            .await?;
     drop(ptx);
     pipeline.await.map_err(other)??;
     if let Some(e) = failed {

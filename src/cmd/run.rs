@@ -11,7 +11,7 @@ use crate::checkpoint::SourceIdentity;
 use crate::config::Config;
 use crate::finding::Severity;
 use crate::pipeline::{Acked, Fence, Pipeline};
-use crate::source::{Source, SourceStats};
+use crate::source::SourceStats;
 
 use crate::checkpoint::lease::Lease;
 use crate::checkpoint::resume::validate_stored;
@@ -49,7 +49,7 @@ pub async fn run(
         (hb + (hb / 2).max(Duration::from_millis(500))).as_millis() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
-    let (mut src, mut findings) = Source::connect(cfg.clone()).await?;
+    let (mut src, mut findings) = crate::cmd::connect_source(&cfg).await?;
     src.filter_updates = filter_updates;
     {
         let mut c = src.conn().await?;
@@ -240,7 +240,12 @@ pub async fn run(
             (r, src)
         })
     };
-    let lag = tokio::spawn(watch_lag(cfg.clone(), flavor));
+    let lag = tokio::spawn(watch_lag(
+        Arc::new(cfg.source.clone()),
+        cfg.admin.lag_interval.0,
+        cfg.admin.progress_threshold.0,
+        flavor,
+    ));
     let (sr, _src) = source_task.await.map_err(other)?;
     // the source has stopped: if the lock cannot be confirmed (now or while draining), what is
     // still queued is not handed on (the next start reads it again from the stored position)

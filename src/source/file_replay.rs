@@ -6,9 +6,9 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::binlog_file::BinlogFileReader;
+use super::config::SourceConfig;
 use super::{Source, SourceError};
 use crate::binlog::{BinlogCoord, Flavor};
-use crate::config::Config;
 use crate::decode::event::Batch;
 
 /// Where a file replay starts and stops.
@@ -26,7 +26,7 @@ pub struct FileRange {
 /// handed on, so the caller waits for the pipeline before reporting it. Errors reading the
 /// files themselves are returned at once.
 pub async fn replay_files(
-    cfg: &Config,
+    cfg: &SourceConfig,
     src: Option<&Source>,
     paths: &[std::path::PathBuf],
     range: FileRange,
@@ -84,17 +84,10 @@ pub async fn replay_files(
                     Some(s) => s.collations.clone(),
                     None => Arc::new(crate::decode::charset::CollationMap::builtin()),
                 };
-                let filter = crate::filter::TableFilter::new(
-                    cfg.source.include.as_deref(),
-                    &cfg.source.exclude,
-                )
-                .map_err(|e| SourceError::Config(e.to_string()))?;
-                let mut d = crate::decode::Decoder::new(
-                    flavor,
-                    filter,
-                    collations,
-                    cfg.source.verify_checksums,
-                );
+                let filter = crate::filter::TableFilter::new(cfg.include.as_deref(), &cfg.exclude)
+                    .map_err(|e| SourceError::Config(e.to_string()))?;
+                let mut d =
+                    crate::decode::Decoder::new(flavor, filter, collations, cfg.verify_checksums);
                 d.from_time_ms = range.from_time_ms;
                 d.stop_time_ms = range.to_time_ms;
                 d.stop_at = range.to.clone();

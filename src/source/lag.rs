@@ -5,16 +5,21 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::info;
 
+use super::config::SourceConfig;
 use crate::binlog::position::BinlogCoord;
-use crate::config::Config;
 
 /// Measures the lag in bytes (acknowledged position → the server's current position) every
 /// `admin.lag_interval`; while the lag in time exceeds `admin.progress_threshold`, logs
 /// catch-up progress: position, rates and the estimated time to catch up.
-pub async fn watch_lag(cfg: Arc<Config>, flavor: crate::binlog::Flavor) {
+pub async fn watch_lag(
+    cfg: Arc<SourceConfig>,
+    lag_interval: std::time::Duration,
+    progress_threshold: std::time::Duration,
+    flavor: crate::binlog::Flavor,
+) {
     use std::sync::atomic::Ordering;
     let m = crate::metrics::get();
-    let every = cfg.admin.lag_interval.0;
+    let every = lag_interval;
     let mut c: Option<mysql_async::Conn> = None;
     let mut last = (Instant::now(), m.bytes.get(), m.events.get());
     loop {
@@ -28,9 +33,9 @@ pub async fn watch_lag(cfg: Arc<Config>, flavor: crate::binlog::Flavor) {
             pos: m.position_pos.get() as u64,
         };
         if c.is_none() {
-            let opts = cfg.source_password().and_then(|pw| {
-                crate::mysql::opts::opts_for(&cfg.source.url, pw.as_ref(), &cfg.source.tls)
-            });
+            let opts = cfg
+                .password()
+                .and_then(|pw| crate::mysql::opts::opts_for(&cfg.url, pw.as_ref(), &cfg.tls));
             if let Ok(o) = opts {
                 c = mysql_async::Conn::new(o).await.ok();
             }
@@ -54,7 +59,7 @@ pub async fn watch_lag(cfg: Arc<Config>, flavor: crate::binlog::Flavor) {
         let byte_rate = (bytes - last.1) as f64 / secs;
         let event_rate = (events - last.2) as f64 / secs;
         last = (t, bytes, events);
-        if lag > cfg.admin.progress_threshold.0.as_secs_f64() {
+        if lag > progress_threshold.as_secs_f64() {
             let eta = match behind {
                 Some(b) if byte_rate > 0.0 => format!("{:.0}s", b as f64 / byte_rate),
                 _ => "unknown".into(),

@@ -4,6 +4,7 @@
 //! position it handed on.
 
 pub mod binlog_file;
+pub mod config;
 pub mod divergence;
 pub mod file_replay;
 pub mod lag;
@@ -20,13 +21,13 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::binlog::position::{BinlogCoord, GtidSet, Position, StartPosition};
 use crate::binlog::Flavor;
-use crate::config::Config;
 use crate::decode::charset::CollationMap;
 use crate::decode::event::Batch;
 use crate::decode::{DecodeError, Decoder, Step};
 use crate::filter::TableFilter;
 use crate::finding::Finding;
 use crate::mysql::server::ServerInfo;
+use config::SourceConfig;
 
 #[derive(Debug, Error)]
 pub enum SourceError {
@@ -116,7 +117,9 @@ impl StartPoint {
 }
 
 pub struct Source {
-    cfg: Arc<Config>,
+    cfg: Arc<SourceConfig>,
+    /// `pipeline.batch_max_bytes`: a batch is handed on at this size.
+    batch_max: usize,
     opts: Opts,
     pub info: ServerInfo,
     pub collations: Arc<CollationMap>,
@@ -160,11 +163,13 @@ fn is_fatal(e: &SourceError) -> bool {
 
 impl Source {
     /// Connects once, reads what the server is, and checks its settings (errors stop here).
-    pub async fn connect(cfg: Arc<Config>) -> Result<(Source, Vec<Finding>), SourceError> {
-        let password = cfg.source_password().map_err(SourceError::Config)?;
-        let opts =
-            crate::mysql::opts::opts_for(&cfg.source.url, password.as_ref(), &cfg.source.tls)
-                .map_err(SourceError::Config)?;
+    pub async fn connect(
+        cfg: Arc<SourceConfig>,
+        batch_max: usize,
+    ) -> Result<(Source, Vec<Finding>), SourceError> {
+        let password = cfg.password().map_err(SourceError::Config)?;
+        let opts = crate::mysql::opts::opts_for(&cfg.url, password.as_ref(), &cfg.tls)
+            .map_err(SourceError::Config)?;
         let mut c = connect_conn(&opts, &cfg).await?;
         let info = crate::mysql::server::server_info(&mut c).await?;
         let findings = crate::mysql::requirements::check_settings(&info);
@@ -173,6 +178,7 @@ impl Source {
         Ok((
             Source {
                 cfg,
+                batch_max,
                 opts,
                 info,
                 collations,
@@ -230,7 +236,7 @@ impl Source {
     }
 
     pub fn replica_id(&self) -> u32 {
-        self.cfg.source.server_id
+        self.cfg.server_id
     }
 
     pub fn opts(&self) -> &Opts {
@@ -242,13 +248,13 @@ impl Source {
     }
 
     pub fn new_decoder(&self) -> Result<Decoder, SourceError> {
-        let filter = TableFilter::new(self.cfg.source.include.as_deref(), &self.cfg.source.exclude)
+        let filter = TableFilter::new(self.cfg.include.as_deref(), &self.cfg.exclude)
             .map_err(SourceError::Config)?;
         Ok(Decoder::new(
             self.info.flavor,
             filter,
             self.collations.clone(),
-            self.cfg.source.verify_checksums,
+            self.cfg.verify_checksums,
         ))
     }
 
@@ -259,7 +265,7 @@ impl Source {
     ) -> Result<StartPoint, SourceError> {
         match stored {
             Some(p) => Ok(self.stored_start_point(p)),
-            None => self.resolve(&self.cfg.source.start).await,
+            None => self.resolve(&self.cfg.start).await,
         }
     }
 
@@ -400,12 +406,12 @@ impl Source {
                 now,
             });
         }
-        let hb = self.cfg.source.heartbeat.0.as_nanos() as u64;
+        let hb = self.cfg.heartbeat.0.as_nanos() as u64;
         c.query_drop(format!(
             "SET @master_heartbeat_period = {hb}, @source_heartbeat_period = {hb}"
         ))
         .await?;
-        let id = self.cfg.source.server_id;
+        let id = self.cfg.server_id;
         let req = match self.info.flavor {
             Flavor::MariaDb => {
                 c.query_drop("SET @mariadb_slave_capability = 4").await?;
@@ -457,7 +463,7 @@ impl Source {
             decoder.set_committed_if_none(Position::new(sp.coord.clone(), sp.gtid.clone()));
         }
         let mut failures = 0u32;
-        let mut backoff = self.cfg.source.reconnect_backoff_initial.0;
+        let mut backoff = self.cfg.reconnect_backoff_initial.0;
         let mut meta: Option<Conn> = None;
         loop {
             let at = if sp.by_gtid {
@@ -514,7 +520,7 @@ impl Source {
                 }
                 Err(e) => {
                     failures += 1;
-                    let max = self.cfg.source.reconnect_max_attempts;
+                    let max = self.cfg.reconnect_max_attempts;
                     if max > 0 && failures > max {
                         return Err(SourceError::GaveUp {
                             attempts: failures - 1,
@@ -537,7 +543,7 @@ impl Source {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(self.cfg.source.reconnect_backoff_max.0);
+                    backoff = (backoff * 2).min(self.cfg.reconnect_backoff_max.0);
                     if let Some(p) = decoder.committed() {
                         sp = self.resume_point(p);
                         decoder.resume_at(&sp.coord.file, sp.gtid.clone());
@@ -560,8 +566,8 @@ impl Source {
         failures: &mut u32,
         backoff: &mut Duration,
     ) -> Result<(), SourceError> {
-        let read_timeout = self.cfg.source.read_timeout.0;
-        let batch_max = self.cfg.pipeline.batch_max_bytes.0 as usize;
+        let read_timeout = self.cfg.read_timeout.0;
+        let batch_max = self.batch_max;
         let metrics = crate::metrics::get();
         loop {
             if *shutdown.borrow() || decoder.reached_stop() {
@@ -589,7 +595,7 @@ impl Source {
                             Ok(n) => n,
                             Err(_) => {
                                 return Err(SourceError::Connect {
-                                    url: crate::mysql::opts::redact_url(self.cfg.source.url.expose()),
+                                    url: crate::mysql::opts::redact_url(self.cfg.url.expose()),
                                     message: format!("no event or heartbeat for {read_timeout:?}: the stream is stalled"),
                                 })
                             }
@@ -613,7 +619,7 @@ impl Source {
             let ev = match next {
                 None => {
                     return Err(SourceError::Connect {
-                        url: crate::mysql::opts::redact_url(self.cfg.source.url.expose()),
+                        url: crate::mysql::opts::redact_url(self.cfg.url.expose()),
                         message: "the server closed the replication stream".into(),
                     })
                 }
@@ -623,7 +629,7 @@ impl Source {
             // an event or a heartbeat: the stream is alive (readiness)
             metrics.source_confirmed();
             *failures = 0;
-            *backoff = self.cfg.source.reconnect_backoff_initial.0;
+            *backoff = self.cfg.reconnect_backoff_initial.0;
             stats
                 .events
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -722,12 +728,12 @@ pub struct SourceStats {
     pub reconnects: std::sync::atomic::AtomicU64,
 }
 
-async fn connect_conn(opts: &Opts, cfg: &Config) -> Result<Conn, SourceError> {
-    let url = crate::mysql::opts::redact_url(cfg.source.url.expose());
-    match tokio::time::timeout(cfg.source.connect_timeout.0, Conn::new(opts.clone())).await {
+async fn connect_conn(opts: &Opts, cfg: &SourceConfig) -> Result<Conn, SourceError> {
+    let url = crate::mysql::opts::redact_url(cfg.url.expose());
+    match tokio::time::timeout(cfg.connect_timeout.0, Conn::new(opts.clone())).await {
         Err(_) => Err(SourceError::Connect {
             url,
-            message: format!("no answer within {:?}", cfg.source.connect_timeout.0),
+            message: format!("no answer within {:?}", cfg.connect_timeout.0),
         }),
         Ok(Err(mysql_async::Error::Server(s))) if crate::mysql::errors::is_auth(s.code) => {
             Err(SourceError::Auth(
