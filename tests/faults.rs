@@ -765,9 +765,20 @@ fn redis_down_30s() {
     wait_commits(&load, 100, "before Redis goes down");
     redis.kill();
     let c0 = load.commits();
-    std::thread::sleep(Duration::from_secs(1)); // acks from before the kill get stored
-    let p1 =
+    // acks of batches Redis answered before the kill get stored: wait until the stored
+    // position holds still for a second (at most 10 s; on a loaded machine the last store
+    // can take longer than one interval)
+    let mut p1 =
         s.rt.block_on(stored_position_at(&s.srv.root_url(), &pipeline));
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now =
+            s.rt.block_on(stored_position_at(&s.srv.root_url(), &pipeline));
+        if now == p1 {
+            break;
+        }
+        p1 = now;
+    }
     assert!(p1.is_some(), "a position was stored before the outage");
     let pid = d.child.id();
     let mut peak_rss: f64 = 0.0;
