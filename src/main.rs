@@ -125,6 +125,50 @@ enum Cmd {
         binlogd replay -c config/binlogd.toml --from binlog.000042:4 --to binlog.000042:98765\n  \
         binlogd replay -c config/binlogd.toml --binlog-file /archive/binlog.000041 /archive/binlog.000042")]
     Replay(ReplayArgs),
+    /// Read the rows that already exist (while streaming): start, status, cancel.
+    #[command(
+        long_about = "Read the rows that already exist, in key-ordered chunks, while streaming.\n\n\
+        Requests go through the checkpoint schema to whichever daemon holds the pipeline lock (HA)\n\
+        and wait there across restarts. Read rows reach the sinks as op \"r\" events; the progress is\n\
+        stored with the position, so a restart continues with the next chunk."
+    )]
+    #[command(after_help = "Examples:\n  \
+        binlogd snapshot start -c config/binlogd.toml --table shop.orders --table shop.customers\n  \
+        binlogd snapshot start -c config/binlogd.toml --table shop.orders --where \"created_at >= '2026-01-01'\"\n  \
+        binlogd snapshot status -c config/binlogd.toml\n  \
+        binlogd snapshot cancel -c config/binlogd.toml")]
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Snapshot tables (again, from their first row) in the running daemon.
+    Start {
+        /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
+        #[arg(short, long, default_value = "config/binlogd.toml")]
+        config: PathBuf,
+        /// db.table to read (repeatable).
+        #[arg(long = "table", value_name = "DB.TABLE", required = true)]
+        tables: Vec<String>,
+        /// Only rows matching this SQL condition.
+        #[arg(long = "where", value_name = "SQL")]
+        where_sql: Option<String>,
+    },
+    /// The stored progress of the snapshot and the latest requests.
+    Status {
+        /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
+        #[arg(short, long, default_value = "config/binlogd.toml")]
+        config: PathBuf,
+    },
+    /// End the snapshot: tables not done yet are not read further.
+    Cancel {
+        /// Config file (TOML; BINLOGD__SECTION__KEY environment variables override keys).
+        #[arg(short, long, default_value = "config/binlogd.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -402,12 +446,15 @@ fn main() -> ExitCode {
                 config.clone()
             }
             Cmd::Replay(a) => a.config.clone(),
+            Cmd::Snapshot { cmd: SnapshotCmd::Start { config, .. } | SnapshotCmd::Status { config } | SnapshotCmd::Cancel { config } } => {
+                config.clone()
+            }
         };
         let cfg = match load_config(&config_path) {
             Ok(c) => c,
             Err(code) => return code,
         };
-        let quiet = matches!(cli.cmd, Cmd::Check { .. } | Cmd::Position { .. });
+        let quiet = matches!(cli.cmd, Cmd::Check { .. } | Cmd::Position { .. } | Cmd::Snapshot { .. });
         let log_reload = init_logging(if quiet { None } else { Some(&cfg) }, quiet);
         let result: Result<()> = match cli.cmd {
             Cmd::Check { .. } => return check(cfg).await,
@@ -438,6 +485,28 @@ fn main() -> ExitCode {
                 signals.abort();
                 reload.abort();
                 r
+            }
+            Cmd::Snapshot { cmd } => {
+                use binlogd::snapshot::requests::{parse_table, RequestKind};
+                let wait = std::time::Duration::from_secs(10);
+                let r = match cmd {
+                    SnapshotCmd::Status { .. } => cmd::snapshot::snapshot_status(&cfg).await,
+                    SnapshotCmd::Cancel { .. } => cmd::snapshot::snapshot_request(&cfg, RequestKind::Cancel, wait).await,
+                    SnapshotCmd::Start { tables, where_sql, .. } => {
+                        let parsed: Result<Vec<_>, _> = tables.iter().map(|t| parse_table(t)).collect();
+                        match parsed {
+                            Err(e) => {
+                                eprintln!("binlogd: --table {e}");
+                                return ExitCode::from(EXIT_CONFIG);
+                            }
+                            Ok(tables) => {
+                                let filter = where_sql.filter(|w| !w.trim().is_empty());
+                                cmd::snapshot::snapshot_request(&cfg, RequestKind::Start { tables, filter }, wait).await
+                            }
+                        }
+                    }
+                };
+                r.map(|s| println!("{}", s.trim_end())).map_err(Into::into)
             }
             Cmd::Migrate { .. } => cmd::migrate(&cfg).await.map(|n| println!("migrations applied: {n}")).map_err(Into::into),
             Cmd::Position { cmd } => match cmd {

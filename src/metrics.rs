@@ -83,6 +83,13 @@ pub struct Metrics {
     pub xa_oldest_prepared_ms: AtomicU64,
     /// XA COMMITs of transactions whose PREPARE was before the stream's start.
     pub xa_unknown_commits: Counter,
+    pub snapshot_tables: Gauge,
+    pub snapshot_tables_done: Gauge,
+    pub snapshot_active: Gauge,
+    pub snapshot_chunks: Counter,
+    pub snapshot_dropped: Counter,
+    pub snapshot_rereads: Counter,
+    pub snapshot_eta_seconds: F64Gauge,
     /// Row changes withdrawn by ROLLBACK TO SAVEPOINT / ROLLBACK inside a logged transaction.
     pub rows_rolled_back: Counter,
     /// Values of a column believed to be JSON (MariaDB) that were not JSON, emitted as strings.
@@ -168,6 +175,13 @@ impl Metrics {
             xa_oldest_age_seconds: F64Gauge::default(),
             xa_oldest_prepared_ms: AtomicU64::new(0),
             xa_unknown_commits: Counter::default(),
+            snapshot_tables: Gauge::default(),
+            snapshot_tables_done: Gauge::default(),
+            snapshot_active: Gauge::default(),
+            snapshot_chunks: Counter::default(),
+            snapshot_dropped: Counter::default(),
+            snapshot_rereads: Counter::default(),
+            snapshot_eta_seconds: F64Gauge::default(),
             rows_rolled_back: Counter::default(),
             json_fallback: Family::default(),
             acked_event_ms: AtomicU64::new(0),
@@ -339,6 +353,41 @@ impl Metrics {
             "xa_unknown_commits",
             "XA COMMITs of transactions prepared before the position streaming started from (rows not in the stream)",
             m.xa_unknown_commits.clone(),
+        );
+        r.register(
+            "snapshot_tables",
+            "Tables of the current snapshot (done, cancelled or still to read)",
+            m.snapshot_tables.clone(),
+        );
+        r.register(
+            "snapshot_tables_done",
+            "Tables of the current snapshot read completely",
+            m.snapshot_tables_done.clone(),
+        );
+        r.register(
+            "snapshot_tables_pending",
+            "Tables of the current snapshot still to be read",
+            m.snapshot_active.clone(),
+        );
+        r.register(
+            "snapshot_chunks",
+            "Snapshot chunks handed on (read rows: binlogd_rows_total{op=\"r\"})",
+            m.snapshot_chunks.clone(),
+        );
+        r.register(
+            "snapshot_rows_dropped",
+            "Rows read by a snapshot chunk but not handed on: the stream changed them while the chunk's window was open",
+            m.snapshot_dropped.clone(),
+        );
+        r.register(
+            "snapshot_rereads",
+            "Snapshot chunks read again (schema changed under the read, stale watermark)",
+            m.snapshot_rereads.clone(),
+        );
+        r.register(
+            "snapshot_eta_seconds",
+            "Estimated seconds until the tables being read are done (from the server's row estimates)",
+            m.snapshot_eta_seconds.clone(),
         );
         r.register(
             "rows_rolled_back",

@@ -27,6 +27,7 @@ fn acked(pos: u64, rows: u64) -> Option<Acked> {
         },
         event_ts_ms: 1_700_000_000_000 + pos,
         rows,
+        snapshot: None,
     })
 }
 
@@ -75,6 +76,7 @@ fn writer_stores_only_acknowledged_positions_latest_first_and_the_final_one() {
             wait_timeout_secs: 20,
             gate: gate_tx,
             lease: lease.clone(),
+            snapshot_stored: None,
         };
         let writer = tokio::spawn(store.run(cp, acked_rx, stop_tx));
         let mut reader = checkpoint(&url, &schema, pipeline).await;

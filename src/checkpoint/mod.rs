@@ -30,6 +30,20 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "xa_restart",
         include_str!("../../migrations/0002_xa_restart.sql"),
     ),
+    (
+        3,
+        "snapshot",
+        include_str!("../../migrations/0003_snapshot.sql"),
+    ),
+];
+
+/// binlogd's own tables in the checkpoint schema: never streamed.
+pub const OWN_TABLES: &[&str] = &[
+    "checkpoint",
+    "schema_migrations",
+    "checkpoint_restart",
+    "snapshot_progress",
+    "snapshot_request",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +161,8 @@ pub struct Stored {
     pub event_ts_ms: u64,
     pub updated_at: String,
     pub age_secs: i64,
+    /// The snapshot progress stored with this position (JSON), if any.
+    pub snapshot: Option<String>,
 }
 
 /// Source identity written with every position.
@@ -258,8 +274,9 @@ impl Checkpoint {
                 format!(
                     "SELECT c.binlog_file, c.binlog_pos, c.gtid_set, c.gtid_flavor, c.server_id, c.server_uuid, c.event_ts_ms, \
                      CAST(c.updated_at AS CHAR), TIMESTAMPDIFF(SECOND, c.updated_at, CURRENT_TIMESTAMP(3)), \
-                     r.binlog_file, r.binlog_pos, r.gtid_set \
+                     r.binlog_file, r.binlog_pos, r.gtid_set, sp.progress \
                      FROM `{s}`.`checkpoint` c LEFT JOIN `{s}`.`checkpoint_restart` r ON r.pipeline = c.pipeline \
+                     LEFT JOIN `{s}`.`snapshot_progress` sp ON sp.pipeline = c.pipeline \
                      WHERE c.pipeline = ?"
                 ),
                 (&self.pipeline,),
@@ -301,6 +318,7 @@ impl Checkpoint {
             event_ts_ms: r.get(6).unwrap_or(0),
             updated_at: r.get(7).unwrap_or_default(),
             age_secs: r.get::<Option<i64>, _>(8).flatten().unwrap_or(0),
+            snapshot: r.get::<Option<String>, _>(12).flatten(),
         }))
     }
 
@@ -309,6 +327,7 @@ impl Checkpoint {
         p: &Position,
         id: &SourceIdentity,
         event_ts_ms: u64,
+        snapshot: Option<&str>,
     ) -> Result<(), CheckpointError> {
         let s = &self.schema;
         let (gtid, flavor) = match &p.gtid {
@@ -363,8 +382,32 @@ impl Checkpoint {
                 .await?;
             }
         }
+        // the snapshot progress belongs to this position: a restart continues both together
+        if let Some(progress) = snapshot {
+            tx.exec_drop(
+                format!(
+                    "INSERT INTO `{s}`.`snapshot_progress` (pipeline, progress) VALUES (?, ?) \
+                     ON DUPLICATE KEY UPDATE progress = VALUES(progress)"
+                ),
+                (&self.pipeline, progress),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The connection (snapshot requests and status share the checkpoint session).
+    pub fn conn_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
     }
 
     pub async fn delete(&mut self) -> Result<bool, CheckpointError> {
@@ -372,6 +415,12 @@ impl Checkpoint {
         self.conn
             .exec_drop(
                 format!("DELETE FROM `{s}`.`checkpoint_restart` WHERE pipeline = ?"),
+                (&self.pipeline,),
+            )
+            .await?;
+        self.conn
+            .exec_drop(
+                format!("DELETE FROM `{s}`.`snapshot_progress` WHERE pipeline = ?"),
                 (&self.pipeline,),
             )
             .await?;

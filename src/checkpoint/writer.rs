@@ -26,6 +26,9 @@ pub struct Store {
     /// Open while the pipeline may read from the source.
     pub gate: watch::Sender<bool>,
     pub lease: Arc<Lease>,
+    /// Receives the generation of each snapshot progress stored (the snapshot stage emits a
+    /// table's next chunk only once the previous one's progress is stored).
+    pub snapshot_stored: Option<watch::Sender<u64>>,
 }
 
 impl Store {
@@ -102,15 +105,26 @@ impl Store {
             // `keepalive`: storing it at once would write to the checkpoint server again and
             // again, and with the checkpoint on the source every such write is a transaction
             // a replica must have received before a failover.
+            // new snapshot progress is stored at once: the snapshot stage waits for it before
+            // it emits the table's next chunk (at most one chunk is read again after a crash)
+            let generation = |a: &Option<Acked>| {
+                a.as_ref()
+                    .and_then(|c| c.snapshot.as_ref())
+                    .map(|m| m.generation)
+            };
+            let snapshot_moved =
+                generation(&cur).is_some() && generation(&cur) != generation(&stored);
             let want_store = cur.is_some()
                 && stored != cur
                 && (closed
+                    || snapshot_moved
                     || stored
                         .as_ref()
                         .zip(cur.as_ref())
                         .is_none_or(|(s, c)| s.rows != c.rows)
                     || now >= last_store + keepalive);
-            let store_due = want_store && (closed || now >= last_store + self.interval);
+            let store_due =
+                want_store && (closed || snapshot_moved || now >= last_store + self.interval);
             let ping_due = now >= last_ping + self.ping_every;
             let reconnect_due = !healthy && now >= next_reconnect;
             if closed && !want_store {
@@ -175,7 +189,12 @@ impl Store {
                 last_store = TInstant::now();
                 match Self::bounded(
                     self.store_timeout,
-                    cp.store(&a.position, &self.id, a.event_ts_ms),
+                    cp.store(
+                        &a.position,
+                        &self.id,
+                        a.event_ts_ms,
+                        a.snapshot.as_ref().map(|m| &*m.progress),
+                    ),
                 )
                 .await
                 {
@@ -195,6 +214,9 @@ impl Store {
                             crate::metrics::now_ms(),
                             std::sync::atomic::Ordering::Relaxed,
                         );
+                        if let (Some(tx), Some(m)) = (&self.snapshot_stored, &a.snapshot) {
+                            tx.send_replace(m.generation);
+                        }
                         stored = cur.clone();
                     }
                     Err(e) => {

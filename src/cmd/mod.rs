@@ -6,6 +6,7 @@ pub mod history;
 pub mod position;
 pub mod replay;
 pub mod run;
+pub mod snapshot;
 
 pub use check::{check_failover_setup, check_stored};
 pub use position::{position_reset, position_set, position_show, SetTarget};

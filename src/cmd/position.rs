@@ -139,7 +139,7 @@ pub async fn position_set(cfg: &Config, target: SetTarget) -> Result<Position, D
         server_id: src.info.server_id,
         server_uuid: src.info.server_uuid.clone(),
     };
-    cp.store(&pos, &id, 0).await?;
+    cp.store(&pos, &id, 0, None).await?;
     Ok(pos)
 }
 

@@ -6,11 +6,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::binlog::position::BinlogCoord;
+use crate::binlog::position::{BinlogCoord, Position};
 use crate::checkpoint::SourceIdentity;
+use crate::cmd::snapshot::{poll_requests, snapshot_supported, starting_progress};
 use crate::config::Config;
 use crate::finding::Severity;
 use crate::pipeline::{Acked, Fence, Pipeline};
+use crate::snapshot::config::SnapshotMode;
+use crate::snapshot::stage::{Stage, StageSettings};
 use crate::source::SourceStats;
 
 use crate::checkpoint::lease::Lease;
@@ -140,6 +143,7 @@ pub async fn run(
     metrics.active.set(1);
     metrics.set_state("active");
     let (acked_tx, acked_rx) = watch::channel::<Option<Acked>>(None);
+    let (snapshot_stored_tx, snapshot_stored_rx) = watch::channel(0u64);
     let (gate_tx, gate_rx) = watch::channel(true);
     // the source stops on an external signal or when the checkpointer loses the lock
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -159,6 +163,7 @@ pub async fn run(
         wait_timeout_secs: cfg.checkpoint.lock_wait_timeout_secs(),
         gate: gate_tx,
         lease: lease.clone(),
+        snapshot_stored: Some(snapshot_stored_tx),
     };
     let checkpointer = tokio::spawn(store.run(cp, acked_rx, stop_tx.clone()));
     let fencing = tokio::spawn(lease.clone().watch());
@@ -173,6 +178,7 @@ pub async fn run(
                     position: p.clone(),
                     event_ts_ms: s.event_ts_ms,
                     rows: 0,
+                    snapshot: None,
                 }));
                 stored = stored.map(|mut s| {
                     s.position = p;
@@ -192,13 +198,30 @@ pub async fn run(
         info!(file = %start.coord, gtid = ?start.gtid.as_ref().map(|g| g.to_string()), by_gtid = start.by_gtid, "start position");
         let mut decoder = src.new_decoder()?;
         decoder.exclude_table(&schema, &table);
-        decoder.exclude_table(&schema, "schema_migrations");
-        decoder.exclude_table(&schema, "checkpoint_restart");
+        for t in crate::checkpoint::OWN_TABLES {
+            decoder.exclude_table(&schema, t);
+        }
         decoder.stop_at = opts.stop_at.clone();
-        Ok::<_, DaemonError>((sinks, start, decoder))
+        let progress = starting_progress(&cfg, &src, stored.as_ref()).await?;
+        if cfg.snapshot.mode == SnapshotMode::InitialOnly
+            && stored.is_some()
+            && !progress.tables.iter().any(|t| t.pending())
+        {
+            info!("snapshot.mode = initial_only: the snapshot is done (stored with the position); nothing to do");
+            return Err(DaemonError::Other(String::new()));
+        }
+        if progress.tables.iter().any(|t| t.pending()) {
+            snapshot_supported(&src).map_err(DaemonError::Config)?;
+        }
+        // the stage's first point: the acknowledged position (not an XA restart point before it)
+        let point = match stored.as_ref() {
+            Some(s) => Some(Position::new(s.position.coord.clone(), s.position.gtid.clone())),
+            None => Some(Position::new(start.coord.clone(), start.gtid.clone())),
+        };
+        Ok::<_, DaemonError>((sinks, start, decoder, progress, point))
     }
     .await;
-    let (sinks, start, mut decoder) = match startup {
+    let (sinks, start, mut decoder, progress, point) = match startup {
         Ok(x) => x,
         Err(e) => {
             // nothing was streamed: end the store task (it stores an accepted position, if
@@ -208,11 +231,42 @@ pub async fn run(
             fencing.abort();
             metrics.active.set(0);
             metrics.set_state("stopped");
+            // initial_only with nothing left to do
+            if matches!(&e, DaemonError::Other(m) if m.is_empty()) {
+                return Ok(());
+            }
             return Err(e);
         }
     };
 
-    let (tx, rx) = mpsc::channel(2);
+    // source → snapshot stage → pipeline
+    let (tx, stage_rx) = mpsc::channel(2);
+    let (stage_tx, rx) = mpsc::channel(2);
+    let (control_tx, control_rx) = mpsc::channel(4);
+    let stage = Stage::new(
+        StageSettings {
+            chunk_rows: cfg.snapshot.chunk_rows,
+            chunk_bytes: cfg.snapshot.chunk_bytes.0 as usize,
+            max_tables: cfg.snapshot.max_tables,
+            rows_per_second: cfg.snapshot.rows_per_second,
+            flavor: src.info.flavor,
+            server_id: src.info.server_id,
+            exit_when_done: cfg.snapshot.mode == SnapshotMode::InitialOnly,
+            log_every: Duration::from_secs(10),
+        },
+        src.opts().clone(),
+        src.collations.clone(),
+        progress,
+        point,
+        snapshot_stored_rx,
+    );
+    let stage_task = tokio::spawn(stage.run(stage_rx, stage_tx, control_rx, stop_tx.clone()));
+    let requests = tokio::spawn(poll_requests(
+        cfg.clone(),
+        control_tx,
+        src.filter_updates.clone(),
+        snapshot_supported(&src),
+    ));
     let pipeline = tokio::spawn(
         Pipeline::new(cfg.pipeline.max_in_flight.0 as usize)
             .gated(gate_rx)
@@ -265,6 +319,8 @@ pub async fn run(
             }
         })
     };
+    let stage_result = stage_task.await.map_err(other)?;
+    requests.abort();
     let pr = pipeline.await.map_err(other)?;
     // the pipeline has drained: store the last acknowledged position, then release the lock
     let cr = checkpointer.await.map_err(other)?;
@@ -280,6 +336,7 @@ pub async fn run(
     cr?;
     sr?;
     pr?;
+    stage_result.map_err(|e| other(format!("snapshot: {e}")))?;
     info!("stopped");
     Ok(())
 }

@@ -41,6 +41,8 @@ pub struct Config {
     pub checkpoint: crate::checkpoint::CheckpointConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub snapshot: crate::snapshot::config::SnapshotConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +221,7 @@ impl Config {
             }
         }
         TableFilter::new(s.include.as_deref(), &s.exclude)?;
+        self.snapshot.validate()?;
         if let Some(u) = &self.checkpoint.url {
             crate::mysql::opts::parse_url(u.expose())
                 .map_err(|e| format!("checkpoint.url: {e}"))?;

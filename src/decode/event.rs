@@ -31,6 +31,17 @@ pub struct Batch {
     pub commit: Option<Position>,
     /// Event time (ms) of the last event in the batch.
     pub last_event_ms: u64,
+    /// Snapshot progress after this batch (set by the snapshot stage): stored with `commit`
+    /// once every sink has acknowledged the batch.
+    pub snapshot: Option<SnapshotMark>,
+}
+
+/// The snapshot progress to store with a position: `generation` grows with every emitted
+/// chunk, `progress` is the snapshot stage's progress record as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMark {
+    pub generation: u64,
+    pub progress: Arc<str>,
 }
 
 impl Batch {

@@ -39,6 +39,8 @@ pub struct Acked {
     /// Row changes handed on in this run up to that transaction: a position that moved
     /// without rows (e.g. past binlogd's own checkpoint writes) need not be stored at once.
     pub rows: u64,
+    /// Snapshot progress to store with this position (see [`Batch::snapshot`]).
+    pub snapshot: Option<crate::decode::event::SnapshotMark>,
 }
 
 struct InFlight {
@@ -220,7 +222,7 @@ impl Pipeline {
                             }
                         };
                         rows_in += b.rows() as u64;
-                        let commit = b.commit.clone().map(|position| Acked { position, event_ts_ms: b.last_event_ms, rows: rows_in });
+                        let commit = b.commit.clone().map(|position| Acked { position, event_ts_ms: b.last_event_ms, rows: rows_in, snapshot: b.snapshot.clone() });
                         inflight.push_back(InFlight { seq, commit, _permit: permit });
                         metrics.pipeline_in_flight.store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let b = Arc::new(b);

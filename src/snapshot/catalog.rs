@@ -559,6 +559,30 @@ fn column_schema(
     })
 }
 
+/// Every base table of the server outside the system schemas, as (db, table).
+pub async fn list_tables(conn: &mut Conn) -> Result<Vec<(String, String)>, SnapshotError> {
+    let rows: Vec<(String, String)> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN \
+             ('mysql', 'sys', 'information_schema', 'performance_schema') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME",
+        )
+        .await?;
+    Ok(rows)
+}
+
+/// The server's row estimate of a table (information_schema; 0 when unknown).
+pub async fn estimate_rows(conn: &mut Conn, db: &str, table: &str) -> u64 {
+    let r: Result<Option<Option<u64>>, _> = conn
+        .exec_first(
+            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (db, table),
+        )
+        .await;
+    r.ok().flatten().flatten().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,7 @@
 //! by the decoder's own renderer, so a read image is byte-identical to the binlog insert image
 //! of the same row.
 //!
-//! The parts, each usable on its own (the stream-loop, checkpoint, config and CLI wiring lives
-//! elsewhere):
+//! The parts (cmd/ wires the stage between source and pipeline):
 //!
 //! - [`catalog`]: the decoder's [`TableSchema`](crate::decode::table::TableSchema) of a table
 //!   built from information_schema, plus the key the chunks are read by (primary key, else the
@@ -17,12 +16,18 @@
 //!   `"true"`, or `"last"` for a chunk marked `last`).
 //! - [`window`]: the sans-I/O watermark window (which rows of a chunk to drop, when to emit).
 //! - [`progress`]: per-table progress (last key, counts, done) as a compact JSON string.
+//! - [`stage`]: the stage between source and pipeline that runs the windows and slips read
+//!   chunks in between stream batches; [`requests`]: `binlogd snapshot start|cancel|status`
+//!   through the checkpoint schema; [`config`]: `[snapshot]`.
 
 pub mod catalog;
 pub mod chunk;
+pub mod config;
 pub mod encode;
 pub mod jsonb;
 pub mod progress;
+pub mod requests;
+pub mod stage;
 pub mod window;
 
 pub use catalog::{load_table, KeyKind, SnapshotTable};

@@ -124,6 +124,15 @@ pub struct TableProgress {
     #[serde(rename = "c")]
     pub chunks: u64,
     pub done: bool,
+    /// `binlogd snapshot cancel` ended it before it was done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
+    /// The `--where` condition of an on-demand snapshot.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Rows the server estimated when the table's snapshot began (progress and ETA only).
+    #[serde(rename = "e", default)]
+    pub estimate: u64,
 }
 
 impl TableProgress {
@@ -135,7 +144,15 @@ impl TableProgress {
             rows: 0,
             chunks: 0,
             done: false,
+            cancelled: false,
+            filter: None,
+            estimate: 0,
         }
+    }
+
+    /// Still to be read.
+    pub fn pending(&self) -> bool {
+        !self.done && !self.cancelled
     }
 
     /// Records an emitted chunk: `last_key` None (an empty chunk) marks the table done.

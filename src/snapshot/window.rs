@@ -127,6 +127,10 @@ pub struct Emission {
     pub watermark: Watermark,
     pub rows_read: usize,
     pub dropped: usize,
+    /// The stream showed the table with a schema the chunk's key cannot be read from (an
+    /// ALTER while the window was open): nothing is emitted, read the chunk again (same start)
+    /// with the table's schema loaded anew.
+    pub schema_changed: bool,
 }
 
 /// The watermark window of one table.
@@ -139,6 +143,7 @@ pub struct Window {
     last_seen: StreamPoint,
     recorded: HashSet<Vec<u8>>,
     truncated: bool,
+    schema_changed: bool,
     pending: Option<(ChunkRead, Watermark)>,
     /// key column indexes per stream table schema (by identity), cached
     key_cols: Option<(Arc<TableSchema>, Option<Vec<usize>>)>,
@@ -185,6 +190,7 @@ impl Window {
             opened_at: at,
             recorded: HashSet::new(),
             truncated: false,
+            schema_changed: false,
             pending: None,
             key_cols: None,
         }
@@ -230,7 +236,7 @@ impl Window {
             }
         };
         let Some(cols) = cols else {
-            self.truncated = true;
+            self.schema_changed = true;
             return;
         };
         for r in 0..chunk.rows as usize {
@@ -239,7 +245,7 @@ impl Window {
                     Ok(k) => {
                         self.recorded.insert(k);
                     }
-                    Err(_) => self.truncated = true,
+                    Err(_) => self.schema_changed = true,
                 }
             }
         }
@@ -253,6 +259,16 @@ impl Window {
         chunk: ChunkRead,
         watermark: Watermark,
     ) -> Result<Option<Emission>, WindowError> {
+        self.accept(chunk, watermark)?;
+        let at = self.last_seen.clone();
+        Ok(self.stream_passed(&at))
+    }
+
+    /// As [`Window::chunk_read`], without emitting: the chunk waits in the window (whose
+    /// recording goes on) until [`Window::stream_passed`] lets it out. For a caller that may
+    /// emit only at certain moments (transaction boundaries, after the previous chunk's
+    /// progress is stored).
+    pub fn accept(&mut self, chunk: ChunkRead, watermark: Watermark) -> Result<(), WindowError> {
         if self.pending.is_some() {
             return Err(WindowError::Busy);
         }
@@ -267,8 +283,12 @@ impl Window {
             return Err(WindowError::Stale);
         }
         self.pending = Some((chunk, watermark));
-        let at = self.last_seen.clone();
-        Ok(self.stream_passed(&at))
+        Ok(())
+    }
+
+    /// A chunk is waiting for the stream to pass its watermark.
+    pub fn is_waiting(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// The stream has handed on everything up to `at`: emits the chunk once `at` passes its
@@ -291,7 +311,7 @@ impl Window {
         } = read;
         let n = chunk.table.columns.len();
         let rows_read = chunk.rows as usize;
-        let keep: Vec<bool> = if self.truncated {
+        let keep: Vec<bool> = if self.truncated || self.schema_changed {
             vec![false; rows_read]
         } else {
             keys.iter().map(|k| !self.recorded.contains(k)).collect()
@@ -313,6 +333,7 @@ impl Window {
             watermark,
             rows_read,
             dropped: rows_read - kept,
+            schema_changed: self.schema_changed && !self.truncated,
         }
     }
 }

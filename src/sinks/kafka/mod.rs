@@ -442,8 +442,12 @@ impl KafkaSink {
                 tombstone: false,
             };
             let tombstone = self.cfg.tombstones && ch.op() == crate::decode::event::Op::Delete;
+            // snapshot reads are not skipped by position: a chunk read again after a restart is
+            // handed on at a later stream position than the first time, with other rows
+            let read = matches!(ch.op(), crate::decode::event::Op::Read { .. });
             let skip = |partition: i32, tomb: bool| -> bool {
-                !self.probes.is_empty()
+                !read
+                    && !self.probes.is_empty()
                     && self
                         .probes
                         .get(&(route.topic.clone(), partition))

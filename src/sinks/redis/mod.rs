@@ -155,6 +155,10 @@ impl RedisSink {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for txn in &batch.txns {
             for chunk in &txn.chunks {
+                // a snapshot read changes nothing: no cache key is stale because of it
+                if matches!(chunk.op, crate::decode::event::Op::Read { .. }) {
+                    continue;
+                }
                 if chunk.op == crate::decode::event::Op::Truncate {
                     // no row to render keys from: the keys without columns and the rules'
                     // on_truncate patterns
