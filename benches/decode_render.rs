@@ -110,6 +110,7 @@ fn source() -> SourceInfo {
         pipeline: "bench".into(),
         server: String::new(),
         replay: true,
+        snapshot_resume: None,
     }
 }
 

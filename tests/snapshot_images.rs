@@ -267,6 +267,7 @@ fn render_afters(chunks: &[ChunkRead]) -> Vec<String> {
     let mut out = Vec::new();
     for r in chunks {
         let txn = TxnChunks {
+            snapshot: None,
             file: Arc::from("snapshot"),
             gtid: None,
             chunks: Vec::new(),
@@ -1082,6 +1083,7 @@ fn converges(f: Flavor) {
         read_rows += e.rows_read;
         dropped += e.dropped;
         let txn = TxnChunks {
+            snapshot: None,
             file: Arc::from("snapshot"),
             gtid: None,
             chunks: Vec::new(),
@@ -1272,6 +1274,7 @@ fn throughput(f: Flavor) {
         let read = t0.elapsed();
         let t1 = std::time::Instant::now();
         let txn = TxnChunks {
+            snapshot: None,
             file: Arc::from("snapshot"),
             gtid: None,
             chunks: Vec::new(),

@@ -63,6 +63,7 @@ pub fn source_info(
             })
             .unwrap_or_default(),
         replay,
+        snapshot_resume: None,
     }
 }
 

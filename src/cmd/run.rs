@@ -191,7 +191,12 @@ pub async fn run(
         if let Some(s) = &stored {
             info!(position = %s.position.coord, gtid = ?s.position.gtid.as_ref().map(|g| g.to_string()), "resuming from stored position");
         }
-        let sinks = open_sinks(&cfg.sinks, &[], source_info(&cfg, Some(&src.info), false))?;
+        let progress = starting_progress(&cfg, &src, stored.as_ref()).await?;
+        let mut info = source_info(&cfg, Some(&src.info), false);
+        if progress.tables.iter().any(|t| t.pending()) {
+            info.snapshot_resume = stored.as_ref().map(|s| s.position.coord.clone());
+        }
+        let sinks = open_sinks(&cfg.sinks, &[], info)?;
         let start = src
             .resolve_start(stored.as_ref().map(|s| &s.position))
             .await?;
@@ -202,7 +207,6 @@ pub async fn run(
             decoder.exclude_table(&schema, t);
         }
         decoder.stop_at = opts.stop_at.clone();
-        let progress = starting_progress(&cfg, &src, stored.as_ref()).await?;
         if cfg.snapshot.mode == SnapshotMode::InitialOnly
             && stored.is_some()
             && !progress.tables.iter().any(|t| t.pending())
@@ -212,6 +216,21 @@ pub async fn run(
         }
         if progress.tables.iter().any(|t| t.pending()) {
             snapshot_supported(&src).map_err(DaemonError::Config)?;
+        }
+        // A first start with an initial snapshot stores its start position and the tables at
+        // once: a crash before the first chunk is acknowledged then continues this snapshot
+        // from this position, instead of starting another one from a later position (whose
+        // reads would not undo what the first one's already handed on).
+        if stored.is_none() && progress.tables.iter().any(|t| t.pending()) && !start.coord.file.is_empty() {
+            let _ = acked_tx.send(Some(Acked {
+                position: Position::new(start.coord.clone(), start.gtid.clone()),
+                event_ts_ms: 0,
+                rows: 0,
+                snapshot: Some(crate::decode::event::SnapshotMark {
+                    generation: 0,
+                    progress: progress.to_json().into(),
+                }),
+            }));
         }
         // the stage's first point: the acknowledged position (not an XA restart point before it)
         let point = match stored.as_ref() {

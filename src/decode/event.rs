@@ -20,6 +20,9 @@ pub struct TxnChunks {
     /// The transaction's GTID (`uuid:n` or `domain-server-seq`).
     pub gtid: Option<Arc<str>>,
     pub chunks: Vec<RowsChunk>,
+    /// Snapshot read chunks: `db.table#run`, the table's snapshot run (a restarted snapshot of
+    /// the table is another run). Kafka sends it as the `binlogd.snapshot` header.
+    pub snapshot: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +99,9 @@ pub struct SourceInfo {
     pub server: String,
     /// An operator's replay: sinks re-send everything (no exactly-once skipping).
     pub replay: bool,
+    /// A snapshot is in progress and the stream resumes from this stored position: with Kafka
+    /// exactly_once, the read events already published after it are not published again.
+    pub snapshot_resume: Option<crate::binlog::position::BinlogCoord>,
 }
 
 #[derive(Debug, thiserror::Error)]

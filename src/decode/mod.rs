@@ -1201,6 +1201,7 @@ impl Decoder {
             self.pending.last_event_ms = last.ts_ms;
         }
         self.push_pending(TxnChunks {
+            snapshot: None,
             file: self.file.clone(),
             gtid: self.txn.gtid.clone(),
             chunks,
@@ -1268,6 +1269,7 @@ impl Decoder {
             .unwrap_or(ev.header().timestamp() as u64 * 1000);
         if !chunks.is_empty() {
             self.push_pending(TxnChunks {
+                snapshot: None,
                 file: self.file.clone(),
                 gtid: self.txn.gtid.clone(),
                 chunks,

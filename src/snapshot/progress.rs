@@ -109,6 +109,21 @@ impl KeyValue {
     }
 }
 
+/// A number for a new snapshot run of a table (time-based, distinct per call).
+pub fn new_run() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let prev = LAST.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    if prev >= now {
+        LAST.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    } else {
+        now
+    }
+}
+
 /// One table's progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableProgress {
@@ -133,6 +148,10 @@ pub struct TableProgress {
     /// Rows the server estimated when the table's snapshot began (progress and ETA only).
     #[serde(rename = "e", default)]
     pub estimate: u64,
+    /// This run of the table's snapshot (a new number each time it is started): tells a
+    /// restarted snapshot's read events from an earlier one's.
+    #[serde(rename = "n", default)]
+    pub run: u64,
 }
 
 impl TableProgress {
@@ -147,6 +166,7 @@ impl TableProgress {
             cancelled: false,
             filter: None,
             estimate: 0,
+            run: new_run(),
         }
     }
 

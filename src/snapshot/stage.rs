@@ -584,6 +584,7 @@ impl Stage {
             ..
         } = e;
         let emitted = chunk.rows as u64;
+        let run = self.progress.table_mut(db, table).run;
         {
             let t = self.progress.table_mut(db, table);
             t.chunks += 1;
@@ -623,6 +624,7 @@ impl Stage {
                 file: p.coord.file.as_str().into(),
                 gtid: None,
                 chunks,
+                snapshot: Some(format!("{db}.{table}#{run}").into()),
             }],
             commit: Some(p),
             last_event_ms: self.last_event_ms,

@@ -28,6 +28,31 @@ pub fn read_events(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// As [`read_events`], skipping lines that are not JSON: the partial line a `kill -9` during
+/// a write leaves (the file sink ends it with a newline at the next start, the event follows
+/// again in full). Returns the events and how many lines were skipped.
+pub fn read_events_after_crashes(path: &std::path::Path) -> (Vec<Value>, usize) {
+    let s = std::fs::read(path).unwrap_or_default();
+    let end = s
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let mut torn = 0;
+    let ev = s[..end]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| match serde_json::from_slice(l) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                torn += 1;
+                None
+            }
+        })
+        .collect();
+    (ev, torn)
+}
+
 /// An event's `(file, pos, row)`: the identity of a row change on one server.
 pub type Coord = (String, u64, u64);
 

@@ -82,16 +82,21 @@ impl FileSink {
                 Out::Stdout(std::io::stdout())
             }
             "/dev/null" => Out::Discard,
-            p => Out::File(
-                std::fs::OpenOptions::new()
+            p => {
+                let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(PathBuf::from(p))
                     .map_err(|e| SinkError::Fatal {
                         sink: cfg.name.clone(),
                         message: format!("cannot open {p} for appending: {e}"),
-                    })?,
-            ),
+                    })?;
+                end_torn_line(&mut f, p).map_err(|e| SinkError::Fatal {
+                    sink: cfg.name.clone(),
+                    message: format!("cannot read the end of {p}: {e}"),
+                })?;
+                Out::File(f)
+            }
         };
         Ok(FileSink {
             name: cfg.name.clone(),
@@ -223,4 +228,28 @@ impl Sink for FileSink {
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move { self.flush_buf(self.fsync) })
     }
+}
+
+/// A crash (kill -9, power loss) while a line was being written leaves the file ending in a
+/// partial line; the event on it is written again after the restart (it was not
+/// acknowledged). Ends the partial line with a newline so the next event starts a line of its
+/// own, and says so: a reader skips the one line that is not JSON.
+fn end_torn_line(f: &mut std::fs::File, path: &str) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    let mut r = std::fs::File::open(path)?;
+    r.seek(SeekFrom::Start(len - 1))?;
+    r.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        tracing::warn!(
+            path,
+            "the file ends in a partial line (a crash while it was written): ending it with a newline; its event follows again in full"
+        );
+        f.write_all(b"\n")?;
+    }
+    Ok(())
 }

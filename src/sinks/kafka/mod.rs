@@ -193,6 +193,8 @@ pub struct KafkaSink {
     topics: HashMap<String, i32>,
     /// Exactly-once: the last position each (topic, partition) held when first written.
     probes: HashMap<(String, i32), Probed>,
+    /// Snapshot read events already published after the resume position (exactly_once).
+    reads_present: HashMap<String, probe::ReadsPresent>,
     routes: HashMap<usize, (Arc<TableSchema>, Arc<Route>)>,
     stats: Arc<KafkaStats>,
     value: Vec<u8>,
@@ -240,6 +242,7 @@ impl KafkaSink {
             prober,
             topics: HashMap::new(),
             probes: HashMap::new(),
+            reads_present: HashMap::new(),
             routes: HashMap::new(),
             stats,
             value: Vec::with_capacity(1024),
@@ -356,6 +359,15 @@ impl KafkaSink {
                 debug!(sink = %self.name, topic, partition = p, file = %pr.base, pos = ?pr.pos, "partition already holds up to");
                 self.probes.insert((topic.to_string(), p), pr);
             }
+            if let Some(since) = &self.info.snapshot_resume {
+                let found = tokio::task::block_in_place(|| prober.reads_since(topic, n, since))
+                    .map_err(|m| fatal(&self.name, m))?;
+                let keys: usize = found.values().map(|s| s.len()).sum();
+                if keys > 0 {
+                    info!(sink = %self.name, topic, read_events = keys, "exactly_once: snapshot read events already published after the resume position are not published again");
+                }
+                self.reads_present.insert(topic.to_string(), found);
+            }
         }
         self.topics.insert(topic.to_string(), n);
         Ok(n)
@@ -445,6 +457,14 @@ impl KafkaSink {
             // snapshot reads are not skipped by position: a chunk read again after a restart is
             // handed on at a later stream position than the first time, with other rows
             let read = matches!(ch.op(), crate::decode::event::Op::Read { .. });
+            let read_present = read
+                && has_key
+                && ch.txn.snapshot.as_deref().is_some_and(|tag| {
+                    self.reads_present
+                        .get(&route.topic)
+                        .and_then(|m| m.get(&(partition, tag.to_string())))
+                        .is_some_and(|s| s.contains(&self.key))
+                });
             let skip = |partition: i32, tomb: bool| -> bool {
                 !read
                     && !self.probes.is_empty()
@@ -469,7 +489,7 @@ impl KafkaSink {
             };
             let tombs = if tombstone { 2 } else { 1 };
             for (partition, tomb) in partitions.flat_map(|p| (0..tombs).map(move |t| (p, t == 1))) {
-                if skip(partition, tomb) {
+                if read_present || skip(partition, tomb) {
                     self.stats.skipped_present.inc();
                     continue;
                 }
@@ -507,6 +527,12 @@ impl KafkaSink {
                     h = h.insert(Header {
                         key: "binlogd.gtid",
                         value: Some(g.as_bytes()),
+                    });
+                }
+                if let (true, Some(s)) = (read, &ch.txn.snapshot) {
+                    h = h.insert(Header {
+                        key: "binlogd.snapshot",
+                        value: Some(s.as_bytes()),
                     });
                 }
                 if tomb {

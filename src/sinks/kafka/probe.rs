@@ -173,6 +173,121 @@ impl Prober {
     }
 }
 
+/// Snapshot read events already in a topic after a stored position: per (partition, snapshot
+/// run tag `db.table#run`), their message keys.
+pub type ReadsPresent = HashMap<(i32, String), HashSet<Vec<u8>>>;
+
+impl Prober {
+    /// The message keys of snapshot read events (header `binlogd.snapshot`) in each partition
+    /// of `topic` at or after the binlog coordinate `since` (the position a restart resumes
+    /// from): reads back from each partition's end, in growing steps, until a message before
+    /// `since` (or the partition's start). After a crash at most one chunk per table was
+    /// published but not stored; its rows found here are not published again.
+    pub fn reads_since(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        since: &crate::binlog::position::BinlogCoord,
+    ) -> Result<ReadsPresent, String> {
+        let (since_base, since_seq) = file_seq(&since.file);
+        let mut out: ReadsPresent = HashMap::new();
+        for p in 0..partitions {
+            let (lo, hi) = self
+                .consumer
+                .fetch_watermarks(topic, p, self.timeout)
+                .map_err(|e| format!("exactly_once: reading the end of {topic}/{p}: {e}"))?;
+            let mut step = 4096i64;
+            loop {
+                let start = (hi - step).max(lo);
+                let msgs = self.read_range(topic, p, start, hi)?;
+                let before_since = |m: &(Probed, Option<String>, Option<Vec<u8>>)| {
+                    m.0.base == since_base
+                        && (m.0.pos.file_seq, m.0.pos.pos) < (since_seq, since.pos)
+                };
+                let complete = start <= lo || msgs.first().is_none_or(before_since);
+                if complete {
+                    for m in msgs {
+                        if before_since(&m) {
+                            continue;
+                        }
+                        if let (_, Some(tag), Some(key)) = m {
+                            out.entry((p, tag)).or_default().insert(key);
+                        }
+                    }
+                    break;
+                }
+                step *= 4;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages of `topic`/`p` from offset `from` up to `to` (exclusive): their coordinates,
+    /// snapshot tag and key.
+    #[allow(clippy::type_complexity)]
+    fn read_range(
+        &mut self,
+        topic: &str,
+        p: i32,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(Probed, Option<String>, Option<Vec<u8>>)>, String> {
+        if to <= from {
+            return Ok(Vec::new());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, Offset::Offset(from))
+            .map_err(|e| e.to_string())?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| format!("exactly_once: assigning {topic}: {e}"))?;
+        let deadline = Instant::now() + self.timeout;
+        let mut out = Vec::new();
+        let mut last = from - 1;
+        let mut quiet_since = Instant::now();
+        loop {
+            if last >= to - 1 {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.consumer.unassign();
+                return Err(format!(
+                    "exactly_once: {topic}/{p} offsets {from}..{to} could not be read within {:?}",
+                    self.timeout
+                ));
+            }
+            match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) if m.topic() == topic && m.partition() == p => {
+                    if m.offset() > last {
+                        last = m.offset();
+                        let tag = m.headers().and_then(|h| {
+                            h.iter()
+                                .find(|x| x.key == "binlogd.snapshot")
+                                .and_then(|x| x.value)
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                        });
+                        out.push((parse(&m), tag, m.key().map(|k| k.to_vec())));
+                    }
+                    quiet_since = Instant::now();
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Ok(_)) => {}
+                None => {
+                    if quiet_since.elapsed() > Duration::from_millis(300) {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = self.consumer.unassign();
+                    return Err(format!("exactly_once: reading {topic}: {e}"));
+                }
+            }
+        }
+        let _ = self.consumer.unassign();
+        Ok(out)
+    }
+}
+
 /// `true` when `topic` can be a name the topic template `template` renders (`{server}` already
 /// replaced): `{db}` and `{table}` stand for any non-empty text.
 pub fn template_matches(template: &str, topic: &str) -> bool {
