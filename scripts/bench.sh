@@ -12,3 +12,6 @@ bash scripts/test-servers.sh start
 cargo bench --bench throughput --bench redis_latency --bench kafka_latency
 # production-shaped workloads on a private MariaDB (:3361, data kept in target/bench-wl)
 cargo bench --bench workloads
+# snapshot (issue 15): initial_only against mariadb-dump/mysqldump, to a file and to Kafka, on
+# private MariaDB :3371, MySQL :3372 and tansu :19172 (data kept in target/bench-snap)
+cargo bench --bench snapshot

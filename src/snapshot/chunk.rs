@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Row, Value};
+use mysql_async::{Conn, Value};
 
 use super::catalog::{KeyBind, SnapshotTable};
 use super::encode::encode_row;
@@ -153,22 +153,24 @@ pub async fn read_chunk(
         Some(k) => chunk_params(t, k)?,
         None => Vec::new(),
     };
-    let rows: Vec<Row> = if params.is_empty() {
-        conn.exec(sql, ()).await?
+    // rows are encoded as they arrive (not collected first): the server keeps sending while
+    // this task encodes, and no chunk of `Row`s is held (issue 15, benches/snapshot.rs)
+    let mut result = if params.is_empty() {
+        conn.exec_iter(sql, ()).await?
     } else {
-        conn.exec(sql, params).await?
+        conn.exec_iter(sql, params).await?
     };
     let columns = &t.schema.columns;
-    if let Some(first) = rows.first() {
-        check_result_columns(t, first.columns_ref())?;
-    }
     let mut data = Vec::new();
-    let mut cells = Vec::with_capacity(rows.len() * columns.len());
-    let mut keys = Vec::with_capacity(rows.len());
-    let mut last = None;
-    let nrows = rows.len();
-    for (r, row) in rows.into_iter().enumerate() {
-        let values = row.unwrap();
+    let mut cells = Vec::with_capacity(limit.min(65_536) * columns.len());
+    let mut keys = Vec::with_capacity(limit.min(65_536));
+    let mut last_values: Option<Vec<Value>> = None;
+    let mut nrows = 0usize;
+    while let Some(row) = result.next().await? {
+        if nrows == 0 {
+            check_result_columns(t, row.columns_ref())?;
+        }
+        let values: Vec<Value> = row.unwrap();
         let first = cells.len();
         encode_row(columns, &values, &mut data, &mut cells).map_err(|(i, m)| {
             SnapshotError::Column {
@@ -186,15 +188,16 @@ pub async fn read_chunk(
             }
         })?;
         keys.push(key);
-        if r + 1 == nrows {
-            last = Some(
-                t.key
-                    .iter()
-                    .map(|&i| KeyValue::from_value(&values[i]))
-                    .collect(),
-            );
-        }
+        last_values = Some(values);
+        nrows += 1;
     }
+    drop(result);
+    let last = last_values.map(|values| {
+        t.key
+            .iter()
+            .map(|&i| KeyValue::from_value(&values[i]))
+            .collect()
+    });
     let mut chunk = RowsChunk {
         table: t.schema.clone(),
         op: Op::Read { last: false },

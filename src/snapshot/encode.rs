@@ -89,12 +89,16 @@ pub fn encode_decimal(text: &str, precision: u8, scale: u8, out: &mut Vec<u8>) -
         ));
     }
     // digits: integer part left-padded to intg, fraction right-padded to scale
-    let mut digits: Vec<u8> = Vec::with_capacity(intg + s);
-    digits.extend(std::iter::repeat_n(0u8, intg - int.len()));
-    digits.extend(int.bytes().map(|c| c - b'0'));
-    let f: Vec<u8> = frac.bytes().take(s).map(|c| c - b'0').collect();
-    digits.extend_from_slice(&f);
-    digits.extend(std::iter::repeat_n(0u8, s - f.len()));
+    // (on the stack: intg + s = precision <= 255; a heap Vec here was one allocation per value)
+    let mut buf = [0u8; 256];
+    let digits = &mut buf[..intg + s];
+    for (d, c) in digits[intg - int.len()..intg].iter_mut().zip(int.bytes()) {
+        *d = c - b'0';
+    }
+    for (d, c) in digits[intg..].iter_mut().zip(frac.bytes()) {
+        *d = c - b'0';
+    }
+    let digits = &*digits;
     let start = out.len();
     let (int_digits, frac_digits) = digits.split_at(intg);
     let group = |ds: &[u8]| ds.iter().fold(0u64, |a, &d| a * 10 + d as u64);
