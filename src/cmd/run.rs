@@ -194,7 +194,16 @@ pub async fn run(
         let progress = starting_progress(&cfg, &src, stored.as_ref()).await?;
         let mut info = source_info(&cfg, Some(&src.info), false);
         if progress.tables.iter().any(|t| t.pending()) {
-            info.snapshot_resume = stored.as_ref().map(|s| s.position.coord.clone());
+            // read events published after the last stored chunk: from where that chunk was
+            // handed on (the stored position may have moved on since)
+            info.snapshot_resume = match (&progress.at, stored.as_ref()) {
+                (Some((file, pos)), _) => Some(BinlogCoord {
+                    file: file.clone(),
+                    pos: *pos,
+                }),
+                (None, Some(s)) => Some(s.position.coord.clone()),
+                (None, None) => None,
+            };
         }
         let sinks = open_sinks(&cfg.sinks, &[], info)?;
         let start = src

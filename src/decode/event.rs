@@ -99,8 +99,9 @@ pub struct SourceInfo {
     pub server: String,
     /// An operator's replay: sinks re-send everything (no exactly-once skipping).
     pub replay: bool,
-    /// A snapshot is in progress and the stream resumes from this stored position: with Kafka
-    /// exactly_once, the read events already published after it are not published again.
+    /// A snapshot is in progress; a chunk handed on but not stored before a restart was handed
+    /// on at or after this position: with Kafka exactly_once, the read events of the current
+    /// runs already published after it are not published again.
     pub snapshot_resume: Option<crate::binlog::position::BinlogCoord>,
 }
 

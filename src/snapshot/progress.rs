@@ -191,6 +191,11 @@ impl TableProgress {
 pub struct SnapshotProgress {
     pub v: u32,
     pub tables: Vec<TableProgress>,
+    /// The stream position the last chunk was handed on at (binlog file, pos): a chunk handed
+    /// on after it but not stored (a crash) was handed on at or after it, even when the stored
+    /// position has moved on since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<(String, u64)>,
 }
 
 impl Default for SnapshotProgress {
@@ -198,6 +203,7 @@ impl Default for SnapshotProgress {
         SnapshotProgress {
             v: PROGRESS_VERSION,
             tables: Vec::new(),
+            at: None,
         }
     }
 }

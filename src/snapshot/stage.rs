@@ -18,7 +18,7 @@
 //!   watermark) and before any stream batch it could make stale (its window recorded every key
 //!   the stream changed since the window opened).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,20 +76,29 @@ struct Slot {
     def: Option<Arc<SnapshotTable>>,
     filter: Option<String>,
     conn: Option<Conn>,
-    window: Option<Window>,
-    /// A read or load task is running for this slot.
+    /// The chunks being read or waiting, oldest first: the front one is handed on next; one
+    /// more is read ahead while it waits (its start key is the front read's last key).
+    windows: VecDeque<Ahead>,
+    /// A read or load task is running for this slot (for the back window).
     busy: bool,
     /// Generation of this table's last emitted chunk: the next waits until it is stored.
     emitted_gen: u64,
     /// The LIMIT of the read in flight / of the next read.
     limit: usize,
-    /// The LIMIT the chunk waiting in the window was read with.
-    read_limit: usize,
     /// Results of tasks started before this epoch are dropped (cancel, restart).
     epoch: u64,
     /// Rows read in this run (for the rate and the ETA).
     rows_read: u64,
     started: Instant,
+}
+
+/// One chunk's window, with what its read said.
+struct Ahead {
+    window: Window,
+    /// The LIMIT it was read with.
+    read_limit: usize,
+    /// Once read: the last key it read (where the next chunk starts) and whether it was full.
+    read: Option<(Option<Vec<KeyValue>>, bool)>,
 }
 
 enum TaskOutput {
@@ -292,9 +301,9 @@ impl Stage {
             return;
         }
         for slot in self.slots.values_mut() {
-            if let Some(w) = slot.window.as_mut() {
+            for a in slot.windows.iter_mut() {
                 for c in b.txns.iter().flat_map(|t| t.chunks.iter()) {
-                    w.observe(c);
+                    a.window.observe(c);
                 }
             }
         }
@@ -335,11 +344,10 @@ impl Stage {
                     def: None,
                     filter,
                     conn: None,
-                    window: None,
+                    windows: VecDeque::new(),
                     busy: false,
                     emitted_gen: 0,
                     limit: self.settings.chunk_rows,
-                    read_limit: self.settings.chunk_rows,
                     epoch: self.epoch,
                     rows_read: 0,
                     started: Instant::now(),
@@ -350,7 +358,15 @@ impl Stage {
         let keys: Vec<(String, String)> = self
             .slots
             .iter()
-            .filter(|(_, s)| !s.busy && s.window.as_ref().is_none_or(|w| !w.is_waiting()))
+            .filter(|(_, s)| {
+                // nothing in flight, or read one ahead of a full chunk waiting to be handed on
+                !s.busy
+                    && (s.windows.is_empty()
+                        || (s.windows.len() < 2
+                            && s.windows
+                                .back()
+                                .is_some_and(|a| matches!(a.read, Some((Some(_), true))))))
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
@@ -398,22 +414,31 @@ impl Stage {
             });
             return;
         };
-        // the window opens here, at a transaction boundary, before the read's watermark
-        slot.window = Some(Window::open(
-            &slot.db,
-            &slot.table,
-            def.key_names(),
-            at.clone(),
-        ));
-        let after: Option<Vec<KeyValue>> = self
-            .progress
-            .tables
-            .iter()
-            .find(|t| t.db == slot.db && t.table == slot.table)
-            .and_then(|t| t.last_key.clone());
+        // after the chunk read ahead of this one, else after the last chunk handed on
+        let after: Option<Vec<KeyValue>> = match slot.windows.back() {
+            Some(a) => match &a.read {
+                Some((Some(k), true)) => Some(k.clone()),
+                _ => {
+                    slot.busy = false;
+                    slot.conn = conn;
+                    return;
+                }
+            },
+            None => self
+                .progress
+                .tables
+                .iter()
+                .find(|t| t.db == slot.db && t.table == slot.table)
+                .and_then(|t| t.last_key.clone()),
+        };
         let filter = slot.filter.clone();
         let limit = slot.limit;
-        slot.read_limit = limit;
+        // the window opens here, at a transaction boundary, before the read's watermark
+        slot.windows.push_back(Ahead {
+            window: Window::open(&slot.db, &slot.table, def.key_names(), at.clone()),
+            read_limit: limit,
+            read: None,
+        });
         let not_before = if rate > 0 {
             let now = Instant::now();
             let start = self.next_read_at.max(now);
@@ -468,7 +493,7 @@ impl Stage {
             })) => {
                 warn!(db = %slot.db, table = %slot.table, %column, %message, "snapshot: the table's schema changed under the read; loading it again and reading the chunk again");
                 slot.def = None;
-                slot.window = None;
+                slot.windows.clear();
                 self.rereads += 1;
                 crate::metrics::get().snapshot_rereads.inc();
                 Ok(())
@@ -491,18 +516,23 @@ impl Stage {
                 {
                     slot.limit = (slot.limit * 2).min(self.settings.chunk_rows);
                 }
-                let Some(w) = slot.window.as_mut() else {
+                let Some(a) = slot.windows.back_mut() else {
                     return Ok(());
                 };
-                match w.accept(read, wm) {
-                    Ok(()) => Ok(()),
+                let full = rows as usize >= a.read_limit;
+                let last_key = read.last_key.clone();
+                match a.window.accept(read, wm) {
+                    Ok(()) => {
+                        a.read = Some((last_key, full));
+                        Ok(())
+                    }
                     Err(WindowError::Stale) => {
                         // read again in the same window (only after a reconnect to a server
                         // that was behind, or a read started before the window's point)
                         debug!(db = %slot.db, table = %slot.table, "snapshot: stale watermark, reading the chunk again");
                         self.rereads += 1;
                         crate::metrics::get().snapshot_rereads.inc();
-                        slot.window = None;
+                        slot.windows.pop_back();
                         Ok(())
                     }
                     Err(e) => Err(SnapshotError::Watermark(format!(
@@ -525,7 +555,7 @@ impl Stage {
             .slots
             .iter()
             .filter(|(_, s)| {
-                s.emitted_gen <= stored && s.window.as_ref().is_some_and(|w| w.is_waiting())
+                s.emitted_gen <= stored && s.windows.front().is_some_and(|a| a.window.is_waiting())
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -533,18 +563,30 @@ impl Stage {
             let Some(slot) = self.slots.get_mut(&k) else {
                 continue;
             };
-            let Some(e) = slot.window.as_mut().and_then(|w| w.stream_passed(&at)) else {
+            let Some(e) = slot
+                .windows
+                .front_mut()
+                .and_then(|a| a.window.stream_passed(&at))
+            else {
                 continue;
             };
-            slot.window = None;
+            let read_limit = slot.windows.pop_front().map(|a| a.read_limit).unwrap_or(0);
             if e.schema_changed {
                 warn!(db = %slot.db, table = %slot.table, "snapshot: the table's schema changed while its chunk was read; loading it again and reading the chunk again");
                 slot.def = None;
+                // the chunk read ahead starts after this one's rows: read both again
+                slot.windows.clear();
+                if slot.busy {
+                    slot.epoch = {
+                        self.epoch += 1;
+                        self.epoch
+                    };
+                    slot.busy = false;
+                }
                 self.rereads += 1;
                 crate::metrics::get().snapshot_rereads.inc();
                 continue;
             }
-            let read_limit = slot.read_limit;
             let done = e.rows_read < read_limit;
             let (db, table) = (slot.db.clone(), slot.table.clone());
             let batch = self.emission_batch(p.clone(), e, done, &db, &table);
@@ -585,6 +627,7 @@ impl Stage {
         } = e;
         let emitted = chunk.rows as u64;
         let run = self.progress.table_mut(db, table).run;
+        self.progress.at = Some((p.coord.file.clone(), p.coord.pos));
         {
             let t = self.progress.table_mut(db, table);
             t.chunks += 1;
