@@ -329,7 +329,11 @@ fn operator_verbs(f: Flavor) {
     let n: Option<u64> = rt
         .block_on(c.query_first("SELECT COUNT(*) FROM binlogd.schema_migrations"))
         .unwrap();
-    assert_eq!(n, Some(2), "0001 checkpoint, 0002 xa_restart");
+    assert_eq!(
+        n,
+        Some(3),
+        "0001 checkpoint, 0002 xa_restart, 0003 snapshot"
+    );
 }
 
 both_flavors!(operator_verbs: operator_verbs_mariadb(), operator_verbs_mysql());
