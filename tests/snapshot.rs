@@ -12,6 +12,7 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -132,23 +133,28 @@ fn write_load(f: Flavor, db: &str, rows: u64) -> Load {
     })
 }
 
-/// The config of a test: `db.*` from `f` to `dir/out.jsonl`, the stored position reset by
-/// the caller, `[snapshot]` lines appended.
-fn snap_config(
-    f: Flavor,
-    name: &str,
-    db: &str,
-    dir: &std::path::Path,
-    start: &(String, u64),
-    snapshot: &str,
-) -> String {
-    let mut c = config(f, name, db, start, dir, "");
+/// A fresh database `<name>_<flavor tag>` with the three tables (`rows` rows each, plus the
+/// marker table), a work directory of the same name, and the config streaming it from the
+/// server's current end (`start = "latest"`, as a first start would) to `dir/out.jsonl`, with
+/// `snapshot` as the `[snapshot]` lines (`tables` defaults to t1–t3: not the marker table,
+/// the tests wait for "table done" of these).
+fn prepare(f: Flavor, name: &str, rows: u64, snapshot: &str) -> (String, PathBuf, String) {
+    let db = format!("{name}_{}", f.tag());
+    let start = rt().block_on(async {
+        let mut c = root(f).await;
+        setup(&mut c, &db, rows).await;
+        binlog_end(&mut c, f).await
+    });
+    let dir = workdir(&db);
+    let mut c = config(f, name, &db, &start, &dir, "").replace(
+        &format!("start = {{ file = \"{}\", pos = {} }}", start.0, start.1),
+        "start = \"latest\"",
+    );
     c.push_str(&format!("\n[snapshot]\n{snapshot}\n"));
     if !snapshot.lines().any(|l| l.starts_with("tables")) {
-        // not the marker table (the tests wait for "table done" of these)
         c.push_str("tables = [\"*.t1\", \"*.t2\", \"*.t3\"]\n");
     }
-    c
+    (db, dir, c)
 }
 
 /// Applies events in order: table → key → after image.
@@ -286,30 +292,15 @@ fn reads(events: &[Value], table: &str) -> usize {
 fn initial_snapshot_converges_under_load() {
     for f in BOTH {
         let rt = rt();
-        let db = format!("snap_load_{}", f.tag());
         let rows = 12_000;
-        let start = rt.block_on(async {
-            let mut c = root(f).await;
-            setup(&mut c, &db, rows).await;
-            binlog_end(&mut c, f).await
-        });
-        let dir = workdir(&format!("snap_load_{}", f.tag()));
-        let mut load = write_load(f, &db, rows);
-        load.wait_commits(50, Duration::from_secs(20), "before the snapshot");
-        let cfg = snap_config(
+        let (db, dir, cfg) = prepare(
             f,
             "snapload",
-            &db,
-            &dir,
-            &start,
+            rows,
             "mode = \"initial\"\nchunk_rows = 400\nmax_tables = 2\nrows_per_second = 12000",
         );
-        // start = latest is what a first start uses; the test's start position is the
-        // binlog end before the load: the changes before the snapshot are streamed too
-        let cfg = cfg.replace(
-            &format!("start = {{ file = \"{}\", pos = {} }}", start.0, start.1),
-            "start = \"latest\"",
-        );
+        let mut load = write_load(f, &db, rows);
+        load.wait_commits(50, Duration::from_secs(20), "before the snapshot");
         let mut d = Daemon::start(&dir, &cfg);
         let t0 = Instant::now();
         while d.log_count("snapshot: table done") < 3 {
@@ -397,29 +388,16 @@ fn reread(events: &[Value], table: &str) -> usize {
 fn kill9_during_snapshot_resumes_with_the_next_chunk() {
     for f in BOTH {
         let rt = rt();
-        let db = format!("snap_kill_{}", f.tag());
         let rows = 6_000;
-        let start = rt.block_on(async {
-            let mut c = root(f).await;
-            setup(&mut c, &db, rows).await;
-            binlog_end(&mut c, f).await
-        });
-        let dir = workdir(&format!("snap_kill_{}", f.tag()));
-        let mut load = write_load(f, &db, rows);
         let chunk = 300;
         // 3 tables × 6,000 rows at 4,000 rows/s: ~4.5 s of snapshot, ten kills inside it
-        let cfg = snap_config(
+        let (db, dir, cfg) = prepare(
             f,
             "snapkill",
-            &db,
-            &dir,
-            &start,
+            rows,
             &format!("mode = \"initial\"\nchunk_rows = {chunk}\nrows_per_second = 4000"),
-        )
-        .replace(
-            &format!("start = {{ file = \"{}\", pos = {} }}", start.0, start.1),
-            "start = \"latest\"",
         );
+        let mut load = write_load(f, &db, rows);
         let mut d = Daemon::start(&dir, &cfg);
         let pipeline = format!("snapkill_{}", f.tag());
         let mut x = nonce();
@@ -482,25 +460,19 @@ fn verb(args: &[&str], config: &std::path::Path) -> (i32, String) {
 fn on_demand_snapshot_status_and_cancel() {
     for f in BOTH {
         let rt = rt();
-        let db = format!("snap_od_{}", f.tag());
         let rows = 5_000;
-        let start = rt.block_on(async {
+        let (db, dir, cfg) = prepare(
+            f,
+            "snapod",
+            rows,
+            "chunk_rows = 500\nrows_per_second = 2000",
+        );
+        rt.block_on(async {
             let mut c = root(f).await;
-            setup(&mut c, &db, rows).await;
             c.query_drop(format!("CREATE TABLE `{db}`.nokey (a INT, b INT)"))
                 .await
                 .unwrap();
-            binlog_end(&mut c, f).await
         });
-        let dir = workdir(&format!("snap_od_{}", f.tag()));
-        let cfg = snap_config(
-            f,
-            "snapod",
-            &db,
-            &dir,
-            &start,
-            "chunk_rows = 500\nrows_per_second = 2000",
-        );
         let mut d = Daemon::start(&dir, &cfg);
         let _ = settle(f, &db, &mut d, 1);
         let c = d.config.clone();
@@ -588,21 +560,16 @@ fn on_demand_snapshot_status_and_cancel() {
 fn standby_continues_the_snapshot_after_failover() {
     let f = Flavor::MariaDb;
     let rt = rt();
-    let db = "snap_ha";
     let rows = 6_000;
-    let start = rt.block_on(async {
-        let mut c = root(f).await;
-        setup(&mut c, db, rows).await;
-        binlog_end(&mut c, f).await
-    });
-    let da = workdir("snap_ha_a");
-    let db_dir = workdir("snap_ha_b");
     let chunk = 300;
-    let snap = format!("mode = \"initial\"\nchunk_rows = {chunk}\nrows_per_second = 3000");
-    let ca = snap_config(f, "snapha", db, &da, &start, &snap).replace(
-        &format!("start = {{ file = \"{}\", pos = {} }}", start.0, start.1),
-        "start = \"latest\"",
+    let (db, da, ca) = prepare(
+        f,
+        "snapha",
+        rows,
+        &format!("mode = \"initial\"\nchunk_rows = {chunk}\nrows_per_second = 3000"),
     );
+    let db = db.as_str();
+    let db_dir = workdir("snapha_standby");
     let cb = ca.replace(&da.display().to_string(), &db_dir.display().to_string());
     let mut load = write_load(f, db, rows);
     let mut a = Daemon::start(&da, &ca);
@@ -654,25 +621,11 @@ fn standby_continues_the_snapshot_after_failover() {
 fn alter_during_snapshot_rereads_with_the_new_schema() {
     for f in BOTH {
         let rt = rt();
-        let db = format!("snap_alter_{}", f.tag());
-        let rows = 4_000;
-        let start = rt.block_on(async {
-            let mut c = root(f).await;
-            setup(&mut c, &db, rows).await;
-            binlog_end(&mut c, f).await
-        });
-        let dir = workdir(&format!("snap_alter_{}", f.tag()));
-        let cfg = snap_config(
+        let (db, dir, cfg) = prepare(
             f,
             "snapalter",
-            &db,
-            &dir,
-            &start,
+            4_000,
             "mode = \"initial\"\nchunk_rows = 200\nrows_per_second = 4000\ntables = [\"*.t1\"]",
-        )
-        .replace(
-            &format!("start = {{ file = \"{}\", pos = {} }}", start.0, start.1),
-            "start = \"latest\"",
         );
         let mut d = Daemon::start(&dir, &cfg);
         while reads(&d.events(), "t1") < 800 {
@@ -742,13 +695,8 @@ fn alter_during_snapshot_rereads_with_the_new_schema() {
 fn redis_ignores_read_events() {
     let f = Flavor::MariaDb;
     let rt = rt();
-    let db = "snap_redis";
-    let start = rt.block_on(async {
-        let mut c = root(f).await;
-        setup(&mut c, db, 100).await;
-        binlog_end(&mut c, f).await
-    });
-    let dir = workdir("snap_redis");
+    let (db, dir, mut cfg) = prepare(f, "snapredis", 100, "mode = \"initial\"");
+    let db = db.as_str();
     let mut r = redis_conn(&redis_url());
     let _: () = redis::cmd("SET")
         .arg("snaptest:t1:5")
@@ -760,10 +708,6 @@ fn redis_ignores_read_events() {
         .arg("x")
         .query(&mut r)
         .unwrap();
-    let mut cfg = snap_config(f, "snapredis", db, &dir, &start, "mode = \"initial\"").replace(
-        &format!("start = {{ file = \"{}\", pos = {} }}", start.0, start.1),
-        "start = \"latest\"",
-    );
     cfg.push_str(&format!(
         "\n[[sinks.redis]]\nname = \"cache\"\nurl = \"{}\"\n[[sinks.redis.rules]]\ntable = \"{db}.t1\"\nkeys = [\"snaptest:t1:{{id}}\"]\n",
         redis_url()
@@ -796,27 +740,14 @@ fn redis_ignores_read_events() {
 fn kill9_after_a_chunk_kafka_holds_each_read_once() {
     for f in BOTH {
         let rt = rt();
-        let db = format!("snap_kx_{}", f.tag());
         let rows = 3_000;
-        let start = rt.block_on(async {
-            let mut c = root(f).await;
-            setup(&mut c, &db, rows).await;
-            binlog_end(&mut c, f).await
-        });
-        let dir = workdir(&format!("snap_kx_{}", f.tag()));
         let chunk = 200;
         let topic = format!("kx{}.{{db}}.{{table}}", nonce());
-        let mut cfg = snap_config(
+        let (db, dir, mut cfg) = prepare(
             f,
             "snapkx",
-            &db,
-            &dir,
-            &start,
+            rows,
             &format!("mode = \"initial\"\nchunk_rows = {chunk}\nrows_per_second = 3000"),
-        )
-        .replace(
-            &format!("start = {{ file = \"{}\", pos = {} }}", start.0, start.1),
-            "start = \"latest\"",
         );
         cfg.push_str(&kafka_sink(
             &kafka_brokers(),

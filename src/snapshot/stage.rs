@@ -291,6 +291,9 @@ impl Stage {
                     }
                 },
                 _ = tick.tick() => self.log_progress(),
+                // the pipeline ended (a sink failed): stop now, so the source stops too, not
+                // at the next batch (an idle stream may bring none)
+                () = tx.closed() => return Ok(()),
             }
         }
     }
