@@ -129,6 +129,9 @@ fn write_load(f: Flavor, db: &str, rows: u64) -> Load {
             if ok {
                 commits.fetch_add(1, Ordering::Relaxed);
             }
+            // a steady load, not a flood: every daemon on the shared server decodes it (other
+            // tests run beside this one)
+            tokio::time::sleep(Duration::from_micros(500)).await;
         }
     })
 }
@@ -474,6 +477,8 @@ fn on_demand_snapshot_status_and_cancel() {
                 .unwrap();
         });
         let mut d = Daemon::start(&dir, &cfg);
+        // start = latest: the marker must come after the position the daemon starts from
+        d.wait_log("requesting binlog", Duration::from_secs(20));
         let _ = settle(f, &db, &mut d, 1);
         let c = d.config.clone();
         let (code, out) = verb(
