@@ -134,7 +134,6 @@ pub struct Stage {
     stored: watch::Receiver<u64>,
     /// Not before this instant may the next read start (rate limit).
     next_read_at: Instant,
-    rereads: u64,
 }
 
 fn key_of(db: &str, table: &str) -> (String, String) {
@@ -171,7 +170,6 @@ impl Stage {
             results_rx,
             stored,
             next_read_at: Instant::now(),
-            rereads: 0,
         };
         // generations restart at 1 with each run: the checkpoint stores the first progress of
         // this run with the first batch handed on (the watch starts at 0)
@@ -497,7 +495,6 @@ impl Stage {
                 warn!(db = %slot.db, table = %slot.table, %column, %message, "snapshot: the table's schema changed under the read; loading it again and reading the chunk again");
                 slot.def = None;
                 slot.windows.clear();
-                self.rereads += 1;
                 crate::metrics::get().snapshot_rereads.inc();
                 Ok(())
             }
@@ -533,7 +530,6 @@ impl Stage {
                         // read again in the same window (only after a reconnect to a server
                         // that was behind, or a read started before the window's point)
                         debug!(db = %slot.db, table = %slot.table, "snapshot: stale watermark, reading the chunk again");
-                        self.rereads += 1;
                         crate::metrics::get().snapshot_rereads.inc();
                         slot.windows.pop_back();
                         Ok(())
@@ -586,7 +582,6 @@ impl Stage {
                     };
                     slot.busy = false;
                 }
-                self.rereads += 1;
                 crate::metrics::get().snapshot_rereads.inc();
                 continue;
             }
