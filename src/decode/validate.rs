@@ -16,7 +16,7 @@
 
 use super::charset::TextEncoding;
 use super::rows::{Cell, RowsChunk};
-use super::table::{ColKind, ColumnSchema};
+use super::table::{ColKind, ColumnSchema, TableSchema};
 use super::value::check_value;
 use super::DecodeError;
 
@@ -41,6 +41,38 @@ pub fn checked_columns(columns: &[ColumnSchema]) -> Vec<usize> {
         .collect()
 }
 
+fn malformed(t: &TableSchema, col: &ColumnSchema, row: usize, m: String) -> DecodeError {
+    DecodeError::Malformed(format!(
+        "{}.{} column {} row {row}: {m}; binlogd stops before this row change (everything before it \
+         is handed on) rather than emit a wrong value",
+        t.db, t.table, col.name
+    ))
+}
+
+/// Checks one row image of `t` (`image`: its cells into `data`; no partial JSON), as
+/// [`check_chunk`] checks each image of a chunk: a snapshot read checks each row as it
+/// arrives, while the server sends the next ones.
+pub fn check_image(
+    t: &TableSchema,
+    data: &[u8],
+    image: &[Cell],
+    row: usize,
+) -> Result<(), DecodeError> {
+    for &i in &t.checked_columns {
+        let (Some(col), Some(&cell)) = (t.columns.get(i), image.get(i)) else {
+            continue;
+        };
+        if cell.is_null() || cell.is_absent() {
+            continue;
+        }
+        let v = data
+            .get(cell.start as usize..(cell.start + cell.len) as usize)
+            .ok_or_else(|| malformed(t, col, row, "value outside the row data".into()))?;
+        check_value(col, v).map_err(|m| malformed(t, col, row, m))?;
+    }
+    Ok(())
+}
+
 /// Checks every value of `chunk`.
 pub fn check_chunk(chunk: &RowsChunk) -> Result<(), DecodeError> {
     let t = &chunk.table;
@@ -60,16 +92,7 @@ pub fn check_chunk(chunk: &RowsChunk) -> Result<(), DecodeError> {
                     continue;
                 }
                 let v = value(cell);
-                let bad = |m: String| {
-                    DecodeError::Malformed(format!(
-                        "{}.{} column {} row {}: {m}; binlogd stops before this row change (everything before it \
-                         is handed on) rather than emit a wrong value",
-                        t.db,
-                        t.table,
-                        col.name,
-                        chunk.first_row as usize + r
-                    ))
-                };
+                let bad = |m: String| malformed(t, col, chunk.first_row as usize + r, m);
                 if after && chunk.is_partial(r, i) {
                     let before = chunk
                         .before(r)

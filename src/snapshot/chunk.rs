@@ -161,7 +161,7 @@ pub async fn read_chunk(
         conn.exec_iter(sql, params).await?
     };
     let columns = &t.schema.columns;
-    let mut data = Vec::new();
+    let mut data = Vec::with_capacity(limit.min(65_536) * 64);
     let mut cells = Vec::with_capacity(limit.min(65_536) * columns.len());
     let mut keys = Vec::with_capacity(limit.min(65_536));
     let mut last_values: Option<Vec<Value>> = None;
@@ -180,6 +180,16 @@ pub async fn read_chunk(
                 message: m,
             }
         })?;
+        // invariant 12: values are checked before they join a batch — here, row by row as
+        // they arrive, so that the server sends the next rows meanwhile (a check of the whole
+        // chunk after its last row left the server idle for it: issue 15)
+        crate::decode::validate::check_image(&t.schema, &data, &cells[first..], nrows).map_err(
+            |e| SnapshotError::Table {
+                db: t.db().into(),
+                table: t.table().into(),
+                message: e.to_string(),
+            },
+        )?;
         let key = render_key(columns, &t.key, &data, &cells[first..]).map_err(|m| {
             SnapshotError::Table {
                 db: t.db().into(),
@@ -211,12 +221,7 @@ pub async fn read_chunk(
         ts_ms: 0,
         text_checked: false,
     };
-    // invariant 12: values are checked before they join a batch
-    crate::decode::validate::check_chunk(&chunk).map_err(|e| SnapshotError::Table {
-        db: t.db().into(),
-        table: t.table().into(),
-        message: e.to_string(),
-    })?;
+    // every row was checked as it arrived (above)
     chunk.text_checked = true;
     Ok(ChunkRead {
         chunk,

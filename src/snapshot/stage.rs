@@ -348,7 +348,10 @@ impl Stage {
                     windows: VecDeque::new(),
                     busy: false,
                     emitted_gen: 0,
-                    limit: self.settings.chunk_rows,
+                    limit: self
+                        .settings
+                        .chunk_rows
+                        .min(super::config::FIRST_CHUNK_ROWS),
                     epoch: self.epoch,
                     rows_read: 0,
                     started: Instant::now(),
@@ -506,16 +509,13 @@ impl Stage {
                 let rows = read.chunk.rows as u64;
                 let bytes = read.chunk.bytes();
                 slot.rows_read += rows;
-                // wide rows: smaller chunks; back up to chunk_rows when they fit again
-                if bytes > self.settings.chunk_bytes && slot.limit > 1 {
-                    slot.limit = ((slot.limit as u128 * self.settings.chunk_bytes as u128
-                        / bytes as u128) as usize)
-                        .max(1);
-                } else if slot.limit < self.settings.chunk_rows
-                    && bytes * 2 <= self.settings.chunk_bytes
-                {
-                    slot.limit = (slot.limit * 2).min(self.settings.chunk_rows);
-                }
+                slot.limit = next_limit(
+                    slot.limit,
+                    rows as usize,
+                    bytes,
+                    self.settings.chunk_bytes,
+                    self.settings.chunk_rows,
+                );
                 let Some(a) = slot.windows.back_mut() else {
                     return Ok(());
                 };
@@ -812,6 +812,23 @@ pub async fn open_conn(opts: &Opts) -> Result<Conn, SnapshotError> {
 
 /// Reads a chunk with its watermark; reconnects on a lost connection (5 tries). A schema
 /// that changed under the read comes back as [`SnapshotError::SchemaChanged`].
+/// The row limit of a table's next chunk after one of `rows` rows and `bytes` bytes was read
+/// with `limit`: as many rows as fit in `chunk_bytes` at this chunk's bytes per row, growing at
+/// most twofold per chunk, at least 1, at most `chunk_rows` (wide rows: fewer rows at once).
+fn next_limit(
+    limit: usize,
+    rows: usize,
+    bytes: usize,
+    chunk_bytes: usize,
+    chunk_rows: usize,
+) -> usize {
+    if rows == 0 {
+        return limit;
+    }
+    let fit = (rows as u128 * chunk_bytes as u128 / bytes.max(1) as u128) as usize;
+    fit.min(limit.saturating_mul(2)).clamp(1, chunk_rows)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn read_with_retries(
     conn: &mut Option<Conn>,
@@ -891,4 +908,36 @@ async fn definition_check(
         });
     }
     super::chunk::check_result_columns(def, &cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_limit;
+
+    #[test]
+    fn chunks_grow_to_the_byte_cap_and_shrink_for_wide_rows() {
+        const MIB: usize = 1 << 20;
+        // 256 B per row, 4 MiB cap: 1024 → 2048 → … → 16384, then stays
+        let mut limit = 1024;
+        let mut seen = vec![limit];
+        for _ in 0..8 {
+            limit = next_limit(limit, limit, limit * 256, 4 * MIB, 65_536);
+            seen.push(limit);
+        }
+        assert_eq!(&seen[..6], &[1024, 2048, 4096, 8192, 16384, 16384]);
+        assert_eq!(limit, 16384);
+        // chunk_rows caps it
+        assert_eq!(
+            next_limit(16384, 16384, 16384 * 16, 4 * MIB, 20_000),
+            20_000
+        );
+        // 1 MiB rows: one row per 4 MiB... of which one fits
+        assert_eq!(next_limit(1024, 1024, 1024 * MIB, 4 * MIB, 65_536), 4);
+        assert_eq!(next_limit(4, 4, 40 * MIB, 4 * MIB, 65_536), 1);
+        // an empty chunk (the end) changes nothing; a short last chunk grows at most twofold
+        assert_eq!(next_limit(300, 0, 0, 4 * MIB, 65_536), 300);
+        assert_eq!(next_limit(300, 5, 500, 4 * MIB, 65_536), 600);
+        // a small configured chunk_rows (the tests' 200) is kept
+        assert_eq!(next_limit(200, 200, 200 * 256, 4 * MIB, 200), 200);
+    }
 }
