@@ -860,3 +860,49 @@ fn kill9_after_a_chunk_kafka_holds_each_read_once() {
         assert_eq!(d.stop(), Some(0), "{}", d.log_text());
     }
 }
+
+/// Chunks sized by bytes (no `chunk_rows`): a table's first chunk is 1,024 rows and the next
+/// ones grow to fit `chunk_bytes` (never past it), every row read once.
+#[test]
+fn chunks_grow_to_the_byte_cap() {
+    for f in BOTH {
+        let rows = 30_000u64;
+        let (db, dir, cfg) = prepare(
+            f,
+            "snapsize",
+            rows,
+            "mode = \"initial_only\"\nchunk_bytes = \"128KiB\"\ntables = [\"*.t1\"]",
+        );
+        let mut d = Daemon::start(&dir, &cfg);
+        assert_eq!(
+            d.wait_exit(Duration::from_secs(120), "initial_only snapshot"),
+            Some(0),
+            "{}",
+            d.log_text()
+        );
+        let (ev, _) = read_events_after_crashes(&d.out);
+        assert_eq!(reads(&ev, "t1"), rows as usize, "{f:?}: every row read");
+        assert_eq!(reread(&ev, "t1"), 0, "{f:?}: no row read twice");
+        let p: String = rt().block_on(async {
+            let mut c = root(f).await;
+            c.exec_first(
+                "SELECT progress FROM binlogd.snapshot_progress WHERE pipeline = ?",
+                (format!("snapsize_{}", f.tag()),),
+            )
+            .await
+            .unwrap()
+            .expect("stored progress")
+        });
+        let v: Value = serde_json::from_str(&p).unwrap();
+        let t = &v["tables"][0];
+        let chunks = t["c"].as_u64().unwrap();
+        assert_eq!(t["r"].as_u64(), Some(rows), "{p}");
+        // t1 rows take ≥ 24 bytes (3 cells) + 8 (two INTs): at most ~4,100 fit in 128 KiB,
+        // so ≥ 8 chunks; 1,024-row chunks throughout would be 30
+        assert!(
+            (8..=16).contains(&chunks),
+            "{f:?}: {chunks} chunks for {rows} rows (1,024, 2,048, then ~3,500 each expected): {p}"
+        );
+        eprintln!("{f:?}: {rows} rows in {chunks} chunks");
+    }
+}
