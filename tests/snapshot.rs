@@ -867,7 +867,7 @@ fn kill9_after_a_chunk_kafka_holds_each_read_once() {
 fn chunks_grow_to_the_byte_cap() {
     for f in BOTH {
         let rows = 30_000u64;
-        let (db, dir, cfg) = prepare(
+        let (_db, dir, cfg) = prepare(
             f,
             "snapsize",
             rows,
