@@ -346,6 +346,17 @@ fn kafka_count(brokers: &str, topic: &str) -> u64 {
     n
 }
 
+/// A root connection over TCP to the private server on `port`.
+async fn root_conn(port: u16) -> mysql_async::Conn {
+    let url = format!("mysql://root@127.0.0.1:{port}");
+    mysql_async::Conn::new(
+        mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
+            .prefer_socket(false),
+    )
+    .await
+    .unwrap()
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Server {
     MariaDb,
@@ -454,13 +465,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     for s in &srvs {
         rt.block_on(async {
-            let url = format!("mysql://root@127.0.0.1:{}", s.port);
-            let mut c = mysql_async::Conn::new(
-                mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
-                    .prefer_socket(false),
-            )
-            .await
-            .unwrap();
+            let mut c = root_conn(s.port).await;
             ensure_table(&mut c, rows, s.name).await;
             // a new binary log file: MariaDB finds the stream's GTID start position by reading
             // the current binlog file from its start, and the generator's ~470 MB in it made
@@ -515,13 +520,7 @@ fn main() {
     }
     let reset_checkpoint = |s: &Srv| {
         rt.block_on(async {
-            let url = format!("mysql://root@127.0.0.1:{}", s.port);
-            let mut c = mysql_async::Conn::new(
-                mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
-                    .prefer_socket(false),
-            )
-            .await
-            .unwrap();
+            let mut c = root_conn(s.port).await;
             c.query_drop("DROP DATABASE IF EXISTS bench_snap")
                 .await
                 .unwrap();
@@ -538,13 +537,7 @@ fn main() {
     // what the stored progress says of a finished run: (rows, done)
     let stored_rows = |s: &Srv| -> (u64, bool) {
         rt.block_on(async {
-            let url = format!("mysql://root@127.0.0.1:{}", s.port);
-            let mut c = mysql_async::Conn::new(
-                mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
-                    .prefer_socket(false),
-            )
-            .await
-            .unwrap();
+            let mut c = root_conn(s.port).await;
             let p: String = c
                 .query_first("SELECT progress FROM bench_snap.snapshot_progress")
                 .await
