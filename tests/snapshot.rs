@@ -862,7 +862,8 @@ fn kill9_after_a_chunk_kafka_holds_each_read_once() {
 }
 
 /// Chunks sized by bytes (no `chunk_rows`): a table's first chunk is 1,024 rows and the next
-/// ones grow to fit `chunk_bytes` (never past it), every row read once.
+/// ones grow to about `chunk_bytes` (counted: more chunks than at the cap's size, far fewer
+/// than at 1,024 rows), every row read once.
 #[test]
 fn chunks_grow_to_the_byte_cap() {
     for f in BOTH {
@@ -904,5 +905,76 @@ fn chunks_grow_to_the_byte_cap() {
             "{f:?}: {chunks} chunks for {rows} rows (1,024, 2,048, then ~3,500 each expected): {p}"
         );
         eprintln!("{f:?}: {rows} rows in {chunks} chunks");
+    }
+}
+
+/// A table whose rows grow (3,000 small rows, then 60 of ~100 KB): chunks are sized from the
+/// previous ones' bytes per row, so without a byte cap inside the read the chunk reaching the
+/// large rows would hold all of them; with it (twice `chunk_bytes`) no chunk passes ~256 KiB.
+#[test]
+fn a_table_whose_rows_grow_stays_within_the_byte_cap() {
+    for f in BOTH {
+        let (db, dir, cfg) = prepare(
+            f,
+            "snapgrow",
+            0,
+            "mode = \"initial_only\"\nchunk_bytes = \"128KiB\"\ntables = [\"*.big\"]",
+        );
+        rt().block_on(async {
+            let mut c = root(f).await;
+            c.query_drop(format!(
+                "CREATE TABLE `{db}`.big (id INT PRIMARY KEY, b LONGBLOB)"
+            ))
+            .await
+            .unwrap();
+            for start in (1..=3000).step_by(1000) {
+                let v: Vec<String> = (start..start + 1000)
+                    .map(|i| format!("({i},NULL)"))
+                    .collect();
+                c.query_drop(format!("INSERT INTO `{db}`.big VALUES {}", v.join(",")))
+                    .await
+                    .unwrap();
+            }
+            for i in 3001..=3060 {
+                c.query_drop(format!(
+                    "INSERT INTO `{db}`.big VALUES ({i}, REPEAT('x', 100000))"
+                ))
+                .await
+                .unwrap();
+            }
+        });
+        let mut d = Daemon::start(&dir, &cfg);
+        assert_eq!(
+            d.wait_exit(Duration::from_secs(120), "initial_only snapshot"),
+            Some(0),
+            "{}",
+            d.log_text()
+        );
+        let (ev, _) = read_events_after_crashes(&d.out);
+        let read: Vec<&Value> = ev.iter().filter(|e| e["op"] == "r").collect();
+        assert_eq!(read.len(), 3060, "{f:?}: every row read once");
+        let mut ids: Vec<i64> = read
+            .iter()
+            .map(|e| e["after"]["id"].as_i64().unwrap())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 3060, "{f:?}: no row read twice");
+        let p: String = rt().block_on(async {
+            let mut c = root(f).await;
+            c.exec_first(
+                "SELECT progress FROM binlogd.snapshot_progress WHERE pipeline = ?",
+                (format!("snapgrow_{}", f.tag()),),
+            )
+            .await
+            .unwrap()
+            .expect("stored progress")
+        });
+        let v: Value = serde_json::from_str(&p).unwrap();
+        let chunks = v["tables"][0]["c"].as_u64().unwrap();
+        // 6 MB of large rows in chunks of ≤ ~256 KiB: ≥ 20 chunks for them; without the cap
+        // the second chunk (2,048 rows) held all 60
+        assert!(chunks >= 20, "{f:?}: {chunks} chunks: {p}");
+        eprintln!("{f:?}: 3,060 rows in {chunks} chunks");
     }
 }

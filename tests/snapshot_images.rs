@@ -752,7 +752,7 @@ fn mariadb_snapshot_position_is_exact() {
         let mut samples = Vec::new();
         tokio::time::sleep(Duration::from_millis(200)).await;
         for _ in 0..40 {
-            let (r, wm) = read_chunk_mariadb(&mut s, &t, None, None, 10_000_000)
+            let (r, wm) = read_chunk_mariadb(&mut s, &t, None, None, 10_000_000, usize::MAX)
                 .await
                 .unwrap();
             let Watermark::Coord(at) = wm else {
@@ -821,6 +821,7 @@ fn mysql_gtid_watermarks_bracket_the_snapshot() {
                 None,
                 None,
                 10_000_000,
+                usize::MAX,
                 &seen,
                 Duration::from_secs(5),
             )
@@ -993,7 +994,7 @@ fn converges(f: Flavor) {
             let last = loop {
                 let (read, wm) = match &at {
                     StreamPoint::Coord(_) => {
-                        read_chunk_mariadb(&mut s, &t, after.as_deref(), None, 100)
+                        read_chunk_mariadb(&mut s, &t, after.as_deref(), None, 100, usize::MAX)
                             .await
                             .unwrap()
                     }
@@ -1003,6 +1004,7 @@ fn converges(f: Flavor) {
                         after.as_deref(),
                         None,
                         100,
+                        usize::MAX,
                         g,
                         Duration::from_secs(5),
                     )

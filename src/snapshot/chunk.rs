@@ -20,7 +20,7 @@ use super::progress::{hex_string, KeyValue};
 use super::window::{render_key, Watermark};
 use super::SnapshotError;
 use crate::binlog::position::{BinlogCoord, MySqlGtidSet};
-use crate::decode::rows::{Op, RowsChunk};
+use crate::decode::rows::{Cell, Op, RowsChunk};
 use crate::decode::table::ColKind;
 
 /// One chunk as read.
@@ -32,6 +32,9 @@ pub struct ChunkRead {
     pub keys: Vec<Vec<u8>>,
     /// The last row's key values, to resume after (None: no row).
     pub last_key: Option<Vec<KeyValue>>,
+    /// The read stopped before `limit` rows because the rows passed its byte cap (the rest
+    /// of the table is read by the next chunks).
+    pub truncated: bool,
 }
 
 /// `` `name` `` with backticks doubled.
@@ -148,6 +151,21 @@ pub async fn read_chunk(
     filter: Option<&str>,
     limit: usize,
 ) -> Result<ChunkRead, SnapshotError> {
+    read_chunk_capped(conn, t, after, filter, limit, usize::MAX).await
+}
+
+/// [`read_chunk`] that stops once the chunk holds `max_bytes` of row data (cells included):
+/// the row limit comes from the previous chunks' row size, and a table whose rows grow
+/// (small old rows, large new ones) would otherwise read `limit` large rows at once. The
+/// rows after the stop are discarded by the server connection, not kept.
+pub async fn read_chunk_capped(
+    conn: &mut Conn,
+    t: &SnapshotTable,
+    after: Option<&[KeyValue]>,
+    filter: Option<&str>,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<ChunkRead, SnapshotError> {
     let sql = chunk_sql(t, after.is_some(), filter, limit.max(1));
     let params = match after {
         Some(k) => chunk_params(t, k)?,
@@ -166,6 +184,7 @@ pub async fn read_chunk(
     let mut keys = Vec::with_capacity(limit.min(65_536));
     let mut last_values: Option<Vec<Value>> = None;
     let mut nrows = 0usize;
+    let mut truncated = false;
     while let Some(row) = result.next().await? {
         if nrows == 0 {
             check_result_columns(t, row.columns_ref())?;
@@ -200,6 +219,10 @@ pub async fn read_chunk(
         keys.push(key);
         last_values = Some(values);
         nrows += 1;
+        if nrows < limit && data.len() + cells.len() * std::mem::size_of::<Cell>() >= max_bytes {
+            truncated = true;
+            break;
+        }
     }
     drop(result);
     let last = last_values.map(|values| {
@@ -227,6 +250,7 @@ pub async fn read_chunk(
         chunk,
         keys,
         last_key: last,
+        truncated,
     })
 }
 
@@ -347,10 +371,11 @@ pub async fn read_chunk_mariadb(
     after: Option<&[KeyValue]>,
     filter: Option<&str>,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<(ChunkRead, Watermark), SnapshotError> {
     in_snapshot(conn, async |c: &mut Conn| {
         let at = binlog_snapshot_position(c).await?;
-        let read = read_chunk(c, t, after, filter, limit).await?;
+        let read = read_chunk_capped(c, t, after, filter, limit, max_bytes).await?;
         Ok((read, Watermark::Coord(at)))
     })
     .await
@@ -367,12 +392,14 @@ pub async fn gtid_executed(conn: &mut Conn) -> Result<MySqlGtidSet, SnapshotErro
 /// MySQL: waits (up to `wait`) until gtid_executed contains `seen` (what the stream had handed
 /// on when the window opened) = low, reads the chunk in a consistent-snapshot transaction,
 /// then reads gtid_executed again = high.
+#[allow(clippy::too_many_arguments)]
 pub async fn read_chunk_mysql(
     conn: &mut Conn,
     t: &SnapshotTable,
     after: Option<&[KeyValue]>,
     filter: Option<&str>,
     limit: usize,
+    max_bytes: usize,
     seen: &MySqlGtidSet,
     wait: Duration,
 ) -> Result<(ChunkRead, Watermark), SnapshotError> {
@@ -392,7 +419,7 @@ pub async fn read_chunk_mysql(
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let read = in_snapshot(conn, async |c: &mut Conn| {
-        read_chunk(c, t, after, filter, limit).await
+        read_chunk_capped(c, t, after, filter, limit, max_bytes).await
     })
     .await?;
     let high = gtid_executed(conn).await?;

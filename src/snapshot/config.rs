@@ -29,8 +29,9 @@ pub struct SnapshotConfig {
     pub chunk_rows: usize,
     /// About this much row data per chunk: a table's first chunk reads up to
     /// [`FIRST_CHUNK_ROWS`] rows, each next one twice as many while that stays within this
-    /// cap (and `chunk_rows`); a larger chunk (wide rows) makes the next ones smaller. Memory
-    /// and the rows read again after a crash are bounded by it.
+    /// cap (and `chunk_rows`); a larger chunk (wide rows) makes the next ones smaller, and a
+    /// read stops at twice this. Memory and the rows read again after a crash are bounded by
+    /// it.
     #[serde(default = "default_chunk_bytes")]
     pub chunk_bytes: ByteSize,
     /// Tables read at the same time (one connection each).

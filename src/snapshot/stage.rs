@@ -443,6 +443,9 @@ impl Stage {
             read_limit: limit,
             read: None,
         });
+        // a safety net, not the size: chunks are sized from the previous ones' bytes per row,
+        // and a table whose rows grow would otherwise read `limit` large rows at once
+        let max_bytes = self.settings.chunk_bytes.saturating_mul(2);
         let not_before = if rate > 0 {
             let now = Instant::now();
             let start = self.next_read_at.max(now);
@@ -462,6 +465,7 @@ impl Stage {
                 after.as_deref(),
                 filter.as_deref(),
                 limit,
+                max_bytes,
                 flavor,
                 &at,
             )
@@ -519,6 +523,10 @@ impl Stage {
                 let Some(a) = slot.windows.back_mut() else {
                     return Ok(());
                 };
+                if read.truncated {
+                    // stopped at the byte cap: more rows follow (not the table's end)
+                    a.read_limit = rows as usize;
+                }
                 let full = rows as usize >= a.read_limit;
                 let last_key = read.last_key.clone();
                 match a.window.accept(read, wm) {
@@ -810,8 +818,6 @@ pub async fn open_conn(opts: &Opts) -> Result<Conn, SnapshotError> {
     Ok(c)
 }
 
-/// Reads a chunk with its watermark; reconnects on a lost connection (5 tries). A schema
-/// that changed under the read comes back as [`SnapshotError::SchemaChanged`].
 /// The row limit of a table's next chunk after one of `rows` rows and `bytes` bytes was read
 /// with `limit`: as many rows as fit in `chunk_bytes` at this chunk's bytes per row, growing at
 /// most twofold per chunk, at least 1, at most `chunk_rows` (wide rows: fewer rows at once).
@@ -829,6 +835,8 @@ fn next_limit(
     fit.min(limit.saturating_mul(2)).clamp(1, chunk_rows)
 }
 
+/// Reads a chunk with its watermark; reconnects on a lost connection (5 tries). A schema
+/// that changed under the read comes back as [`SnapshotError::SchemaChanged`].
 #[allow(clippy::too_many_arguments)]
 async fn read_with_retries(
     conn: &mut Option<Conn>,
@@ -837,6 +845,7 @@ async fn read_with_retries(
     after: Option<&[KeyValue]>,
     filter: Option<&str>,
     limit: usize,
+    max_bytes: usize,
     flavor: Flavor,
     at: &StreamPoint,
 ) -> Result<(ChunkRead, Watermark), SnapshotError> {
@@ -850,10 +859,19 @@ async fn read_with_retries(
             };
             match (flavor, at) {
                 (Flavor::MySql, StreamPoint::Gtids(seen)) => {
-                    read_chunk_mysql(c, def, after, filter, limit, seen, Duration::from_secs(30))
-                        .await
+                    read_chunk_mysql(
+                        c,
+                        def,
+                        after,
+                        filter,
+                        limit,
+                        max_bytes,
+                        seen,
+                        Duration::from_secs(30),
+                    )
+                    .await
                 }
-                _ => read_chunk_mariadb(c, def, after, filter, limit).await,
+                _ => read_chunk_mariadb(c, def, after, filter, limit, max_bytes).await,
             }
         }
         .await;

@@ -308,6 +308,7 @@ impl Window {
             mut chunk,
             keys,
             last_key,
+            ..
         } = read;
         let n = chunk.table.columns.len();
         let rows_read = chunk.rows as usize;
@@ -403,6 +404,7 @@ mod tests {
             chunk: c,
             keys,
             last_key: ids.last().map(|&i| vec![KeyValue::Int(i as i64)]),
+            truncated: false,
         }
     }
 

@@ -192,11 +192,6 @@ impl KafkaSinkConfig {
             ("message.timeout.ms", "0"),
             ("linger.ms", "1"),
             ("queue.buffering.max.kbytes", "65536"),
-            // librdkafka keeps ~2 KB per queued message besides its payload: a 16k-row snapshot
-            // chunk queued at once made RSS 73–82 MiB (benches/snapshot.rs); 57–69 with 8,192,
-            // ~50 with 4,096, at the same rate (a full queue pauses the batch: backpressure;
-            // ~1 ms of messages at 200k/s is enough in flight)
-            ("queue.buffering.max.messages", "4096"),
             ("reconnect.backoff.max.ms", "1000"),
             // a missing topic is created only with create_topics = true, never by a metadata
             // request (the producer default asks the broker to auto-create)
