@@ -624,3 +624,59 @@ fn sasl_login_refused_is_a_clear_error() {
     }
     drop(tansu);
 }
+
+/// A batch of more messages than the sink queues at once (one transaction of 12,000 rows;
+/// the sink pauses at 4,096 undelivered until half are delivered): every row arrives once, in
+/// binlog order within its partition.
+#[test]
+fn a_batch_larger_than_the_queue_cap_arrives_whole_and_in_order() {
+    let f = Flavor::MariaDb;
+    let rt = rt();
+    let name = format!("kbig_{}", f.tag());
+    let dir = workdir(&name);
+    let mut c = rt.block_on(root(f));
+    let start = rt.block_on(async {
+        fresh_table(&mut c, f, &name, &["t (id INT PRIMARY KEY, v VARCHAR(10))"]).await
+    });
+    let brokers = kafka_brokers();
+    let n = nonce();
+    let topic = format!("{{db}}.{{table}}.{n}");
+    let cfg = config(f, &name, &name, &start, &dir, "")
+        + &kafka_sink(&brokers, &topic, "partitions = 3\n");
+    let mut d = Daemon::start(&dir, &cfg);
+    const ROWS: i64 = 12_000;
+    rt.block_on(async {
+        let v: Vec<String> = (1..=ROWS).map(|i| format!("({i},'v{i}')")).collect();
+        c.query_drop(format!("INSERT INTO `{name}`.t VALUES {}", v.join(",")))
+            .await
+            .unwrap();
+    });
+    let msgs = consume_until(&brokers, &[format!("{name}.t.{n}")], ROWS as usize, &mut d);
+    let ids: Vec<(i32, i64)> = msgs
+        .iter()
+        .map(|m| {
+            (
+                m.partition,
+                m.json().unwrap()["after"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut all: Vec<i64> = ids.iter().map(|x| x.1).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        ROWS as usize,
+        "every row once ({} messages)",
+        msgs.len()
+    );
+    assert_eq!(msgs.len(), ROWS as usize, "no row twice");
+    for p in 0..3 {
+        let in_p: Vec<i64> = ids.iter().filter(|x| x.0 == p).map(|x| x.1).collect();
+        assert!(
+            in_p.windows(2).all(|w| w[0] < w[1]),
+            "partition {p}: binlog order"
+        );
+    }
+    assert_eq!(d.stop(), Some(0), "{}", d.log_text());
+}

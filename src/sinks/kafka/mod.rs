@@ -77,15 +77,43 @@ pub struct BatchAck {
     remaining: AtomicUsize,
     error: Mutex<Option<KafkaError>>,
     notify: Notify,
+    /// `remaining` at or below which a delivery wakes the waiter (0 is below any: the end of
+    /// the batch; a batch that paused at [`MAX_QUEUED`] sets the low-water mark).
+    wake_at: AtomicUsize,
 }
 
 impl BatchAck {
     fn done(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let now = self.remaining.fetch_sub(1, Ordering::AcqRel) - 1;
+        if now == 0 || now <= self.wake_at.load(Ordering::Acquire) {
             self.notify.notify_one();
         }
     }
 }
+
+/// A wait for delivery reports: since when, and when it last logged / looked for its topics.
+struct DeliveryWait {
+    t0: Instant,
+    last_log: Instant,
+    last_topic_check: Instant,
+}
+
+impl DeliveryWait {
+    fn new() -> Self {
+        let t0 = Instant::now();
+        DeliveryWait {
+            t0,
+            last_log: t0,
+            last_topic_check: t0,
+        }
+    }
+}
+
+/// Messages of a batch queued and not yet delivered at most: past it the batch waits until
+/// half of them are delivered (librdkafka keeps ~2 KB per queued message besides its payload,
+/// and a snapshot chunk of 16k rows queued at once took the daemon to 73–82 MiB RSS,
+/// benches/snapshot.rs; waiting for all of them each time cost a quarter of the rate).
+const MAX_QUEUED: usize = 4096;
 
 #[derive(Default)]
 pub struct Ctx {
@@ -568,62 +596,32 @@ impl KafkaSink {
                     }
                 }
             }
-        }
-        ack.done(); // everything queued
-        let t0 = Instant::now();
-        let mut last_log = t0;
-        let mut last_topic_check = t0;
-        loop {
-            let notified = ack.notify.notified();
-            if ack.remaining.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            let every = self.cfg.backlog_log_interval.0;
-            // wake up now and then to notice a fatal producer error
-            if tokio::time::timeout(Duration::from_millis(200), notified)
-                .await
-                .is_err()
-                && last_log.elapsed() >= every
-            {
-                last_log = Instant::now();
-                self.stats.ready(false);
-                warn!(
-                    sink = %self.name,
-                    unacknowledged = ack.remaining.load(Ordering::Acquire),
-                    of = sent,
-                    bytes,
-                    waiting = ?t0.elapsed(),
-                    "Kafka has not acknowledged these messages yet; waiting (reading from the binlog is paused)"
-                );
-            }
-            if self.producer.client().fatal_error().is_some() {
-                break;
-            }
-            // A topic deleted under us (e.g. a broker that lost its state) makes librdkafka
-            // hold the messages forever (message.timeout.ms=0) without any error: look.
-            if t0.elapsed() > Duration::from_secs(3)
-                && last_topic_check.elapsed() > Duration::from_secs(2)
-            {
-                last_topic_check = Instant::now();
-                for topic in &batch_topics {
-                    let md = tokio::task::block_in_place(|| {
-                        self.producer
-                            .client()
-                            .fetch_metadata(Some(topic), Duration::from_secs(2))
-                    });
-                    if let Ok(md) = md {
-                        let present = md.topics().iter().any(|t| {
-                            t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                        });
-                        if !present {
-                            warn!(sink = %self.name, topic, "the topic disappeared while messages were waiting for it");
-                            return Ok(Err(KafkaError::MessageProduction(
-                                RDKafkaErrorCode::UnknownTopicOrPartition,
-                            )));
-                        }
-                    }
+            // (+ 1: the batch's own token, held until everything is queued)
+            if ack.remaining.load(Ordering::Acquire) > MAX_QUEUED + 1 {
+                let low = MAX_QUEUED / 2 + 1;
+                ack.wake_at.store(low, Ordering::Release);
+                let mut w = DeliveryWait::new();
+                let gone = self
+                    .await_deliveries(&ack, low, &batch_topics, sent, bytes, &mut w)
+                    .await;
+                ack.wake_at.store(0, Ordering::Release);
+                if let Some(e) = gone {
+                    ack.done();
+                    return Ok(Err(e));
+                }
+                let failed = ack.error.lock().map(|g| g.is_some()).unwrap_or(false);
+                if failed || self.producer.client().fatal_error().is_some() {
+                    break; // the error is returned below, once the rest is delivered
                 }
             }
+        }
+        ack.done(); // everything queued
+        let mut wait = DeliveryWait::new();
+        if let Some(e) = self
+            .await_deliveries(&ack, 0, &batch_topics, sent, bytes, &mut wait)
+            .await
+        {
+            return Ok(Err(e));
         }
         let err = ack.error.lock().ok().and_then(|g| g.clone());
         if let Some(e) = err {
@@ -636,10 +634,78 @@ impl KafkaSink {
         self.stats.messages_acked.inc_by(sent as u64);
         self.stats
             .delivery_seconds
-            .observe(t0.elapsed().as_secs_f64());
+            .observe(wait.t0.elapsed().as_secs_f64());
         self.stats.ready(true);
-        debug!(sink = %self.name, messages = sent, ack_wait = ?t0.elapsed(), "batch acknowledged");
+        debug!(sink = %self.name, messages = sent, ack_wait = ?wait.t0.elapsed(), "batch acknowledged");
         Ok(Ok(()))
+    }
+
+    /// Waits until `ack.remaining` is at most `until` (0: the whole batch delivered; more: a
+    /// pause while queueing, see [`MAX_QUEUED`]), watching for what
+    /// would otherwise hang the wait: a fatal producer error (returns; the caller looks), a
+    /// topic deleted under the messages (its error), and logging the backlog meanwhile.
+    async fn await_deliveries(
+        &mut self,
+        ack: &BatchAck,
+        until: usize,
+        batch_topics: &[String],
+        sent: usize,
+        bytes: usize,
+        w: &mut DeliveryWait,
+    ) -> Option<KafkaError> {
+        loop {
+            let notified = ack.notify.notified();
+            if ack.remaining.load(Ordering::Acquire) <= until {
+                break;
+            }
+            let every = self.cfg.backlog_log_interval.0;
+            // wake up now and then to notice a fatal producer error
+            if tokio::time::timeout(Duration::from_millis(200), notified)
+                .await
+                .is_err()
+                && w.last_log.elapsed() >= every
+            {
+                w.last_log = Instant::now();
+                self.stats.ready(false);
+                warn!(
+                    sink = %self.name,
+                    unacknowledged = ack.remaining.load(Ordering::Acquire),
+                    of = sent,
+                    bytes,
+                    waiting = ?w.t0.elapsed(),
+                    "Kafka has not acknowledged these messages yet; waiting (reading from the binlog is paused)"
+                );
+            }
+            if self.producer.client().fatal_error().is_some() {
+                break;
+            }
+            // A topic deleted under us (e.g. a broker that lost its state) makes librdkafka
+            // hold the messages forever (message.timeout.ms=0) without any error: look.
+            if w.t0.elapsed() > Duration::from_secs(3)
+                && w.last_topic_check.elapsed() > Duration::from_secs(2)
+            {
+                w.last_topic_check = Instant::now();
+                for topic in batch_topics {
+                    let md = tokio::task::block_in_place(|| {
+                        self.producer
+                            .client()
+                            .fetch_metadata(Some(topic), Duration::from_secs(2))
+                    });
+                    if let Ok(md) = md {
+                        let present = md.topics().iter().any(|t| {
+                            t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                        });
+                        if !present {
+                            warn!(sink = %self.name, topic, "the topic disappeared while messages were waiting for it");
+                            return Some(KafkaError::MessageProduction(
+                                RDKafkaErrorCode::UnknownTopicOrPartition,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Drops the producer and creates a new one; topics are looked up (and probed) again.
