@@ -350,19 +350,41 @@ impl<F: std::future::Future<Output = ()>> AwaitIn for F {
     }
 }
 
-/// Tables of the stored snapshot progress not done yet (None: nothing stored).
-fn stored_pending(f: Flavor, pipeline: &str) -> Option<usize> {
+/// Runs a daemon with `snapshot.mode = "initial_only"` to its end (exit 0); its events.
+fn run_initial_only(dir: &std::path::Path, cfg: &str) -> Vec<Value> {
+    let mut d = Daemon::start(dir, cfg);
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(120), "initial_only snapshot"),
+        Some(0),
+        "{}",
+        d.log_text()
+    );
+    read_events_after_crashes(&d.out).0
+}
+
+/// The stored snapshot progress of `pipeline` (None: nothing stored).
+fn stored_progress_text(f: Flavor, pipeline: &str) -> Option<String> {
     rt().block_on(async {
         let mut c = root(f).await;
-        let s: Option<String> = c
-            .exec_first(
-                "SELECT progress FROM binlogd.snapshot_progress WHERE pipeline = ?",
-                (pipeline,),
-            )
-            .await
-            .unwrap();
-        s.map(|p| p.matches("\"done\":false").count())
+        c.exec_first(
+            "SELECT progress FROM binlogd.snapshot_progress WHERE pipeline = ?",
+            (pipeline,),
+        )
+        .await
+        .unwrap()
     })
+}
+
+/// The stored snapshot progress of `pipeline`, as text and as JSON (it must be there).
+fn stored_progress(f: Flavor, pipeline: &str) -> (String, Value) {
+    let p = stored_progress_text(f, pipeline).expect("stored progress");
+    let v = serde_json::from_str(&p).unwrap();
+    (p, v)
+}
+
+/// Tables of the stored snapshot progress not done yet (None: nothing stored).
+fn stored_pending(f: Flavor, pipeline: &str) -> Option<usize> {
+    stored_progress_text(f, pipeline).map(|p| p.matches("\"done\":false").count())
 }
 
 /// Read events of a table whose key was read more than once.
@@ -874,27 +896,10 @@ fn chunks_grow_to_the_byte_cap() {
             rows,
             "mode = \"initial_only\"\nchunk_bytes = \"128KiB\"\ntables = [\"*.t1\"]",
         );
-        let mut d = Daemon::start(&dir, &cfg);
-        assert_eq!(
-            d.wait_exit(Duration::from_secs(120), "initial_only snapshot"),
-            Some(0),
-            "{}",
-            d.log_text()
-        );
-        let (ev, _) = read_events_after_crashes(&d.out);
+        let ev = run_initial_only(&dir, &cfg);
         assert_eq!(reads(&ev, "t1"), rows as usize, "{f:?}: every row read");
         assert_eq!(reread(&ev, "t1"), 0, "{f:?}: no row read twice");
-        let p: String = rt().block_on(async {
-            let mut c = root(f).await;
-            c.exec_first(
-                "SELECT progress FROM binlogd.snapshot_progress WHERE pipeline = ?",
-                (format!("snapsize_{}", f.tag()),),
-            )
-            .await
-            .unwrap()
-            .expect("stored progress")
-        });
-        let v: Value = serde_json::from_str(&p).unwrap();
+        let (p, v) = stored_progress(f, &format!("snapsize_{}", f.tag()));
         let t = &v["tables"][0];
         let chunks = t["c"].as_u64().unwrap();
         assert_eq!(t["r"].as_u64(), Some(rows), "{p}");
@@ -943,14 +948,7 @@ fn a_table_whose_rows_grow_stays_within_the_byte_cap() {
                 .unwrap();
             }
         });
-        let mut d = Daemon::start(&dir, &cfg);
-        assert_eq!(
-            d.wait_exit(Duration::from_secs(120), "initial_only snapshot"),
-            Some(0),
-            "{}",
-            d.log_text()
-        );
-        let (ev, _) = read_events_after_crashes(&d.out);
+        let ev = run_initial_only(&dir, &cfg);
         let read: Vec<&Value> = ev.iter().filter(|e| e["op"] == "r").collect();
         assert_eq!(read.len(), 3060, "{f:?}: every row read once");
         let mut ids: Vec<i64> = read
@@ -960,17 +958,7 @@ fn a_table_whose_rows_grow_stays_within_the_byte_cap() {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 3060, "{f:?}: no row read twice");
-        let p: String = rt().block_on(async {
-            let mut c = root(f).await;
-            c.exec_first(
-                "SELECT progress FROM binlogd.snapshot_progress WHERE pipeline = ?",
-                (format!("snapgrow_{}", f.tag()),),
-            )
-            .await
-            .unwrap()
-            .expect("stored progress")
-        });
-        let v: Value = serde_json::from_str(&p).unwrap();
+        let (p, v) = stored_progress(f, &format!("snapgrow_{}", f.tag()));
         let chunks = v["tables"][0]["c"].as_u64().unwrap();
         // 6 MB of large rows in chunks of ≤ ~256 KiB: ≥ 20 chunks for them; without the cap
         // the second chunk (2,048 rows) held all 60
