@@ -298,7 +298,7 @@ impl Stage {
 
     /// Shows a stream batch to every open window.
     fn observe(&mut self, b: &Batch) {
-        if std::env::var_os("MUTANT").is_some() || self.slots.is_empty() {
+        if self.slots.is_empty() {
             return;
         }
         for slot in self.slots.values_mut() {

@@ -394,7 +394,9 @@ impl KafkaSink {
                 if keys > 0 {
                     info!(sink = %self.name, topic, read_events = keys, "exactly_once: snapshot read events already published after the resume position are not published again");
                 }
-                self.reads_present.insert(topic.to_string(), found);
+                if !found.is_empty() {
+                    self.reads_present.insert(topic.to_string(), found);
+                }
             }
         }
         self.topics.insert(topic.to_string(), n);
@@ -490,7 +492,8 @@ impl KafkaSink {
                 && ch.txn.snapshot.as_deref().is_some_and(|tag| {
                     self.reads_present
                         .get(&route.topic)
-                        .and_then(|m| m.get(&(partition, tag.to_string())))
+                        .and_then(|m| m.get(tag))
+                        .and_then(|m| m.get(&partition))
                         .is_some_and(|s| s.contains(&self.key))
                 });
             let skip = |partition: i32, tomb: bool| -> bool {

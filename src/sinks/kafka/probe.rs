@@ -173,9 +173,10 @@ impl Prober {
     }
 }
 
-/// Snapshot read events already in a topic after a stored position: per (partition, snapshot
-/// run tag `db.table#run`), their message keys.
-pub type ReadsPresent = HashMap<(i32, String), HashSet<Vec<u8>>>;
+/// Snapshot read events already in a topic after a stored position: per snapshot run tag
+/// (`db.table#run`) and partition, their message keys (by tag first: a read event looks its
+/// tag up as `&str`, no allocation per row).
+pub type ReadsPresent = HashMap<String, HashMap<i32, HashSet<Vec<u8>>>>;
 
 impl Prober {
     /// The message keys of snapshot read events (header `binlogd.snapshot`) in each partition
@@ -211,7 +212,11 @@ impl Prober {
                             continue;
                         }
                         if let (_, Some(tag), Some(key)) = m {
-                            out.entry((p, tag)).or_default().insert(key);
+                            out.entry(tag)
+                                .or_default()
+                                .entry(p)
+                                .or_default()
+                                .insert(key);
                         }
                     }
                     break;
@@ -273,7 +278,11 @@ impl Prober {
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
                 Some(Ok(_)) => {}
                 None => {
-                    if quiet_since.elapsed() > Duration::from_millis(300) {
+                    // (tansu reports high watermarks per record batch: `to - 1` may be no
+                    // record; a silence after the first record read ends the range, a silence
+                    // before it is waited out to the deadline — an empty answer would publish
+                    // the reads again)
+                    if last >= from && quiet_since.elapsed() > Duration::from_millis(300) {
                         break;
                     }
                 }
