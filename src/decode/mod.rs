@@ -10,6 +10,7 @@ pub mod charset;
 pub mod event;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod json_text;
 pub mod jsondiff;
 pub mod mariadb;
 pub mod rows;

@@ -4,10 +4,10 @@
 //! BIT and YEAR as numbers, JSON nested (DECIMALs in MySQL JSON as exact numbers), MariaDB
 //! UUID/INET4/INET6 as SELECT prints them.
 
-use base64::Engine;
 use mysql_common::binlog::jsonb;
 
 use super::charset::{transcode_into, TextEncoding};
+use super::json_text::{json_span, push_span, Span};
 use super::rows::{decimal_bin_size, fixed_size, le_uint};
 use super::table::{ColKind, ColumnSchema, SpecialType};
 
@@ -20,78 +20,125 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     write_json_bytes(out, s.as_bytes());
 }
 
-/// One flag byte (0 or 1) per byte of `c` that a JSON string escapes (`"`, `\\`, control
-/// characters), as four little-endian words. Written so that the compiler makes it a few SIMD
-/// compares.
+/// Bit `k` set when byte `k` of `c` is one a JSON string escapes (`"`, `\\`, control
+/// characters).
 #[inline(always)]
-fn escape_flags(c: &[u8; 32]) -> [u64; 4] {
-    let mut f = [0u8; 32];
-    for (d, &b) in f.iter_mut().zip(c) {
-        *d = ((b < 0x20) | (b == b'"') | (b == b'\\')) as u8;
+fn escape_mask(c: &[u8; 32]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of the x86_64 baseline; the loads are unaligned loads of the 32
+    // bytes `c` borrows.
+    unsafe {
+        use std::arch::x86_64::*;
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let slash = _mm_set1_epi8(b'\\' as i8);
+        let ctl = _mm_set1_epi8(0x1f);
+        let half = |p: *const u8| {
+            let v = _mm_loadu_si128(p as *const __m128i);
+            let hit = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, slash)),
+                // v <= 0x1f (unsigned): max(v, 0x1f) == 0x1f
+                _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
+            );
+            _mm_movemask_epi8(hit) as u32 & 0xffff
+        };
+        half(c.as_ptr()) | (half(c.as_ptr().add(16)) << 16)
     }
-    let mut w = [0u64; 4];
-    for (q, x) in w.iter_mut().enumerate() {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&f[q * 8..q * 8 + 8]);
-        *x = u64::from_le_bytes(b);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut m = 0u32;
+        for (k, &b) in c.iter().enumerate() {
+            m |= (((b < 0x20) | (b == b'"') | (b == b'\\')) as u32) << k;
+        }
+        m
     }
-    w
 }
 
-/// Appends the escape sequence of a byte that JSON strings escape.
-#[inline]
-fn push_escape(out: &mut Vec<u8>, b: u8) {
+/// For each byte a JSON string escapes: its escape sequence (up to 6 bytes) in the first
+/// bytes, its length in the last.
+const ESCAPES: [[u8; 8]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    match b {
-        b'"' => out.extend_from_slice(b"\\\""),
-        b'\\' => out.extend_from_slice(b"\\\\"),
-        b'\n' => out.extend_from_slice(b"\\n"),
-        b'\r' => out.extend_from_slice(b"\\r"),
-        b'\t' => out.extend_from_slice(b"\\t"),
-        _ => out.extend_from_slice(&[
-            b'\\',
-            b'u',
-            b'0',
-            b'0',
-            HEX[(b >> 4) as usize],
-            HEX[(b & 15) as usize],
-        ]),
+    let mut t = [[0u8; 8]; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = [b'\\', b'u', b'0', b'0', HEX[b >> 4], HEX[b & 15], 0, 6];
+        b += 1;
+    }
+    t[b'\n' as usize] = [b'\\', b'n', 0, 0, 0, 0, 0, 2];
+    t[b'\r' as usize] = [b'\\', b'r', 0, 0, 0, 0, 0, 2];
+    t[b'\t' as usize] = [b'\\', b't', 0, 0, 0, 0, 0, 2];
+    t[b'"' as usize] = [b'\\', b'"', 0, 0, 0, 0, 0, 2];
+    t[b'\\' as usize] = [b'\\', b'\\', 0, 0, 0, 0, 0, 2];
+    t
+};
+
+/// Escapes the `valid` (≤ 32) bytes at `src[i..]` onto `out`. `src` must hold 64 bytes from
+/// `i` on: every copy is a fixed 32-byte copy (a couple of vector moves instead of a `memcpy`
+/// call per run between escapes) of which only the run's bytes are kept; the bytes past it are
+/// overwritten by what follows or lie past the vector's length.
+#[inline(always)]
+fn escape_block(out: &mut Vec<u8>, src: &[u8], i: usize, valid: usize) {
+    assert!(src.len() >= i + 64 && valid <= 32);
+    let Some(c) = src[i..].first_chunk::<32>() else {
+        return;
+    };
+    let mut m = escape_mask(c);
+    if valid < 32 {
+        m &= (1u32 << valid) - 1;
+    }
+    // worst case: 32 bytes escaped as 6 each, plus the last fixed copy's 32
+    out.reserve(32 * 6 + 32);
+    // SAFETY: reads: `src[i + s..i + s + 32]` with `s <= 32` lies within `src[i..i + 64]`
+    // (asserted); `ESCAPES` rows are 8 bytes. Writes: at most `valid * 6 + 32` bytes past the
+    // length (reserved above). The new length counts only bytes written from `src` runs and
+    // escape sequences, in order.
+    unsafe {
+        let base = out.as_mut_ptr().add(out.len());
+        let mut dst = base;
+        let p = src.as_ptr().add(i);
+        let mut s = 0usize;
+        while m != 0 {
+            let j = m.trailing_zeros() as usize;
+            std::ptr::copy_nonoverlapping(p.add(s), dst, 32);
+            dst = dst.add(j - s);
+            let e = &ESCAPES[*p.add(j) as usize];
+            std::ptr::copy_nonoverlapping(e.as_ptr(), dst, 8);
+            dst = dst.add(e[7] as usize);
+            s = j + 1;
+            m &= m - 1;
+        }
+        if s < valid {
+            std::ptr::copy_nonoverlapping(p.add(s), dst, 32);
+            dst = dst.add(valid - s);
+        }
+        let written = dst.offset_from(base) as usize;
+        out.set_len(out.len() + written);
     }
 }
 
 /// Appends `bytes` (text the caller knows to be UTF-8) as a JSON string literal: `"`, `\\`
 /// and control characters escaped, everything else copied as it is. Looks at 32 bytes at a
-/// time and copies the runs between the bytes to escape.
+/// time (SSE2 compares); a block without escapes is one 32-byte copy.
 #[inline]
 pub fn write_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut start = 0;
-    let mut i = 0;
     let n = bytes.len();
-    while i < n {
-        let flags = match bytes[i..].first_chunk::<32>() {
-            Some(c) => escape_flags(c),
-            None => {
-                // the last bytes, padded with bytes that need no escaping
-                let mut pad = [b'a'; 32];
-                pad[..n - i].copy_from_slice(&bytes[i..]);
-                escape_flags(&pad)
-            }
-        };
-        for (q, &w) in flags.iter().enumerate() {
-            let mut w = w;
-            while w != 0 {
-                let j = i + q * 8 + (w.trailing_zeros() / 8) as usize;
-                out.extend_from_slice(&bytes[start..j]);
-                push_escape(out, bytes[j]);
-                start = j + 1;
-                w &= w - 1;
-            }
-        }
+    out.reserve(n + 2);
+    out.push(b'"');
+    let mut i = 0;
+    while i + 64 <= n {
+        escape_block(out, bytes, i, 32);
         i += 32;
     }
-    out.extend_from_slice(&bytes[start..]);
+    // the last (< 64) bytes from a padded copy, so that every block has 64 bytes to read
+    if i < n {
+        let mut pad = [b'a'; 128];
+        let rest = n - i;
+        pad[..rest].copy_from_slice(&bytes[i..]);
+        let mut k = 0;
+        while k < rest {
+            escape_block(out, &pad, k, (rest - k).min(32));
+            k += 32;
+        }
+    }
     out.push(b'"');
 }
 
@@ -489,15 +536,85 @@ pub fn decimal_into(
     Ok(at - start)
 }
 
+/// The base64 alphabet (standard, padded).
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Two base64 characters for each 12-bit value (first character in the low byte): 8 KiB, two
+/// look-ups per 3 input bytes instead of four.
+static B64_PAIRS: [u16; 4096] = {
+    let mut t = [0u16; 4096];
+    let mut i = 0;
+    while i < 4096 {
+        t[i] = B64[i >> 6] as u16 | (B64[i & 63] as u16) << 8;
+        i += 1;
+    }
+    t
+};
+
+/// Appends `v` as a base64 (standard alphabet, padded) JSON string. Written straight into the
+/// vector's spare capacity, 6 input bytes to 8 characters at a time: the `base64` crate's
+/// `encode_slice` wants an initialised slice, and zeroing it first cost as much as encoding
+/// (issue 16).
 fn push_b64(out: &mut Vec<u8>, v: &[u8]) {
+    let n = v.len().div_ceil(3) * 4;
+    out.reserve(n + 2);
     out.push(b'"');
-    let start = out.len();
-    let n = base64::encoded_len(v.len(), true).unwrap_or(0);
-    out.resize(start + n, 0);
-    let written = base64::engine::general_purpose::STANDARD
-        .encode_slice(v, &mut out[start..])
-        .unwrap_or(0);
-    out.truncate(start + written);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    let groups = v.chunks_exact(6);
+    let rest = groups.remainder();
+    let (full, last) = spare.split_at_mut(v.len() / 6 * 8);
+    for (k, (d, c)) in full.chunks_exact_mut(8).zip(groups).enumerate() {
+        // one 8-byte load where the input has 2 more bytes after the group
+        let x = match v.get(k * 6..k * 6 + 8).and_then(|b| b.first_chunk::<8>()) {
+            Some(b) => u64::from_be_bytes(*b) >> 16,
+            None => {
+                (c[0] as u64) << 40
+                    | (c[1] as u64) << 32
+                    | (c[2] as u64) << 24
+                    | (c[3] as u64) << 16
+                    | (c[4] as u64) << 8
+                    | c[5] as u64
+            }
+        };
+        let w = B64_PAIRS[(x >> 36) as usize & 4095] as u64
+            | (B64_PAIRS[(x >> 24) as usize & 4095] as u64) << 16
+            | (B64_PAIRS[(x >> 12) as usize & 4095] as u64) << 32
+            | (B64_PAIRS[x as usize & 4095] as u64) << 48;
+        let d: &mut [std::mem::MaybeUninit<u8>; 8] = match d.try_into() {
+            Ok(d) => d,
+            Err(_) => continue, // (chunks_exact_mut(8): never)
+        };
+        // SAFETY: `d` is 8 bytes of the vector's spare capacity; an unaligned 8-byte store.
+        unsafe { std::ptr::write_unaligned(d.as_mut_ptr() as *mut u64, w.to_le()) };
+    }
+    // 0..5 bytes left: a full group of 3, then 1 or 2 bytes with padding
+    let mut at = 0;
+    for c in rest.chunks(3) {
+        let x = (c[0] as u32) << 16
+            | (c.get(1).copied().unwrap_or(0) as u32) << 8
+            | c.get(2).copied().unwrap_or(0) as u32;
+        let ch = [
+            B64[(x >> 18) as usize & 63],
+            B64[(x >> 12) as usize & 63],
+            if c.len() > 1 {
+                B64[(x >> 6) as usize & 63]
+            } else {
+                b'='
+            },
+            if c.len() > 2 {
+                B64[x as usize & 63]
+            } else {
+                b'='
+            },
+        ];
+        for (d, b) in last[at..at + 4].iter_mut().zip(ch) {
+            d.write(b);
+        }
+        at += 4;
+    }
+    // SAFETY: the `n` bytes past the length were all written above: `full` 8 at a time, and
+    // `last` (4 per started group of 3 of the remainder: `n` - `full.len()` bytes).
+    unsafe { out.set_len(out.len() + n) };
     out.push(b'"');
 }
 
@@ -657,7 +774,15 @@ fn push_json_text(
     col: &ColumnSchema,
     enc: TextEncoding,
     v: &[u8],
+    text_checked: bool,
 ) -> Result<(), ValueError> {
+    // UTF-8 checked by `check_value` already: the one-pass scan answers for the common case
+    if enc == TextEncoding::Utf8 && text_checked {
+        if let Some(span) = json_span(v) {
+            push_span(out, v, span);
+            return Ok(());
+        }
+    }
     let owned;
     let s: &str = match enc {
         TextEncoding::Utf8 => utf8(v)?,
@@ -668,8 +793,21 @@ fn push_json_text(
             &owned
         }
     };
+    if let Some(span) = json_span(s.as_bytes()) {
+        push_span(out, s.as_bytes(), span);
+        return Ok(());
+    }
+    // not JSON, or a case the scan leaves to serde_json
     match serde_json::from_str::<&serde_json::value::RawValue>(s) {
-        Ok(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        Ok(raw) => {
+            let start = raw.get().as_ptr() as usize - s.as_ptr() as usize;
+            let span = Span {
+                start,
+                end: start + raw.get().len(),
+                breaks: s.contains(['\n', '\r']),
+            };
+            push_span(out, s.as_bytes(), span);
+        }
         Err(e) => {
             report_json_fallback(col, &e);
             write_json_str(out, s);
@@ -1055,7 +1193,7 @@ pub fn push_value_in(
         ColKind::Str { .. } | ColKind::Blob { .. } => {
             let enc = col.text.unwrap_or(TextEncoding::Binary);
             if col.json_text && enc != TextEncoding::Binary {
-                push_json_text(out, col, enc, v)?;
+                push_json_text(out, col, enc, v, text_checked)?;
             } else if let (Some(n), TextEncoding::Binary) = (col.binary_pad, enc) {
                 if let Some(t) = col.special.filter(|t| v.len() <= t.binary_len() as usize) {
                     push_special(out, t, v);
@@ -1179,7 +1317,7 @@ mod tests {
             x
         };
         for case in 0..20_000 {
-            let len = (next() % 100) as usize;
+            let len = (next() % 300) as usize;
             let v: Vec<u8> = (0..len)
                 .map(|_| match case % 4 {
                     3 if next() % 50 != 0 => b'a' + (next() % 26) as u8,
@@ -1188,7 +1326,8 @@ mod tests {
                     _ => 0x18 + (next() % 0x70) as u8,
                 })
                 .collect();
-            let (mut a, mut b) = (Vec::new(), Vec::new());
+            // the output vector already holds something (a row's earlier columns)
+            let (mut a, mut b) = (b"x".repeat(case % 40), b"x".repeat(case % 40));
             write_json_bytes(&mut a, &v);
             json_str_reference(&mut b, &v);
             assert_eq!(a, b, "{v:?}");
@@ -1196,7 +1335,8 @@ mod tests {
         for b in 0..=255u8 {
             for (at, len) in (0..12)
                 .map(|a| (a, 12))
-                .chain((0..70).map(|l| (l / 2, l + 1)))
+                .chain((0..200).map(|l| (l / 2, l + 1)))
+                .chain((0..200).map(|l| (l, 200)))
             {
                 let mut v = vec![b'a'; len];
                 v[at] = b;
@@ -1205,6 +1345,30 @@ mod tests {
                 json_str_reference(&mut y, &v);
                 assert_eq!(x, y);
             }
+        }
+    }
+
+    #[test]
+    fn base64_matches_the_base64_crate() {
+        use base64::Engine;
+        let mut seed = 7u64;
+        for len in 0..300usize {
+            let v: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (seed >> 33) as u8
+                })
+                .collect();
+            let mut out = b"x".repeat(len % 7);
+            push_b64(&mut out, &v);
+            let want = format!(
+                "{}\"{}\"",
+                "x".repeat(len % 7),
+                base64::engine::general_purpose::STANDARD.encode(&v)
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), want);
         }
     }
 
