@@ -19,6 +19,10 @@ struct TestSink {
     permits: Arc<Semaphore>,
     written: Arc<Mutex<Vec<u64>>>,
     fail_at: Option<u64>,
+    /// More than 1: takes queued batches in groups of up to this many (one permit per group),
+    /// like the Kafka sink, and records each group
+    group: usize,
+    groups: Arc<Mutex<Vec<Vec<u64>>>>,
 }
 
 /// The test's handle on a [`TestSink`].
@@ -26,11 +30,15 @@ struct TestSink {
 struct Handle {
     permits: Arc<Semaphore>,
     written: Arc<Mutex<Vec<u64>>>,
+    groups: Arc<Mutex<Vec<Vec<u64>>>>,
 }
 
 impl Handle {
     fn written(&self) -> Vec<u64> {
         self.written.lock().unwrap().clone()
+    }
+    fn groups(&self) -> Vec<Vec<u64>> {
+        self.groups.lock().unwrap().clone()
     }
     /// Lets it write `n` more batches.
     fn allow(&self, n: usize) {
@@ -40,15 +48,28 @@ impl Handle {
 
 /// A sink named `name` that may write `permits` batches before it waits for more.
 fn sink(name: &str, permits: usize, fail_at: Option<u64>) -> (Box<dyn Sink>, Handle) {
+    grouping_sink(name, permits, fail_at, 1)
+}
+
+/// [`sink`] taking up to `group` queued batches at once, one permit per group.
+fn grouping_sink(
+    name: &str,
+    permits: usize,
+    fail_at: Option<u64>,
+    group: usize,
+) -> (Box<dyn Sink>, Handle) {
     let h = Handle {
         permits: Arc::new(Semaphore::new(permits)),
         written: Arc::new(Mutex::new(Vec::new())),
+        groups: Arc::new(Mutex::new(Vec::new())),
     };
     let s = TestSink {
         name: name.to_string(),
         permits: h.permits.clone(),
         written: h.written.clone(),
         fail_at,
+        group,
+        groups: h.groups.clone(),
     };
     (Box::new(s), h)
 }
@@ -67,6 +88,27 @@ impl Sink for TestSink {
                 });
             }
             self.written.lock().unwrap().push(batch.seq);
+            Ok(())
+        })
+    }
+    fn max_group(&self) -> usize {
+        self.group
+    }
+    fn write_group<'a>(
+        &'a mut self,
+        batches: &'a [Arc<Batch>],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.permits.acquire().await.unwrap().forget();
+            let seqs: Vec<u64> = batches.iter().map(|b| b.seq).collect();
+            self.groups.lock().unwrap().push(seqs.clone());
+            if let Some(f) = self.fail_at.filter(|f| seqs.contains(f)) {
+                return Err(SinkError::Fatal {
+                    sink: self.name.clone(),
+                    message: format!("batch {f} refused"),
+                });
+            }
+            self.written.lock().unwrap().extend(seqs);
             Ok(())
         })
     }
@@ -151,6 +193,71 @@ async fn acknowledged_only_when_every_sink_wrote_up_to_a_transaction_end() {
         b.written(),
         "every sink got every batch, in order"
     );
+}
+
+/// A sink that takes groups (Kafka) gets what queued while it was busy at once, and the group
+/// is acknowledged as a whole: up to its last transaction end, and not at all when a batch in
+/// it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouping_sink_takes_the_backlog_at_once_and_acks_it_whole() {
+    let (k, h) = grouping_sink("kafka", 0, None, 16);
+    let (tx, rx) = mpsc::channel(32);
+    let (acked_tx, acked) = watch::channel(None);
+    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
+    // the sink takes the first batch alone and waits for a permit while 5 more queue
+    tx.send(batch(Some(100))).await.unwrap();
+    settle().await;
+    for c in [None, Some(300), Some(400), None, Some(600)] {
+        tx.send(batch(c)).await.unwrap();
+    }
+    settle().await;
+    h.allow(1);
+    until("the first batch written", || h.written() == [1]).await;
+    until("acknowledged at its end", || acked_pos(&acked) == Some(100)).await;
+    settle().await;
+    assert_eq!(h.written(), [1], "the group waits for its permit");
+    h.allow(1);
+    until("the backlog written", || h.written().len() == 6).await;
+    // (a lone batch goes through `write`)
+    assert_eq!(
+        h.groups(),
+        vec![vec![2, 3, 4, 5, 6]],
+        "the backlog as one group"
+    );
+    until("acknowledged at the group's last transaction end", || {
+        acked_pos(&acked) == Some(600)
+    })
+    .await;
+    // a group with a failing batch acknowledges none of it
+    let (k, h) = grouping_sink("kafka", 0, Some(3), 16);
+    let (tx2, rx) = mpsc::channel(32);
+    let (acked_tx, acked) = watch::channel(None);
+    let run2 = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
+    tx2.send(batch(Some(100))).await.unwrap();
+    settle().await;
+    for c in [Some(200), Some(300), Some(400)] {
+        tx2.send(batch(c)).await.unwrap();
+    }
+    settle().await;
+    h.allow(1);
+    until("acknowledged at the first batch's end", || {
+        acked_pos(&acked) == Some(100)
+    })
+    .await;
+    h.allow(1);
+    let r = tokio::time::timeout(Duration::from_secs(10), run2)
+        .await
+        .expect("the pipeline stops")
+        .unwrap();
+    assert!(r.is_err(), "the failing group ends the pipeline");
+    assert_eq!(h.groups(), vec![vec![2, 3, 4]]);
+    assert_eq!(
+        acked_pos(&acked),
+        Some(100),
+        "nothing of the failed group (not even batch 2, before the failing one) is acknowledged"
+    );
+    drop(tx);
+    let _ = run.await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

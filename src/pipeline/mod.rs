@@ -11,6 +11,10 @@ use crate::binlog::position::Position;
 use crate::decode::event::Batch;
 use crate::sinks::{Sink, SinkError};
 
+/// At most this many batches wait for a sink (the in-flight byte budget bounds their size), and
+/// a sink is handed at most this many at once ([`Sink::write_group`]).
+const MAX_GROUP: usize = 16;
+
 /// Sink tasks and the acknowledged position of the whole pipeline.
 pub struct Pipeline {
     max_in_flight: usize,
@@ -86,7 +90,7 @@ impl Pipeline {
         let mut ack_rxs = Vec::new();
         let mut handles = Vec::new();
         for mut sink in sinks {
-            let (tx, mut srx) = mpsc::channel::<Arc<Batch>>(2);
+            let (tx, mut srx) = mpsc::channel::<Arc<Batch>>(MAX_GROUP);
             let (atx, arx) = watch::channel(0u64);
             let etx = err_tx.clone();
             let name = sink.name().to_string();
@@ -105,7 +109,15 @@ impl Pipeline {
                     );
                     m.set_sink_ready(&name, true);
                     while let Some(b) = srx.recv().await {
-                        in_flight.set(srx.len() as i64 + 1);
+                        // batches that queued while the sink was busy go together
+                        let mut group = vec![b];
+                        while group.len() < sink.max_group().clamp(1, MAX_GROUP) {
+                            match srx.try_recv() {
+                                Ok(b) => group.push(b),
+                                Err(_) => break,
+                            }
+                        }
+                        in_flight.set(srx.len() as i64 + group.len() as i64);
                         if !wait_unfenced(&mut fence).await {
                             let _ = etx
                                 .send(SinkError::Fatal {
@@ -119,7 +131,10 @@ impl Pipeline {
                         }
                         let t0 = std::time::Instant::now();
                         m.sink_busy(&name, true);
-                        let r = sink.write(&b).await;
+                        let r = match group.as_slice() {
+                            [b] => sink.write(b).await,
+                            g => sink.write_group(g).await,
+                        };
                         m.sink_busy(&name, false);
                         if let Err(e) = r {
                             errors.inc();
@@ -128,10 +143,13 @@ impl Pipeline {
                             return;
                         }
                         seconds.observe(t0.elapsed().as_secs_f64());
-                        rows.inc_by(b.rows() as u64);
-                        batches.inc();
+                        rows.inc_by(group.iter().map(|b| b.rows() as u64).sum());
+                        batches.inc_by(group.len() as u64);
                         in_flight.set(srx.len() as i64);
-                        let _ = atx.send(b.seq);
+                        // acknowledgements are cumulative: the last batch's covers the group
+                        if let Some(b) = group.last() {
+                            let _ = atx.send(b.seq);
+                        }
                     }
                     if let Err(e) = sink.close().await {
                         let _ = etx.send(e).await;

@@ -28,6 +28,27 @@ pub enum SinkError {
 pub trait Sink: Send {
     fn name(&self) -> &str;
     fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// How many batches that queued up while the sink was busy it takes at once
+    /// ([`Sink::write_group`]); 1 (the default): one at a time, each acknowledged on its own.
+    fn max_group(&self) -> usize {
+        1
+    }
+    /// Writes batches that queued up while the sink was busy, in order; returns when all are
+    /// durable (the same promise as [`Sink::write`] for the last one, hence for all; the
+    /// group is acknowledged as a whole). A sink whose acknowledgement is a round trip (Kafka)
+    /// sends them all and waits once, so a backlog drains in one round trip instead of one per
+    /// batch. The default writes one after another.
+    fn write_group<'a>(
+        &'a mut self,
+        batches: &'a [std::sync::Arc<Batch>],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            for b in batches {
+                self.write(b).await?;
+            }
+            Ok(())
+        })
+    }
     /// Called once at shutdown after the last batch.
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
 }

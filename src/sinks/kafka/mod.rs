@@ -439,8 +439,41 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Produces every row change of the batch and waits for all delivery reports.
-    async fn send_batch(&mut self, batch: &Batch) -> Result<Result<(), KafkaError>, SinkError> {
+    /// Sends `batches` until every message is acknowledged, retrying on a new producer.
+    async fn deliver(&mut self, batches: Vec<&Batch>) -> Result<(), SinkError> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.send_batches(&batches).await? {
+                Ok(()) => return Ok(()),
+                Err(e) if permanent(&e) => {
+                    return Err(fatal(
+                        &self.name,
+                        format!(
+                            "Kafka refused a message: {e}; the position was not advanced past it"
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    self.stats.delivery_errors.inc();
+                    self.stats.ready(false);
+                    let fatal_err = self.producer.client().fatal_error();
+                    warn!(
+                        sink = %self.name, error = %e, fatal = ?fatal_err, retry_in = ?backoff,
+                        "delivery failed: dropping the producer, creating a new one and resending from the last acknowledged position"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.reset_producer()?;
+                }
+            }
+        }
+    }
+
+    /// Produces every row change of the batches, in order, and waits for all delivery reports.
+    async fn send_batches(
+        &mut self,
+        batches: &[&Batch],
+    ) -> Result<Result<(), KafkaError>, SinkError> {
         let ack = Arc::new(BatchAck::default());
         ack.remaining.store(1, Ordering::Release); // held until everything is queued
         let now = now_ms();
@@ -450,7 +483,7 @@ impl KafkaSink {
         // the envelope parts shared by a rows event's changes, rendered once per rows event
         let mut env = crate::decode::event::Envelope::default();
         let mut env_chunk: Option<&crate::decode::rows::RowsChunk> = None;
-        for ch in batch.changes() {
+        for ch in batches.iter().flat_map(|b| b.changes()) {
             if !env_chunk.is_some_and(|c| std::ptr::eq(c, ch.chunk)) {
                 env.set(&ch, &self.info);
                 env_chunk = Some(ch.chunk);
@@ -754,32 +787,22 @@ impl Sink for KafkaSink {
     }
 
     fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async move {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match self.send_batch(batch).await? {
-                    Ok(()) => return Ok(()),
-                    Err(e) if permanent(&e) => {
-                        return Err(fatal(
-                            &self.name,
-                            format!("Kafka refused a message: {e}; the position was not advanced past it"),
-                        ));
-                    }
-                    Err(e) => {
-                        self.stats.delivery_errors.inc();
-                        self.stats.ready(false);
-                        let fatal_err = self.producer.client().fatal_error();
-                        warn!(
-                            sink = %self.name, error = %e, fatal = ?fatal_err, retry_in = ?backoff,
-                            "delivery failed: dropping the producer, creating a new one and resending from the last acknowledged position"
-                        );
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        self.reset_producer()?;
-                    }
-                }
-            }
-        })
+        Box::pin(self.deliver(vec![batch]))
+    }
+
+    fn max_group(&self) -> usize {
+        16
+    }
+
+    /// Every batch produced, then one wait for all delivery reports: a backlog of small
+    /// transactions drains in one round trip to the brokers instead of one per batch
+    /// (issue 16: after a 0.35 s stall of the server's commits, 36 one-transaction batches took
+    /// 3.4 ms each and made the p99 commit → acknowledged latency 30 ms).
+    fn write_group<'a>(
+        &'a mut self,
+        batches: &'a [Arc<Batch>],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.deliver(batches.iter().map(|b| &**b).collect()))
     }
 
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
