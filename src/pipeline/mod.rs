@@ -13,7 +13,7 @@ use crate::sinks::{Sink, SinkError};
 
 /// At most this many batches wait for a sink (the in-flight byte budget bounds their size), and
 /// a sink is handed at most this many at once ([`Sink::write_group`]).
-const MAX_GROUP: usize = 16;
+const MAX_GROUP: usize = 4;
 
 /// Sink tasks and the acknowledged position of the whole pipeline.
 pub struct Pipeline {
@@ -90,7 +90,8 @@ impl Pipeline {
         let mut ack_rxs = Vec::new();
         let mut handles = Vec::new();
         for mut sink in sinks {
-            let (tx, mut srx) = mpsc::channel::<Arc<Batch>>(MAX_GROUP);
+            // a sink taking groups gets room for a group to queue (else 2, as ever)
+            let (tx, mut srx) = mpsc::channel::<Arc<Batch>>(sink.max_group().clamp(2, MAX_GROUP));
             let (atx, arx) = watch::channel(0u64);
             let etx = err_tx.clone();
             let name = sink.name().to_string();
