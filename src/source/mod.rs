@@ -578,9 +578,11 @@ impl Source {
                 return Ok(());
             }
             // Take what is ready without waiting; when nothing is, hand on the pending batch.
+            let mut waited = false;
             let next = match next_event(&mut stream).now_or_never() {
                 Some(n) => n,
                 None => {
+                    waited = true;
                     if let Some(b) = decoder.take_batch() {
                         if hand_on(tx, b).await.is_err() {
                             return Ok(());
@@ -626,13 +628,17 @@ impl Source {
                 Some(Err(e)) => return Err(classify(e, at)),
                 Some(Ok(ev)) => ev,
             };
-            // an event or a heartbeat: the stream is alive (readiness)
-            metrics.source_confirmed();
-            *failures = 0;
-            *backoff = self.cfg.reconnect_backoff_initial.0;
-            stats
+            // an event or a heartbeat: the stream is alive (readiness). Noted after a wait and
+            // every 256th event of a run read without waiting: reading the clock for every
+            // event was 4% of the CPU on small transactions (issue 16)
+            let seen = stats
                 .events
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if waited || seen.is_multiple_of(256) {
+                metrics.source_confirmed();
+            }
+            *failures = 0;
+            *backoff = self.cfg.reconnect_backoff_initial.0;
             metrics.events.inc();
             if let Some(rx) = &self.filter_updates {
                 let u = rx.borrow();
