@@ -7,6 +7,12 @@
 //! of commit → delivery acknowledgement. Prints p50/p90/p99/max and the daemon's peak RSS;
 //! asserts nothing.
 //!
+//! The sink's own figures come from its debug log: COMMIT returned → acknowledged by every
+//! sink (the issue-16 metric), and handed to the producer → every delivery report OK.
+//! `BINLOGD_BENCH_NO_CONSUMER=1`: no consumer (it polls every millisecond on the same cores as
+//! the broker and binlogd, which slows the broker's answers); `BINLOGD_BENCH_PRODUCER` adds
+//! producer properties (TOML lines) to try.
+//!
 //! Run: `bash scripts/bench.sh`.
 
 use mysql_async::prelude::*;

@@ -508,10 +508,21 @@ fn main() {
             ),
         )
         .unwrap();
-        // (label, per round)
+        // the same with the discarding sink: every event rendered, nothing written
+        let cfg_null = dir.join(format!("{w}-null.toml"));
+        std::fs::write(
+            &cfg_null,
+            std::fs::read_to_string(&cfg)
+                .unwrap()
+                .replace("path = \"-\"", "path = \"/dev/null\""),
+        )
+        .unwrap();
+        // (label, per round): raw, then per build its run into a counting reader and its run
+        // into the discarding sink
         let mut res: Vec<(String, Vec<Measured>)> = vec![("raw".into(), Vec::new())];
         for (l, _) in &bins {
             res.push((l.clone(), Vec::new()));
+            res.push((format!("{l}>null"), Vec::new()));
         }
         let mut rows: Option<u64> = None;
         for round in 0..rounds {
@@ -528,7 +539,7 @@ fn main() {
                 .arg(format!("--result-file={}/", raw_dir.display()))
                 .arg(&r.file);
             // alternate the order so neither side always runs first
-            let mut order: Vec<usize> = (0..=bins.len()).collect();
+            let mut order: Vec<usize> = (0..res.len()).collect();
             if round % 2 == 1 {
                 order.reverse();
             }
@@ -536,22 +547,39 @@ fn main() {
                 let m = if k == 0 {
                     timed(&raw, false)
                 } else {
-                    let bin = &bins[k - 1].1;
+                    let bin = &bins[(k - 1) / 2].1;
+                    let discard = (k - 1) % 2 == 1;
+                    let cfg = if discard { &cfg_null } else { &cfg };
                     sh(Command::new(bin)
                         .args(["position", "reset", "-c"])
-                        .arg(&cfg)
+                        .arg(cfg)
                         .stdout(Stdio::null()));
                     let mut run = Command::new(bin);
                     run.arg("run")
                         .arg("-c")
-                        .arg(&cfg)
+                        .arg(cfg)
                         .arg("--stop-at")
                         .arg(format!("{}:{}", r.file, r.end));
-                    let m = timed(&run, true);
-                    match rows {
-                        None => rows = Some(m.lines),
-                        Some(n) => {
-                            assert_eq!(n, m.lines, "{w}: every run delivers the same row changes")
+                    let m = timed(&run, !discard);
+                    if discard {
+                        // it ran to the end: the stored position is the range's end
+                        let out = Command::new(bin)
+                            .args(["position", "show", "-c"])
+                            .arg(cfg)
+                            .output()
+                            .expect("position show");
+                        let shown = String::from_utf8_lossy(&out.stdout);
+                        assert!(
+                            shown.contains(&format!("{}:{}", r.file, r.end)),
+                            "{w}: the discarding run stopped early: {shown}"
+                        );
+                    } else {
+                        match rows {
+                            None => rows = Some(m.lines),
+                            Some(n) => assert_eq!(
+                                n, m.lines,
+                                "{w}: every run delivers the same row changes"
+                            ),
                         }
                     }
                     m

@@ -307,7 +307,8 @@ fn text_of(v: &Option<Vec<u8>>) -> Value {
 /// `j` was a plain LONGTEXT holding text that is not JSON are replayed after
 /// `ALTER … MODIFY j JSON`: each such value comes out as the string SELECT showed then, with
 /// one (rate-limited) warning naming the column and a metric; the stream goes on, and JSON
-/// values (before and after the ALTER) stay nested JSON.
+/// values (before and after the ALTER) stay nested JSON — also pretty JSON with line breaks,
+/// which must not split an event's line.
 #[test]
 fn json_column_not_json_at_the_time_mariadb() {
     let f = Flavor::MariaDb;
@@ -340,7 +341,8 @@ fn json_column_not_json_at_the_time_mariadb() {
         let old = select_text(&mut c, name, &["j"]).await;
         for (id, j) in [
             (1, "{\"a\": [1, 2.50, \"x\"]}"),
-            (2, "[1, 2]"),
+            // pretty JSON: the line breaks between tokens must not split the event's line
+            (2, "[1,\n  2]\r\n"),
             (3, "\"s\""),
         ] {
             c.exec_drop(format!("UPDATE `{name}`.t SET j = ? WHERE id = ?"), (j, id))

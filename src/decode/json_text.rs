@@ -30,32 +30,21 @@ pub fn json_span(b: &[u8]) -> Option<Span> {
     let mut depth = 0usize;
     'value: loop {
         match *s.b.get(s.i)? {
-            b'{' => {
+            c @ (b'{' | b'[') => {
+                let object = c == b'{';
                 s.i += 1;
                 s.ws();
-                if s.peek() == Some(b'}') {
+                if s.peek() == Some(if object { b'}' } else { b']' }) {
                     s.i += 1;
                 } else {
                     if depth == MAX_DEPTH {
                         return None;
                     }
-                    stack[depth] = true;
+                    stack[depth] = object;
                     depth += 1;
-                    s.key()?;
-                    continue 'value;
-                }
-            }
-            b'[' => {
-                s.i += 1;
-                s.ws();
-                if s.peek() == Some(b']') {
-                    s.i += 1;
-                } else {
-                    if depth == MAX_DEPTH {
-                        return None;
+                    if object {
+                        s.key()?;
                     }
-                    stack[depth] = false;
-                    depth += 1;
                     continue 'value;
                 }
             }

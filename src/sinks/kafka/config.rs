@@ -216,6 +216,8 @@ impl KafkaSinkConfig {
             ("group.id".to_string(), format!("binlogd-probe-{pipeline}")),
             ("enable.auto.commit".to_string(), "false".to_string()),
             ("enable.partition.eof".to_string(), "true".to_string()),
+            // answer fetches soon: the probe's read-back ends a range on a silence
+            ("fetch.wait.max.ms".to_string(), "50".to_string()),
         ];
         for (k, val) in &self.producer {
             if is_connection_property(k) {
