@@ -432,8 +432,13 @@ fn kill9_during_snapshot_resumes_with_the_next_chunk() {
             x ^= x >> 7;
             x ^= x << 17;
             std::thread::sleep(Duration::from_millis(150 + x % 350));
-            if stored_pending(f, &pipeline) == Some(0) {
-                break;
+            match stored_pending(f, &pipeline) {
+                Some(0) => break,
+                // nothing stored yet: the guarantee starts with the first stored checkpoint
+                // (README "Snapshots": a crash before it may publish each table's first chunk
+                // again — a known gap, the restart has no position to read Kafka back from)
+                None => continue,
+                Some(_) => {}
             }
             d.kill();
             crashes += 1;
@@ -802,8 +807,13 @@ fn kill9_after_a_chunk_kafka_holds_each_read_once() {
                 at = data.len() as u64;
                 std::thread::sleep(Duration::from_micros(300));
             }
-            if stored_pending(f, &pipeline) == Some(0) {
-                break;
+            match stored_pending(f, &pipeline) {
+                Some(0) => break,
+                // nothing stored yet: the guarantee starts with the first stored checkpoint
+                // (README "Snapshots": a crash before it may publish each table's first chunk
+                // again — a known gap, the restart has no position to read Kafka back from)
+                None => continue,
+                Some(_) => {}
             }
             d.kill();
             crashes += 1;
