@@ -90,8 +90,9 @@ impl Pipeline {
         let mut ack_rxs = Vec::new();
         let mut handles = Vec::new();
         for mut sink in sinks {
+            let max_group = sink.max_group().clamp(1, MAX_GROUP);
             // a sink taking groups gets room for a group to queue (else 2, as ever)
-            let (tx, mut srx) = mpsc::channel::<Arc<Batch>>(sink.max_group().clamp(2, MAX_GROUP));
+            let (tx, mut srx) = mpsc::channel::<Arc<Batch>>(max_group.max(2));
             let (atx, arx) = watch::channel(0u64);
             let etx = err_tx.clone();
             let name = sink.name().to_string();
@@ -112,7 +113,7 @@ impl Pipeline {
                     while let Some(b) = srx.recv().await {
                         // batches that queued while the sink was busy go together
                         let mut group = vec![b];
-                        while group.len() < sink.max_group().clamp(1, MAX_GROUP) {
+                        while group.len() < max_group {
                             match srx.try_recv() {
                                 Ok(b) => group.push(b),
                                 Err(_) => break,

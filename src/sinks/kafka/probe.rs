@@ -193,7 +193,10 @@ impl Prober {
         let (since_base, since_seq) = file_seq(&since.file);
         let mut out: ReadsPresent = HashMap::new();
         for p in 0..partitions {
-            let (lo, hi) = self.settled_watermarks(topic, p)?;
+            let (lo, hi) = self
+                .consumer
+                .fetch_watermarks(topic, p, self.timeout)
+                .map_err(|e| format!("exactly_once: reading the end of {topic}/{p}: {e}"))?;
             let mut step = 4096i64;
             loop {
                 let start = (hi - step).max(lo);
@@ -222,26 +225,6 @@ impl Prober {
             }
         }
         Ok(out)
-    }
-
-    /// The partition's watermarks once its end stopped moving: after a kill -9 the broker may
-    /// still be appending the dead producer's last requests (nothing else writes to the
-    /// partition yet: this runs before the sink produces to the topic), and a read-back that
-    /// ends before them would publish those reads again.
-    fn settled_watermarks(&mut self, topic: &str, p: i32) -> Result<(i64, i64), String> {
-        let mut last = None;
-        for _ in 0..20 {
-            let w = self
-                .consumer
-                .fetch_watermarks(topic, p, self.timeout)
-                .map_err(|e| format!("exactly_once: reading the end of {topic}/{p}: {e}"))?;
-            if last == Some(w) {
-                return Ok(w);
-            }
-            last = Some(w);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        last.ok_or_else(|| format!("exactly_once: reading the end of {topic}/{p}"))
     }
 
     /// Messages of `topic`/`p` from offset `from` up to `to` (exclusive): their coordinates,
@@ -299,11 +282,9 @@ impl Prober {
                     // record; a silence after the first record read ends the range, a silence
                     // before it is waited out to the deadline — an empty answer would publish
                     // the reads again. The silence is 20 fetch waits long (`fetch.wait.max.ms`
-                    // is 50 for this consumer): at 300 ms with librdkafka's default 500 ms
-                    // wait, a fetch answered late on a busy machine ended the range early, and
-                    // reads already in Kafka were published again after a crash —
-                    // tests/snapshot.rs kill9_after_a_chunk_kafka_holds_each_read_once, 2 runs
-                    // in ~6)
+                    // is 50 for this consumer): 300 ms was shorter than librdkafka's default
+                    // 500 ms wait, so a fetch answered at the end of its wait ended the range
+                    // early)
                     if last >= from && quiet_since.elapsed() > Duration::from_millis(1000) {
                         break;
                     }
