@@ -680,3 +680,91 @@ fn a_batch_larger_than_the_queue_cap_arrives_whole_and_in_order() {
     }
     assert_eq!(d.stop(), Some(0), "{}", d.log_text());
 }
+
+/// The exactly_once snapshot read-back (`Prober::reads_since`) finds every read event after
+/// the resume position, including the whole last record batch. A chunk's reads go out in one
+/// batch, and tansu reports a partition's high watermark as the last batch's first offset + 1:
+/// a read-back that stopped at the watermark found one read of that batch and published the
+/// rest again after a kill -9 (the flaky `snapshot.rs kill9_after_a_chunk_kafka_holds_each_read_once`).
+#[test]
+fn snapshot_read_back_finds_the_whole_last_record_batch() {
+    use binlogd::binlog::position::BinlogCoord;
+    use binlogd::sinks::kafka::config::KafkaSinkConfig;
+    use binlogd::sinks::kafka::probe::Prober;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let brokers = kafka_brokers();
+    let topic = format!("readback.{}", nonce());
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "50")
+        .create()
+        .unwrap();
+    let send = |key: &str, pos: u64, tag: Option<&str>| {
+        let pos = pos.to_string();
+        let mut h = OwnedHeaders::new()
+            .insert(Header {
+                key: "binlogd.file",
+                value: Some("binlog.000007"),
+            })
+            .insert(Header {
+                key: "binlogd.pos",
+                value: Some(&pos),
+            });
+        if let Some(tag) = tag {
+            h = h.insert(Header {
+                key: "binlogd.snapshot",
+                value: Some(tag),
+            });
+        }
+        producer
+            .send(
+                BaseRecord::to(&topic)
+                    .partition(0)
+                    .key(key)
+                    .payload("{}")
+                    .headers(h),
+            )
+            .unwrap();
+    };
+    // stream changes before the resume position and an earlier, stored chunk: one batch each
+    for i in 0..3 {
+        send(&format!("s{i}"), 100 + i, None);
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+    for i in 0..40 {
+        send(&format!("old{i}"), 200, Some("db.t#1"));
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    // the chunk handed on at the resume position (500), its progress never stored: one batch
+    for i in 0..120 {
+        send(&format!("r{i}"), 500, Some("db.t#1"));
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let cfg: KafkaSinkConfig = toml::from_str(&format!(
+        "name = \"readback\"\nbrokers = \"{brokers}\"\nexactly_once = true\n"
+    ))
+    .unwrap();
+    let mut prober = Prober::new(&cfg, "readback").unwrap();
+    let since = BinlogCoord {
+        file: "binlog.000007".into(),
+        pos: 500,
+    };
+    let found = prober.reads_since(&topic, 1, &since).unwrap();
+    let keys = found
+        .get("db.t#1")
+        .and_then(|m| m.get(&0))
+        .cloned()
+        .unwrap_or_default();
+    let want: HashSet<Vec<u8>> = (0..120).map(|i| format!("r{i}").into_bytes()).collect();
+    assert_eq!(
+        keys.len(),
+        want.len(),
+        "read events after the resume position found: {} of 120 (missing e.g. {:?})",
+        keys.len(),
+        want.difference(&keys)
+            .next()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+    );
+    assert_eq!(keys, want, "only the reads at or after the resume position");
+}

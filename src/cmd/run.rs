@@ -168,6 +168,7 @@ pub async fn run(
     let checkpointer = tokio::spawn(store.run(cp, acked_rx, stop_tx.clone()));
     let fencing = tokio::spawn(lease.clone().watch());
 
+    let mut first_stored = snapshot_stored_rx.clone();
     let startup = async {
         let mut stored = stored;
         if let Some(s) = &stored {
@@ -202,6 +203,8 @@ pub async fn run(
                     pos: *pos,
                 }),
                 (None, Some(s)) => Some(s.position.coord.clone()),
+                // a first start: nothing of this snapshot was published (no chunk is read
+                // before its start position is stored, below)
                 (None, None) => None,
             };
         }
@@ -240,6 +243,21 @@ pub async fn run(
                     progress: progress.to_json().into(),
                 }),
             }));
+            // ...and no chunk is read before that store is committed: a crash in between
+            // would restart with nothing stored, so with no position to read Kafka back from
+            // (exactly_once), and publish the first chunk's reads again
+            let waited = std::time::Instant::now();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), first_stored.changed()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => {
+                        return Err(DaemonError::Other(
+                            "the checkpoint writer stopped before the snapshot's start position was stored; see the errors above".into(),
+                        ))
+                    }
+                    Err(_) => warn!(waited = ?waited.elapsed(), "snapshot: waiting for the checkpoint to store the snapshot's start position before the first chunk is read"),
+                }
+            }
         }
         // the stage's first point: the acknowledged position (not an XA restart point before it)
         let point = match stored.as_ref() {

@@ -197,10 +197,13 @@ impl Prober {
                 .consumer
                 .fetch_watermarks(topic, p, self.timeout)
                 .map_err(|e| format!("exactly_once: reading the end of {topic}/{p}: {e}"))?;
+            if hi <= lo {
+                continue;
+            }
             let mut step = 4096i64;
             loop {
                 let start = (hi - step).max(lo);
-                let msgs = self.read_range(topic, p, start, hi)?;
+                let msgs = self.read_to_end(topic, p, start)?;
                 let before_since = |m: &(Probed, Option<String>, Option<Vec<u8>>)| {
                     m.0.base == since_base
                         && (m.0.pos.file_seq, m.0.pos.pos) < (since_seq, since.pos)
@@ -227,19 +230,19 @@ impl Prober {
         Ok(out)
     }
 
-    /// Messages of `topic`/`p` from offset `from` up to `to` (exclusive): their coordinates,
-    /// snapshot tag and key.
+    /// Messages of `topic`/`p` from offset `from` to the partition's end: their coordinates,
+    /// snapshot tag and key. The end is where the consumer reports end of partition, not the
+    /// high watermark read before: a Kafka-protocol broker may report the watermark as the
+    /// first offset of the last record batch + 1 (tansu 0.6 does), and the rest of that batch
+    /// is exactly what a crash left unstored (a chunk's reads go out as one batch). Stopping
+    /// at the watermark published those reads again after a kill -9.
     #[allow(clippy::type_complexity)]
-    fn read_range(
+    fn read_to_end(
         &mut self,
         topic: &str,
         p: i32,
         from: i64,
-        to: i64,
     ) -> Result<Vec<(Probed, Option<String>, Option<Vec<u8>>)>, String> {
-        if to <= from {
-            return Ok(Vec::new());
-        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, p, Offset::Offset(from))
             .map_err(|e| e.to_string())?;
@@ -251,13 +254,10 @@ impl Prober {
         let mut last = from - 1;
         let mut quiet_since = Instant::now();
         loop {
-            if last >= to - 1 {
-                break;
-            }
             if Instant::now() > deadline {
                 let _ = self.consumer.unassign();
                 return Err(format!(
-                    "exactly_once: {topic}/{p} offsets {from}..{to} could not be read within {:?}",
+                    "exactly_once: {topic}/{p} from offset {from} to its end could not be read within {:?}",
                     self.timeout
                 ));
             }
@@ -275,16 +275,15 @@ impl Prober {
                     }
                     quiet_since = Instant::now();
                 }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                Some(Ok(_)) => {}
+                // the end of the partition, once at least one record was read (`from` is
+                // below the watermark, so a record is there to read)
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) if last >= from => break,
+                Some(Ok(_)) | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
                 None => {
-                    // (tansu reports high watermarks per record batch: `to - 1` may be no
-                    // record; a silence after the first record read ends the range, a silence
-                    // before it is waited out to the deadline — an empty answer would publish
-                    // the reads again. The silence is 20 fetch waits long (`fetch.wait.max.ms`
-                    // is 50 for this consumer): 300 ms was shorter than librdkafka's default
-                    // 500 ms wait, so a fetch answered at the end of its wait ended the range
-                    // early)
+                    // a silence after the first record also ends it (a broker that sends no
+                    // end-of-partition); a silence before it is waited out to the deadline —
+                    // an empty answer would publish the reads again. 20 fetch waits long
+                    // (`fetch.wait.max.ms` is 50 for this consumer)
                     if last >= from && quiet_since.elapsed() > Duration::from_millis(1000) {
                         break;
                     }
