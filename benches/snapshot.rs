@@ -3,8 +3,8 @@
 //!
 //! PRIVATE servers (the shared test servers are not disturbed), data kept in
 //! `target/bench-snap/` (`BINLOGD_BENCH_DIR`): MariaDB 10.11 (`scripts/mariadb.sh`, port
-//! `BINLOGD_BENCH_MARIADB_PORT`, default 3371), MySQL 9.7 (`scripts/mysql.sh`, the sid tree
-//! in `BINLOGD_MYSQL_DIR` / `.cache/mysql-sid`, port `BINLOGD_BENCH_MYSQL_PORT`, 3372) and a
+//! `BINLOGD_BENCH_MARIADB_PORT`, default 3471), MySQL 9.7 (`scripts/mysql.sh`, the sid tree
+//! in `BINLOGD_MYSQL_DIR` / `.cache/mysql-sid`, port `BINLOGD_BENCH_MYSQL_PORT`, 3472) and a
 //! tansu broker (`scripts/kafka.sh`, venv `BINLOGD_TEST_KAFKA_VENV` / `.cache/kafka-venv`, port
 //! `BINLOGD_BENCH_KAFKA_PORT`, 19172; memory storage, restarted before every Kafka run).
 //!
@@ -402,13 +402,13 @@ fn main() {
             "mariadb" => srvs.push(Srv {
                 kind: Server::MariaDb,
                 name: "mariadb",
-                port: env_or("BINLOGD_BENCH_MARIADB_PORT", 3371),
+                port: env_or("BINLOGD_BENCH_MARIADB_PORT", 3471),
                 datadir: dir.join("maria"),
             }),
             "mysql" => srvs.push(Srv {
                 kind: Server::MySql,
                 name: "mysql",
-                port: env_or("BINLOGD_BENCH_MYSQL_PORT", 3372),
+                port: env_or("BINLOGD_BENCH_MYSQL_PORT", 3472),
                 datadir: dir.join("mysql"),
             }),
             o => panic!("BINLOGD_BENCH_SERVERS: unknown server {o}"),

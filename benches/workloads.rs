@@ -2,7 +2,7 @@
 //! measured in the same run (issue 16).
 //!
 //! Two workloads, generated once on a PRIVATE MariaDB instance (`scripts/mariadb.sh`, port
-//! `BINLOGD_BENCH_PORT`, default 3361, data in `target/bench-wl/`) and kept: every later run
+//! `BINLOGD_BENCH_PORT`, default 3461, data in `target/bench-wl/`) and kept: every later run
 //! streams the same binlog range again.
 //!
 //! - `sysbench`: `sysbench oltp_write_only` (Debian's sysbench): 4 tables × 125k rows
@@ -98,6 +98,74 @@ fn timed(cmd: &Command, count: bool) -> Measured {
         cpu: v[1] + v[2],
         rss_mib: v[3] / 1024.0,
         lines,
+    }
+}
+
+/// Installs zongji (npm) into `dir/zongji` once, with the bench's driver script.
+fn zongji_dir(dir: &Path) -> Result<(), String> {
+    let z = dir.join("zongji");
+    for tool in ["node", "npm"] {
+        if Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return Err(format!("{tool} not found (apt-get install nodejs npm)"));
+        }
+    }
+    std::fs::create_dir_all(&z).map_err(|e| e.to_string())?;
+    if !z.join("node_modules/zongji/package.json").exists() {
+        let st = Command::new("npm")
+            .args([
+                "install",
+                "--silent",
+                "--no-audit",
+                "--no-fund",
+                "zongji@0.5.1",
+            ])
+            .current_dir(&z)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err("npm install zongji@0.5.1 failed".into());
+        }
+    }
+    std::fs::copy(
+        repo().join("benches/peers/zongji_count.js"),
+        z.join("zongji_count.js"),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A peer's run over the range `r`, its output to stdout.
+fn peer_command(peer: &str, dir: &Path, port: u16, r: &Range) -> Command {
+    match peer {
+        "mariadb-binlog" => {
+            let mut c = Command::new("mariadb-binlog");
+            c.arg("--read-from-remote-server")
+                .arg("-v")
+                .arg("--host=127.0.0.1")
+                .arg(format!("--port={port}"))
+                .arg("--user=root")
+                .arg(format!("--start-position={}", r.start))
+                .arg(format!("--stop-position={}", r.end))
+                .arg(&r.file);
+            c
+        }
+        _ => {
+            let mut c = Command::new("node");
+            c.arg(dir.join("zongji/zongji_count.js"))
+                .arg("127.0.0.1")
+                .arg(port.to_string())
+                .arg("cdc")
+                .arg("cdc")
+                .arg(&r.file)
+                .arg(r.start.to_string())
+                .arg(r.end.to_string());
+            c
+        }
     }
 }
 
@@ -371,7 +439,7 @@ fn main() {
     let port: u16 = std::env::var("BINLOGD_BENCH_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
-        .unwrap_or(3361);
+        .unwrap_or(3461);
     let rounds: usize = std::env::var("BINLOGD_BENCH_ROUNDS")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -488,6 +556,21 @@ fn main() {
             bins.push((l.into(), p.into()));
         }
     }
+    // peers (issue 16's table): mariadb-binlog's C decoder printing rows as text (`-v`), and
+    // zongji (npm, Node.js) rendering each row as JSON; `BINLOGD_BENCH_PEERS` ("" for none)
+    let peers_wanted =
+        std::env::var("BINLOGD_BENCH_PEERS").unwrap_or_else(|_| "mariadb-binlog,zongji".into());
+    let mut peers: Vec<&str> = Vec::new();
+    for p in peers_wanted.split(',').filter(|p| !p.is_empty()) {
+        match p {
+            "mariadb-binlog" => peers.push("mariadb-binlog"),
+            "zongji" => match zongji_dir(&dir) {
+                Ok(()) => peers.push("zongji"),
+                Err(e) => eprintln!("peer zongji skipped: {e}"),
+            },
+            other => panic!("BINLOGD_BENCH_PEERS: unknown peer {other} (mariadb-binlog, zongji)"),
+        }
+    }
     let raw_dir = dir.join("raw");
     let mut report = String::new();
     for w in wanted.split(',') {
@@ -524,6 +607,10 @@ fn main() {
             res.push((l.clone(), Vec::new()));
             res.push((format!("{l}>null"), Vec::new()));
         }
+        let first_peer = res.len();
+        for p in &peers {
+            res.push((p.to_string(), Vec::new()));
+        }
         let mut rows: Option<u64> = None;
         for round in 0..rounds {
             let _ = std::fs::remove_dir_all(&raw_dir);
@@ -546,6 +633,16 @@ fn main() {
             for k in order {
                 let m = if k == 0 {
                     timed(&raw, false)
+                } else if k >= first_peer {
+                    let peer = peers[k - first_peer];
+                    let m = timed(&peer_command(peer, &dir, port, &r), true);
+                    // zongji prints a line per row change, like binlogd
+                    if peer == "zongji" {
+                        if let Some(n) = rows {
+                            assert_eq!(n, m.lines, "{w}: zongji delivers the same row changes");
+                        }
+                    }
+                    m
                 } else {
                     let bin = &bins[(k - 1) / 2].1;
                     let discard = (k - 1) % 2 == 1;

@@ -10,8 +10,8 @@ bash scripts/test-servers.sh start
 # shellcheck disable=SC1091
 . "${BINLOGD_TEST_DIR:-$REPO/target/ts}/env"
 cargo bench --bench throughput --bench redis_latency --bench kafka_latency
-# production-shaped workloads on a private MariaDB (:3361, data kept in target/bench-wl)
+# production-shaped workloads on a private MariaDB (:3461, data kept in target/bench-wl)
 cargo bench --bench workloads
 # snapshot (issue 15): initial_only against mariadb-dump/mysqldump, to a file and to Kafka, on
-# private MariaDB :3371, MySQL :3372 and tansu :19172 (data kept in target/bench-snap)
+# private MariaDB :3471, MySQL :3472 and tansu :19172 (data kept in target/bench-snap)
 cargo bench --bench snapshot

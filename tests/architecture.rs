@@ -191,3 +191,55 @@ fn only_cmd_reads_the_config_aggregate() {
         );
     }
 }
+
+/// The benches' private servers listen on ports no test uses: a developer who keeps them
+/// (`BINLOGD_KEEP_SERVERS=1`) can still run the suite (the workloads bench's MariaDB on 3361
+/// once made `tests/tls.rs` fail, its private server's port taken).
+#[test]
+fn bench_servers_use_ports_no_test_uses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read_dir = |d: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(d))
+            .expect("read dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("rs"))
+            .map(|p| std::fs::read_to_string(p).expect("read"))
+            .collect();
+        v.sort();
+        v
+    };
+    // numbers that look like ports (4-5 digits, 1024..65535) anywhere in a text
+    let numbers = |text: &str| -> BTreeSet<u32> {
+        text.split(|c: char| !c.is_ascii_digit())
+            .filter(|w| (4..=5).contains(&w.len()))
+            .filter_map(|w| w.parse().ok())
+            .filter(|n| (1024..65536).contains(n))
+            .collect()
+    };
+    let mut bench_ports = BTreeSet::new();
+    for text in read_dir("benches") {
+        // the default after each `…_PORT"` variable: `env_or("BINLOGD_BENCH_MYSQL_PORT", NNNN)`,
+        // `var("BINLOGD_BENCH_PORT") … .unwrap_or(NNNN)`
+        for (i, _) in text.match_indices("_PORT\"") {
+            let after: String = text[i..].chars().take(160).collect();
+            let first = after
+                .split(|c: char| !c.is_ascii_digit())
+                .find(|w| (4..=5).contains(&w.len()))
+                .and_then(|w| w.parse::<u32>().ok());
+            bench_ports.extend(first);
+        }
+    }
+    assert!(
+        bench_ports.len() >= 3,
+        "found the benches' default ports: {bench_ports:?}"
+    );
+    let mut test_text = read_dir("tests").join("\n");
+    test_text += &read_dir("tests/common").join("\n");
+    test_text += &std::fs::read_to_string(root.join("scripts/test-servers.sh")).expect("read");
+    let test_numbers = numbers(&test_text);
+    let shared: Vec<_> = bench_ports.intersection(&test_numbers).collect();
+    assert!(
+        shared.is_empty(),
+        "bench default ports also used by tests: {shared:?}"
+    );
+}
