@@ -18,6 +18,12 @@
 //! a ratio to the raw transfer of the same round. Asserts only that every run delivers the
 //! same number of row changes.
 //!
+//! Peers in the same rounds (`BINLOGD_BENCH_PEERS`, default `mariadb-binlog,zongji`, "" for
+//! none): `mariadb-binlog --read-from-remote-server -v` (the C decoder printing rows as text)
+//! and zongji 0.5.1 (npm, installed once into `target/bench-wl/zongji`; needs `node` and
+//! `npm`), driven by `benches/peers/zongji_count.js`: a JSON line per row change, counted like
+//! binlogd's.
+//!
 //! Run: `cargo bench --bench workloads` (needs mariadbd, mariadb-binlog, sysbench, /usr/bin/time).
 //! Environment: `BINLOGD_BENCH_ROUNDS` (default 3), `BINLOGD_BENCH_WORKLOADS` (`sysbench,wide`),
 //! `BINLOGD_BENCH_BINS` (`label=path,…`: more binlogd binaries to interleave, e.g. a build

