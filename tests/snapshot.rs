@@ -760,10 +760,75 @@ fn redis_ignores_read_events() {
     assert_eq!(d.stop(), Some(0), "{}", d.log_text());
 }
 
+/// Holds back a pipeline's first checkpoint store: an uncommitted insert of its snapshot
+/// progress row (a lock on that key alone, which the daemon's INSERT … ON DUPLICATE KEY UPDATE
+/// waits for; its plain reads do not). ROLLBACK on the returned connection releases it.
+async fn hold_progress_row(f: Flavor, pipeline: &str) -> Conn {
+    let mut c = root(f).await;
+    c.query_drop("CREATE DATABASE IF NOT EXISTS binlogd")
+        .await
+        .unwrap();
+    c.query_drop(
+        include_str!("../migrations/0003_snapshot.sql")
+            .split(';')
+            .find(|s| s.contains("snapshot_progress"))
+            .unwrap()
+            .replace("{schema}", "binlogd"),
+    )
+    .await
+    .unwrap();
+    c.query_drop("BEGIN").await.unwrap();
+    c.exec_drop(
+        "INSERT INTO binlogd.snapshot_progress (pipeline, progress) VALUES (?, '{}')",
+        (pipeline,),
+    )
+    .await
+    .unwrap();
+    c
+}
+
+/// A stop signal while a first start waits for its start position to be stored ends the
+/// daemon cleanly (exit 0, once the store in flight had its `store_timeout`), nothing read.
+#[test]
+fn stop_during_the_first_start_wait_is_clean() {
+    let f = Flavor::MariaDb;
+    let rt = rt();
+    let (db, dir, cfg) = prepare(f, "snapstop", 300, "mode = \"initial\"\nchunk_rows = 100");
+    let config = dir.join("binlogd.toml");
+    std::fs::write(&config, &cfg).unwrap();
+    let (code, out) = run_binlogd(&["position", "reset", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "position reset: {out}");
+    let mut blocker = rt.block_on(hold_progress_row(f, &db));
+    let mut d = Daemon::builder(&dir).config(&cfg).spawn();
+    wait_until("the start position logged", Duration::from_secs(20), || {
+        d.log_text().contains("\"start position\"")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let code = d.stop();
+    let took = t0.elapsed();
+    rt.block_on(async {
+        blocker.query_drop("ROLLBACK").await.unwrap();
+    });
+    assert_eq!(code, Some(0), "{}", d.log_text());
+    // (the store in flight is given `checkpoint.store_timeout`, 10 s, to finish)
+    assert!(
+        took < Duration::from_secs(15),
+        "stopped after {took:?}: {}",
+        d.log_text()
+    );
+    let out = std::fs::read(&d.out).unwrap_or_default();
+    assert!(
+        !out.windows(8).any(|w| w == b"\"op\":\"r\""),
+        "nothing read"
+    );
+}
+
 /// A first start with an initial snapshot reads no chunk before its start position and table
 /// list are stored: a crash in between would restart with nothing stored (a new snapshot, and
 /// with Kafka exactly_once no position to read back from, so the first chunk's reads would be
-/// published again). The store is held back by a gap lock on the pipeline's progress row.
+/// published again). The store is held back by an uncommitted insert of the pipeline's
+/// progress row.
 #[test]
 fn first_start_reads_no_chunk_before_its_start_is_stored() {
     for f in BOTH {
@@ -771,43 +836,20 @@ fn first_start_reads_no_chunk_before_its_start_is_stored() {
         let rows = 600;
         let (db, dir, cfg) = prepare(f, "snapfirst", rows, "mode = \"initial\"\nchunk_rows = 100");
         let pipeline = db.clone();
-        let mut blocker = rt.block_on(async {
-            let mut c = root(f).await;
-            c.query_drop("CREATE DATABASE IF NOT EXISTS binlogd")
-                .await
-                .unwrap();
-            c.query_drop(
-                include_str!("../migrations/0003_snapshot.sql")
-                    .split(';')
-                    .find(|s| s.contains("snapshot_progress"))
-                    .unwrap()
-                    .replace("{schema}", "binlogd"),
-            )
-            .await
-            .unwrap();
-            c.exec_drop(
-                "DELETE FROM binlogd.snapshot_progress WHERE pipeline = ?",
-                (&pipeline,),
-            )
-            .await
-            .unwrap();
-            c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .await
-                .unwrap();
-            c.query_drop("BEGIN").await.unwrap();
-            // no row: a gap lock, which blocks the daemon's INSERT of this pipeline's row
-            // (and not its plain reads)
-            c.exec_drop(
-                "SELECT * FROM binlogd.snapshot_progress WHERE pipeline = ? FOR UPDATE",
-                (&pipeline,),
-            )
-            .await
-            .unwrap();
-            c
-        });
+        // a fresh pipeline (the reset deletes the progress row, so it goes before the lock)
+        let config = dir.join("binlogd.toml");
+        std::fs::write(&config, &cfg).unwrap();
+        let (code, out) = run_binlogd(&["position", "reset", "-c", config.to_str().unwrap()]);
+        assert_eq!(code, 0, "position reset: {out}");
+        let mut blocker = rt.block_on(hold_progress_row(f, &pipeline));
         let mut load = write_load(f, &db, rows);
-        let mut d = Daemon::start(&dir, &cfg);
-        std::thread::sleep(Duration::from_secs(4));
+        let mut d = Daemon::builder(&dir).config(&cfg).spawn();
+        // the daemon reached the store of its start (logged just before), then had time to
+        // read a chunk had it not waited
+        wait_until("the start position logged", Duration::from_secs(20), || {
+            d.log_text().contains("\"start position\"")
+        });
+        std::thread::sleep(Duration::from_secs(3));
         let out = std::fs::read(&d.out).unwrap_or_default();
         assert!(d.running(), "daemon exited: {}", d.log_text());
         assert!(
@@ -842,27 +884,48 @@ fn first_start_reads_no_chunk_before_its_start_is_stored() {
 #[test]
 fn kill9_after_a_chunk_kafka_holds_each_read_once() {
     for f in BOTH {
+        kill9_after_a_chunk_kafka(f, false);
+    }
+}
+
+/// The same with `key = "none"` (every message without a key, MariaDB): each read names its
+/// row in a `binlogd.snapshot_key` header, which the restart's read-back finds.
+#[test]
+fn kill9_after_a_chunk_kafka_null_keys_hold_each_read_once() {
+    kill9_after_a_chunk_kafka(Flavor::MariaDb, true);
+}
+
+/// kill -9 right after a chunk reached the sinks, ×10, file sink + Kafka exactly_once; with
+/// `null_keys` the Kafka messages have no key.
+fn kill9_after_a_chunk_kafka(f: Flavor, null_keys: bool) {
+    {
         let rt = rt();
         let rows = 3_000;
         let chunk = 200;
         let topic = format!("kx{}.{{db}}.{{table}}", nonce());
+        let name = if null_keys { "snapkn" } else { "snapkx" };
         let (db, dir, mut cfg) = prepare(
             f,
-            "snapkx",
+            name,
             rows,
             &format!("mode = \"initial\"\nchunk_rows = {chunk}\nrows_per_second = 3000"),
         );
         cfg.push_str(&kafka_sink(
             &kafka_brokers(),
             &topic,
-            "exactly_once = true\npartitions = 3",
+            if null_keys {
+                "exactly_once = true\npartitions = 3\nkey = \"none\""
+            } else {
+                "exactly_once = true\npartitions = 3"
+            },
         ));
-        // t3 has no primary key: its messages are keyed by its unique key (a null key could
-        // not tell a read published before a crash from another)
-        cfg.push_str("\n[sinks.kafka.key_columns]\n\"*.t3\" = [\"u\"]\n");
+        if !null_keys {
+            // t3 has no primary key: its messages are keyed by its unique key
+            cfg.push_str("\n[sinks.kafka.key_columns]\n\"*.t3\" = [\"u\"]\n");
+        }
         let mut load = write_load(f, &db, rows);
         let mut d = Daemon::start(&dir, &cfg);
-        let pipeline = format!("snapkx_{}", f.tag());
+        let pipeline = format!("{name}_{}", f.tag());
         let mut crashes = 0;
         for _ in 0..10 {
             // the moment a chunk has been written: kill before its progress is stored
@@ -915,7 +978,21 @@ fn kill9_after_a_chunk_kafka_holds_each_read_once() {
                 .filter(|m| m.headers.contains_key("binlogd.snapshot"))
             {
                 n += 1;
-                if !seen.insert((m.headers["binlogd.snapshot"].clone(), m.key.clone())) {
+                // the row: the message key, or for a message without one its header
+                let id = match &m.key {
+                    Some(k) => k.clone(),
+                    None => {
+                        assert!(null_keys, "{f:?} {t}: a read without a key");
+                        m.headers
+                            .get("binlogd.snapshot_key")
+                            .unwrap_or_else(|| {
+                                panic!("{f:?} {t}: a key-less read without binlogd.snapshot_key")
+                            })
+                            .clone()
+                            .into_bytes()
+                    }
+                };
+                if !seen.insert((m.headers["binlogd.snapshot"].clone(), Some(id))) {
                     dup += 1;
                 }
             }

@@ -36,13 +36,22 @@ z.on('binlog', (ev) => {
   }
   // a blocking write to fd 1 (process.stdout queues in memory when the reader is slower, and
   // drops what is queued at exit)
-  if (out) fs.writeSync(1, out);
+  if (out) {
+    const buf = Buffer.from(out);
+    for (let off = 0; off < buf.length; ) off += fs.writeSync(1, buf, off);
+  }
+  idle.refresh();
   if (ev.nextPosition >= stopAt) {
     done = true;
     z.stop();
     setImmediate(() => process.exit(0));
   }
 });
+// no event for 30 s: the range's end was never seen (a bench must not hang)
+const idle = setTimeout(() => {
+  process.stderr.write(`zongji_count: no event for 30 s before position ${stopAt}\n`);
+  process.exit(1);
+}, 30000);
 z.on('error', (e) => {
   process.stderr.write(`zongji: ${e}\n`);
   process.exit(1);

@@ -246,16 +246,24 @@ pub async fn run(
             // ...and no chunk is read before that store is committed: a crash in between
             // would restart with nothing stored, so with no position to read Kafka back from
             // (exactly_once), and publish the first chunk's reads again
+            // (a stop signal meanwhile ends the start cleanly: nothing was handed on)
             let waited = std::time::Instant::now();
+            let mut stop = shutdown.clone();
             loop {
-                match tokio::time::timeout(Duration::from_secs(10), first_stored.changed()).await {
-                    Ok(Ok(())) => break,
-                    Ok(Err(_)) => {
-                        return Err(DaemonError::Other(
-                            "the checkpoint writer stopped before the snapshot's start position was stored; see the errors above".into(),
-                        ))
+                tokio::select! {
+                    r = tokio::time::timeout(Duration::from_secs(10), first_stored.changed()) => match r {
+                        Ok(Ok(())) => break,
+                        Ok(Err(_)) => {
+                            return Err(DaemonError::Other(
+                                "the checkpoint writer stopped before the snapshot's start position was stored; see the errors above".into(),
+                            ))
+                        }
+                        Err(_) => warn!(waited = ?waited.elapsed(), "snapshot: waiting for the checkpoint to store the snapshot's start position before the first chunk is read"),
+                    },
+                    _ = stop.changed() => {
+                        info!("stop requested while waiting for the snapshot's start position to be stored; nothing was handed on");
+                        return Err(DaemonError::Other(String::new()));
                     }
-                    Err(_) => warn!(waited = ?waited.elapsed(), "snapshot: waiting for the checkpoint to store the snapshot's start position before the first chunk is read"),
                 }
             }
         }
@@ -277,7 +285,7 @@ pub async fn run(
             fencing.abort();
             metrics.active.set(0);
             metrics.set_state("stopped");
-            // initial_only with nothing left to do
+            // initial_only with nothing left to do, or a stop signal during the start
             if matches!(&e, DaemonError::Other(m) if m.is_empty()) {
                 return Ok(());
             }

@@ -158,6 +158,10 @@ pub struct TableSchema {
     /// Indexes of the columns whose values are checked before a rows event joins a batch
     /// ([`super::validate::checked_columns`]), chosen once per schema.
     pub checked_columns: Vec<usize>,
+    /// Snapshot reads only: the columns of the key the table is read by (its primary key or
+    /// the unique key chosen for it), which tell one read row from another even where the
+    /// sink's message has no key. Empty for tables of the stream.
+    pub read_key: Vec<usize>,
 }
 
 /// Per-table facts not in the binlog, read from information_schema.
@@ -203,6 +207,7 @@ impl TableSchema {
             raw: Box::new([]),
             transactional: true,
             checked_columns: Vec::new(),
+            read_key: Vec::new(),
         }
     }
 
@@ -375,6 +380,7 @@ impl TableSchema {
             full_metadata,
             raw: raw.into(),
             transactional: hints.and_then(|h| h.transactional).unwrap_or(true),
+            read_key: Vec::new(),
         })
     }
 }

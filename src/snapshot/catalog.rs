@@ -203,6 +203,7 @@ pub async fn load_table(
     t.transactional = transactional;
     let (primary, key, key_kind) = choose_key(db, table, &cols, &stats)?;
     t.primary_key = primary;
+    t.read_key = key.clone();
     let key_binds = key
         .iter()
         .map(|&i| key_bind(&t.columns[i], &cols[i]))

@@ -227,6 +227,8 @@ pub struct KafkaSink {
     stats: Arc<KafkaStats>,
     value: Vec<u8>,
     key: Vec<u8>,
+    /// A key-less read event's row key (header `binlogd.snapshot_key`).
+    read_id: Vec<u8>,
 }
 
 fn fatal(sink: &str, message: String) -> SinkError {
@@ -275,6 +277,7 @@ impl KafkaSink {
             stats,
             value: Vec::with_capacity(1024),
             key: Vec::with_capacity(64),
+            read_id: Vec::with_capacity(64),
         })
     }
 
@@ -520,14 +523,23 @@ impl KafkaSink {
             // snapshot reads are not skipped by position: a chunk read again after a restart is
             // handed on at a later stream position than the first time, with other rows
             let read = matches!(ch.op(), crate::decode::event::Op::Read { .. });
+            // a read without a message key (`key = "none"`, or a table read by a unique key
+            // without `key_columns`) names its row in a header instead: the key it was read by
+            self.read_id.clear();
+            let read_id_header = read && !has_key && !ch.chunk.table.read_key.is_empty();
+            if read_id_header {
+                ch.write_key(&mut self.read_id, &ch.chunk.table.read_key)
+                    .map_err(|e| fatal(&self.name, e.to_string()))?;
+            }
             let read_present = read
-                && has_key
+                && (has_key || read_id_header)
                 && ch.txn.snapshot.as_deref().is_some_and(|tag| {
+                    let id = if has_key { &self.key } else { &self.read_id };
                     self.reads_present
                         .get(&route.topic)
                         .and_then(|m| m.get(tag))
                         .and_then(|m| m.get(&partition))
-                        .is_some_and(|s| s.contains(&self.key))
+                        .is_some_and(|s| s.contains(id))
                 });
             let skip = |partition: i32, tomb: bool| -> bool {
                 !read
@@ -598,6 +610,12 @@ impl KafkaSink {
                         key: "binlogd.snapshot",
                         value: Some(s.as_bytes()),
                     });
+                    if read_id_header {
+                        h = h.insert(Header {
+                            key: "binlogd.snapshot_key",
+                            value: Some(&self.read_id[..]),
+                        });
+                    }
                 }
                 if tomb {
                     h = h.insert(Header {

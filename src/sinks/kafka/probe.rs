@@ -174,7 +174,7 @@ impl Prober {
 }
 
 /// Snapshot read events already in a topic after a stored position: per snapshot run tag
-/// (`db.table#run`) and partition, their message keys (by tag first: a read event looks its
+/// (`db.table#run`) and partition, their message keys (or `binlogd.snapshot_key` headers) (by tag first: a read event looks its
 /// tag up as `&str`, no allocation per row).
 pub type ReadsPresent = HashMap<String, HashMap<i32, HashSet<Vec<u8>>>>;
 
@@ -203,7 +203,7 @@ impl Prober {
             let mut step = 4096i64;
             loop {
                 let start = (hi - step).max(lo);
-                let msgs = self.read_to_end(topic, p, start)?;
+                let msgs = self.read_to_end(topic, p, start, hi)?;
                 let before_since = |m: &(Probed, Option<String>, Option<Vec<u8>>)| {
                     m.0.base == since_base
                         && (m.0.pos.file_seq, m.0.pos.pos) < (since_seq, since.pos)
@@ -231,7 +231,7 @@ impl Prober {
     }
 
     /// Messages of `topic`/`p` from offset `from` to the partition's end: their coordinates,
-    /// snapshot tag and key. The end is where the consumer reports end of partition, not the
+    /// snapshot tag and key (for a read without a message key: its `binlogd.snapshot_key`). The end is where the consumer reports end of partition, not the
     /// high watermark read before: a Kafka-protocol broker may report the watermark as the
     /// first offset of the last record batch + 1 (tansu 0.6 does), and the rest of that batch
     /// is exactly what a crash left unstored (a chunk's reads go out as one batch). Stopping
@@ -242,6 +242,7 @@ impl Prober {
         topic: &str,
         p: i32,
         from: i64,
+        hi: i64,
     ) -> Result<Vec<(Probed, Option<String>, Option<Vec<u8>>)>, String> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, p, Offset::Offset(from))
@@ -265,26 +266,33 @@ impl Prober {
                 Some(Ok(m)) if m.topic() == topic && m.partition() == p => {
                     if m.offset() > last {
                         last = m.offset();
-                        let tag = m.headers().and_then(|h| {
-                            h.iter()
-                                .find(|x| x.key == "binlogd.snapshot")
-                                .and_then(|x| x.value)
-                                .map(|v| String::from_utf8_lossy(v).into_owned())
-                        });
-                        out.push((parse(&m), tag, m.key().map(|k| k.to_vec())));
+                        let header = |name: &str| {
+                            m.headers().and_then(|h| {
+                                h.iter().find(|x| x.key == name).and_then(|x| x.value)
+                            })
+                        };
+                        let tag = header("binlogd.snapshot")
+                            .map(|v| String::from_utf8_lossy(v).into_owned());
+                        // a read without a message key names its row in a header
+                        let id = m.key().or_else(|| header("binlogd.snapshot_key"));
+                        out.push((parse(&m), tag, id.map(|k| k.to_vec())));
+                        quiet_since = Instant::now();
                     }
-                    quiet_since = Instant::now();
                 }
-                // the end of the partition, once at least one record was read (`from` is
-                // below the watermark, so a record is there to read)
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) if last >= from => break,
+                // the end of the partition, once the record below the watermark read before
+                // was reached (the records up to it are there to read: an end reported
+                // earlier, or a silence, would publish the reads after it again)
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(q)))
+                    if q == p && last >= hi - 1 =>
+                {
+                    break
+                }
                 Some(Ok(_)) | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
                 None => {
-                    // a silence after the first record also ends it (a broker that sends no
-                    // end-of-partition); a silence before it is waited out to the deadline —
-                    // an empty answer would publish the reads again. 20 fetch waits long
-                    // (`fetch.wait.max.ms` is 50 for this consumer)
-                    if last >= from && quiet_since.elapsed() > Duration::from_millis(1000) {
+                    // a silence past it also ends it (a broker that sends no end of
+                    // partition); a silence before it is waited out to the deadline. 20 fetch
+                    // waits long (`fetch.wait.max.ms` is 50 for this consumer)
+                    if last >= hi - 1 && quiet_since.elapsed() > Duration::from_millis(1000) {
                         break;
                     }
                 }
