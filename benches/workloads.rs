@@ -145,21 +145,24 @@ fn zongji_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `mariadb-binlog --read-from-remote-server` over the range `r`, with `extra` options.
+fn mariadb_binlog(port: u16, r: &Range, extra: &[&str]) -> Command {
+    let mut c = Command::new("mariadb-binlog");
+    c.arg("--read-from-remote-server")
+        .args(extra)
+        .arg("--host=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg("--user=root")
+        .arg(format!("--start-position={}", r.start))
+        .arg(format!("--stop-position={}", r.end))
+        .arg(&r.file);
+    c
+}
+
 /// A peer's run over the range `r`, its output to stdout.
 fn peer_command(peer: &str, dir: &Path, port: u16, r: &Range) -> Command {
     match peer {
-        "mariadb-binlog" => {
-            let mut c = Command::new("mariadb-binlog");
-            c.arg("--read-from-remote-server")
-                .arg("-v")
-                .arg("--host=127.0.0.1")
-                .arg(format!("--port={port}"))
-                .arg("--user=root")
-                .arg(format!("--start-position={}", r.start))
-                .arg(format!("--stop-position={}", r.end))
-                .arg(&r.file);
-            c
-        }
+        "mariadb-binlog" => mariadb_binlog(port, r, &["-v"]),
         _ => {
             let mut c = Command::new("node");
             c.arg(dir.join("zongji/zongji_count.js"))
@@ -621,16 +624,11 @@ fn main() {
         for round in 0..rounds {
             let _ = std::fs::remove_dir_all(&raw_dir);
             std::fs::create_dir_all(&raw_dir).unwrap();
-            let mut raw = Command::new("mariadb-binlog");
-            raw.arg("--read-from-remote-server")
-                .arg("--raw")
-                .arg("--host=127.0.0.1")
-                .arg(format!("--port={port}"))
-                .arg("--user=root")
-                .arg(format!("--start-position={}", r.start))
-                .arg(format!("--stop-position={}", r.end))
-                .arg(format!("--result-file={}/", raw_dir.display()))
-                .arg(&r.file);
+            let raw = mariadb_binlog(
+                port,
+                &r,
+                &["--raw", &format!("--result-file={}/", raw_dir.display())],
+            );
             // alternate the order so neither side always runs first
             let mut order: Vec<usize> = (0..res.len()).collect();
             if round % 2 == 1 {

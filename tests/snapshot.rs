@@ -387,6 +387,21 @@ fn stored_pending(f: Flavor, pipeline: &str) -> Option<usize> {
     stored_progress_text(f, pipeline).map(|p| p.matches("\"done\":false").count())
 }
 
+/// Waits until `pipeline`'s stored progress has every table done (the daemon must keep
+/// running), at most `secs` seconds.
+fn wait_snapshot_stored(f: Flavor, pipeline: &str, d: &mut Daemon, secs: u64) {
+    let t0 = Instant::now();
+    while stored_pending(f, pipeline) != Some(0) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "snapshot not done: {}",
+            d.log_text()
+        );
+        assert!(d.running(), "daemon exited: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Read events of a table whose key was read more than once.
 fn reread(events: &[Value], table: &str) -> usize {
     let mut seen = std::collections::HashSet::new();
@@ -439,17 +454,8 @@ fn kill9_during_snapshot_resumes_with_the_next_chunk() {
             crashes += 1;
             d.restart();
         }
-        let t0 = Instant::now();
         // the last run finishes the tables still open
-        while stored_pending(f, &pipeline) != Some(0) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "snapshot not done: {}",
-                d.log_text()
-            );
-            assert!(d.running(), "daemon exited: {}", d.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_snapshot_stored(f, &pipeline, &mut d, 120);
         load.wait_commits(20, Duration::from_secs(20), "after the snapshot");
         load.finish();
         let ev = settle(f, &db, &mut d, 1);
@@ -760,6 +766,15 @@ fn redis_ignores_read_events() {
     assert_eq!(d.stop(), Some(0), "{}", d.log_text());
 }
 
+/// Writes `cfg` to the workdir and resets its pipeline (a fresh start; for a daemon then
+/// started without a reset).
+fn reset_pipeline(dir: &std::path::Path, cfg: &str) {
+    let config = dir.join("binlogd.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let (code, out) = run_binlogd(&["position", "reset", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "position reset: {out}");
+}
+
 /// Holds back a pipeline's first checkpoint store: an uncommitted insert of its snapshot
 /// progress row (a lock on that key alone, which the daemon's INSERT … ON DUPLICATE KEY UPDATE
 /// waits for; its plain reads do not). ROLLBACK on the returned connection releases it.
@@ -794,10 +809,7 @@ fn stop_during_the_first_start_wait_is_clean() {
     let f = Flavor::MariaDb;
     let rt = rt();
     let (db, dir, cfg) = prepare(f, "snapstop", 300, "mode = \"initial\"\nchunk_rows = 100");
-    let config = dir.join("binlogd.toml");
-    std::fs::write(&config, &cfg).unwrap();
-    let (code, out) = run_binlogd(&["position", "reset", "-c", config.to_str().unwrap()]);
-    assert_eq!(code, 0, "position reset: {out}");
+    reset_pipeline(&dir, &cfg);
     let mut blocker = rt.block_on(hold_progress_row(f, &db));
     let mut d = Daemon::builder(&dir).config(&cfg).spawn();
     wait_until("the start position logged", Duration::from_secs(20), || {
@@ -836,11 +848,8 @@ fn first_start_reads_no_chunk_before_its_start_is_stored() {
         let rows = 600;
         let (db, dir, cfg) = prepare(f, "snapfirst", rows, "mode = \"initial\"\nchunk_rows = 100");
         let pipeline = db.clone();
-        // a fresh pipeline (the reset deletes the progress row, so it goes before the lock)
-        let config = dir.join("binlogd.toml");
-        std::fs::write(&config, &cfg).unwrap();
-        let (code, out) = run_binlogd(&["position", "reset", "-c", config.to_str().unwrap()]);
-        assert_eq!(code, 0, "position reset: {out}");
+        // the reset deletes the progress row, so it goes before the lock
+        reset_pipeline(&dir, &cfg);
         let mut blocker = rt.block_on(hold_progress_row(f, &pipeline));
         let mut load = write_load(f, &db, rows);
         let mut d = Daemon::builder(&dir).config(&cfg).spawn();
@@ -861,16 +870,7 @@ fn first_start_reads_no_chunk_before_its_start_is_stored() {
         rt.block_on(async {
             blocker.query_drop("ROLLBACK").await.unwrap();
         });
-        let t0 = Instant::now();
-        while stored_pending(f, &pipeline) != Some(0) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "snapshot not done: {}",
-                d.log_text()
-            );
-            assert!(d.running(), "daemon exited: {}", d.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_snapshot_stored(f, &pipeline, &mut d, 60);
         load.finish();
         let ev = settle(f, &db, &mut d, 1);
         assert_converged(f, &db, &ev).await_in(&rt);
@@ -949,16 +949,7 @@ fn kill9_after_a_chunk_kafka(f: Flavor, null_keys: bool) {
             d.restart();
             std::thread::sleep(Duration::from_millis(300));
         }
-        let t0 = Instant::now();
-        while stored_pending(f, &pipeline) != Some(0) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "snapshot not done: {}",
-                d.log_text()
-            );
-            assert!(d.running(), "daemon exited: {}", d.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_snapshot_stored(f, &pipeline, &mut d, 120);
         load.finish();
         let ev = settle(f, &db, &mut d, 1);
         assert_converged(f, &db, &ev).await_in(&rt);
