@@ -523,18 +523,26 @@ impl KafkaSink {
             // snapshot reads are not skipped by position: a chunk read again after a restart is
             // handed on at a later stream position than the first time, with other rows
             let read = matches!(ch.op(), crate::decode::event::Op::Read { .. });
-            // a read without a message key (`key = "none"`, or a table read by a unique key
-            // without `key_columns`) names its row in a header instead: the key it was read by
+            // a read is known by the key it was read by (unique): when the message key is not
+            // that key (`key = "none"`, or `key_columns`, which need not be unique) the read
+            // names it in a header, and a restart's read-back matches on that
             self.read_id.clear();
-            let read_id_header = read && !has_key && !ch.chunk.table.read_key.is_empty();
+            let read_key = &ch.chunk.table.read_key;
+            let read_id_header = read
+                && !read_key.is_empty()
+                && !(has_key && route.key_cols.as_deref() == Some(&read_key[..]));
             if read_id_header {
-                ch.write_key(&mut self.read_id, &ch.chunk.table.read_key)
+                ch.write_key(&mut self.read_id, read_key)
                     .map_err(|e| fatal(&self.name, e.to_string()))?;
             }
             let read_present = read
                 && (has_key || read_id_header)
                 && ch.txn.snapshot.as_deref().is_some_and(|tag| {
-                    let id = if has_key { &self.key } else { &self.read_id };
+                    let id = if read_id_header {
+                        &self.read_id
+                    } else {
+                        &self.key
+                    };
                     self.reads_present
                         .get(&route.topic)
                         .and_then(|m| m.get(tag))

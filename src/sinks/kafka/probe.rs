@@ -82,6 +82,9 @@ impl Prober {
         for (k, v) in cfg.consumer_properties(pipeline) {
             cc.set(k, v);
         }
+        // an offset gone since the watermarks were read (retention) is an error, not a silent
+        // jump to the end (which would read nothing and call it complete)
+        cc.set("auto.offset.reset", "error");
         let consumer: BaseConsumer = cc
             .create()
             .map_err(|e| format!("creating the exactly-once probe consumer: {e}"))?;
@@ -273,17 +276,20 @@ impl Prober {
                         };
                         let tag = header("binlogd.snapshot")
                             .map(|v| String::from_utf8_lossy(v).into_owned());
-                        // a read without a message key names its row in a header
-                        let id = m.key().or_else(|| header("binlogd.snapshot_key"));
+                        // a read whose message key is not the key it was read by names
+                        // that key in a header
+                        let id = header("binlogd.snapshot_key").or_else(|| m.key());
                         out.push((parse(&m), tag, id.map(|k| k.to_vec())));
                         quiet_since = Instant::now();
                     }
                 }
                 // the end of the partition, once the record below the watermark read before
                 // was reached (the records up to it are there to read: an end reported
-                // earlier, or a silence, would publish the reads after it again)
+                // earlier, or a silence, would publish the reads after it again) — or the
+                // consumer's position passed it (an offset that is no message: a
+                // transaction marker of another writer)
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(q)))
-                    if q == p && last >= hi - 1 =>
+                    if q == p && (last >= hi - 1 || self.position(topic, p) >= hi) =>
                 {
                     break
                 }
@@ -304,6 +310,19 @@ impl Prober {
         }
         let _ = self.consumer.unassign();
         Ok(out)
+    }
+}
+
+impl Prober {
+    /// The assigned consumer's next offset in `topic`/`p` (-1 when unknown).
+    fn position(&self, topic: &str, p: i32) -> i64 {
+        let Ok(tpl) = self.consumer.position() else {
+            return -1;
+        };
+        match tpl.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        }
     }
 }
 
