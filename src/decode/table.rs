@@ -159,8 +159,8 @@ pub struct TableSchema {
     /// ([`super::validate::checked_columns`]), chosen once per schema.
     pub checked_columns: Vec<usize>,
     /// Snapshot reads only: the columns of the key the table is read by (its primary key or
-    /// the unique key chosen for it), which tell one read row from another even where the
-    /// sink's message has no key. Empty for tables of the stream.
+    /// the unique key chosen for it), which tell one read row from another whatever a sink
+    /// uses as message key. Empty for tables of the stream.
     pub read_key: Vec<usize>,
 }
 

@@ -227,7 +227,7 @@ pub struct KafkaSink {
     stats: Arc<KafkaStats>,
     value: Vec<u8>,
     key: Vec<u8>,
-    /// A key-less read event's row key (header `binlogd.snapshot_key`).
+    /// A read event's row key when the message key is not it (header `binlogd.snapshot_key`).
     read_id: Vec<u8>,
 }
 

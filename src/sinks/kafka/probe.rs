@@ -177,8 +177,8 @@ impl Prober {
 }
 
 /// Snapshot read events already in a topic after a stored position: per snapshot run tag
-/// (`db.table#run`) and partition, their message keys (or `binlogd.snapshot_key` headers) (by tag first: a read event looks its
-/// tag up as `&str`, no allocation per row).
+/// (`db.table#run`) and partition, the keys they were read by (`binlogd.snapshot_key`, else the
+/// message key). By tag first: a read event looks its tag up as `&str`, no allocation per row.
 pub type ReadsPresent = HashMap<String, HashMap<i32, HashSet<Vec<u8>>>>;
 
 impl Prober {
@@ -233,12 +233,24 @@ impl Prober {
         Ok(out)
     }
 
+    /// The assigned consumer's next offset in `topic`/`p` (-1 when unknown).
+    fn position(&self, topic: &str, p: i32) -> i64 {
+        let Ok(tpl) = self.consumer.position() else {
+            return -1;
+        };
+        match tpl.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        }
+    }
+
     /// Messages of `topic`/`p` from offset `from` to the partition's end: their coordinates,
-    /// snapshot tag and key (for a read without a message key: its `binlogd.snapshot_key`). The end is where the consumer reports end of partition, not the
-    /// high watermark read before: a Kafka-protocol broker may report the watermark as the
-    /// first offset of the last record batch + 1 (tansu 0.6 does), and the rest of that batch
-    /// is exactly what a crash left unstored (a chunk's reads go out as one batch). Stopping
-    /// at the watermark published those reads again after a kill -9.
+    /// snapshot tag and read key (`binlogd.snapshot_key`, else the message key). The end is
+    /// where the consumer reports end of partition at or past `hi` (the high watermark read
+    /// before), not `hi` itself: a Kafka-protocol broker may report the watermark as the first
+    /// offset of the last record batch + 1 (tansu 0.6 does), and the rest of that batch is
+    /// exactly what a crash left unstored (a chunk's reads go out as one batch). Stopping at
+    /// the watermark published those reads again after a kill -9.
     #[allow(clippy::type_complexity)]
     fn read_to_end(
         &mut self,
@@ -310,19 +322,6 @@ impl Prober {
         }
         let _ = self.consumer.unassign();
         Ok(out)
-    }
-}
-
-impl Prober {
-    /// The assigned consumer's next offset in `topic`/`p` (-1 when unknown).
-    fn position(&self, topic: &str, p: i32) -> i64 {
-        let Ok(tpl) = self.consumer.position() else {
-            return -1;
-        };
-        match tpl.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        }
     }
 }
 
