@@ -75,8 +75,8 @@ pub async fn initial_tables(
         return Err(DaemonError::Config(format!(
             "snapshot.mode = initial: {} table(s) have no primary key and no UNIQUE key on NOT NULL columns, so \
              they cannot be read in key-ordered chunks: {}. Fix: add a primary key, or leave them out of the \
-             snapshot with snapshot.tables (they are still streamed); README \"Snapshots\" describes the \
-             one-read fallback for such tables",
+             snapshot with snapshot.tables (they are still streamed); README \"Snapshots\" (\"Not (yet) done\") \
+             describes loading such tables from a dump taken at a known binlog position",
             keyless.len(),
             keyless.join(", ")
         )));

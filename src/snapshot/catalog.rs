@@ -39,6 +39,10 @@ pub struct SnapshotTable {
     /// Collation id of each column (63 for binary strings; None: not a string), checked
     /// against the result set's column definitions.
     pub collations: Vec<Option<u16>>,
+    /// `COLUMN_TYPE` of each column as loaded: a read is rendered with the loaded schema, so
+    /// for a table with ENUM/SET columns a `COLUMN_TYPE` that differs after the read (labels
+    /// reordered renumber the values) means loading it again.
+    pub column_types: Vec<String>,
     pub mariadb: bool,
 }
 
@@ -222,6 +226,7 @@ pub async fn load_table(
         key_kind,
         key_binds,
         collations,
+        column_types: cols.iter().map(|c| c.column_type.clone()).collect(),
         mariadb,
     })
 }

@@ -478,6 +478,7 @@ mod tests {
             key_kind: KeyKind::Primary,
             key_binds,
             collations: Vec::new(),
+            column_types: Vec::new(),
             mariadb: false,
         }
     }

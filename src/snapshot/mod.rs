@@ -43,8 +43,8 @@ pub enum SnapshotError {
     #[error(
         "{db}.{table} has no primary key and no UNIQUE key on NOT NULL columns, so it cannot be \
          read in key-ordered chunks: add a primary key (or make a unique key's columns NOT NULL), \
-         or snapshot it with the single-transaction fallback (one consistent read of the whole \
-         table, not resumable)"
+         or leave it out of the snapshot and load it from a dump with its binlog position \
+         (binlogd does not automate that; README \"Snapshots\", \"Not (yet) done\")"
     )]
     NoKey { db: String, table: String },
     #[error("{db}.{table} column {column}: {message}")]
