@@ -648,6 +648,184 @@ fn standby_continues_the_snapshot_after_failover() {
     assert_eq!(b.stop(), Some(0));
 }
 
+/// A DROP COLUMN while the table's snapshot runs: the next chunk's query names a column that
+/// is gone; the chunk is read again with the schema loaded anew, every row is read, the
+/// snapshot finishes.
+#[test]
+fn drop_column_during_snapshot_rereads_without_it() {
+    for f in BOTH {
+        let rt = rt();
+        let rows = 4_000u64;
+        let (db, dir, cfg) = prepare(
+            f,
+            "snapdrop",
+            10,
+            "mode = \"initial\"\nchunk_rows = 200\nrows_per_second = 4000\ntables = [\"*.td\"]",
+        );
+        rt.block_on(async {
+            let mut c = root(f).await;
+            c.query_drop(format!(
+                "CREATE TABLE `{db}`.td (id INT PRIMARY KEY, v INT NOT NULL, x INT)"
+            ))
+            .await
+            .unwrap();
+            let values: Vec<String> = (1..=rows).map(|i| format!("({i},{i},{i})")).collect();
+            c.query_drop(format!("INSERT INTO `{db}`.td VALUES {}", values.join(",")))
+                .await
+                .unwrap();
+        });
+        let mut d = Daemon::start(&dir, &cfg);
+        while reads(&d.events(), "td") < 800 {
+            assert!(d.running(), "{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        rt.block_on(async {
+            let mut c = root(f).await;
+            c.query_drop(format!("ALTER TABLE `{db}`.td DROP COLUMN x"))
+                .await
+                .unwrap();
+        });
+        let t0 = Instant::now();
+        while d.log_count("snapshot: table done") < 1 {
+            assert!(d.running(), "{f:?}: daemon exited: {}", d.log_text());
+            assert!(t0.elapsed() < Duration::from_secs(60), "{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ev = settle(f, &db, &mut d, 1);
+        let mut seen = std::collections::HashSet::new();
+        let mut without_x = 0;
+        for e in ev
+            .iter()
+            .filter(|e| e["op"] == "r" && e["source"]["table"] == "td")
+        {
+            let id = e["after"]["id"].as_u64().unwrap();
+            assert_eq!(e["after"]["v"], json!(id), "{f:?}: {e}");
+            match e["after"].get("x") {
+                Some(x) => assert_eq!(x, &json!(id), "{f:?}: {e}"),
+                None => without_x += 1,
+            }
+            seen.insert(id);
+        }
+        assert_eq!(seen.len() as u64, rows, "{f:?}: every row read");
+        assert!(without_x > 0, "{f:?}: no row read after the DROP COLUMN");
+        assert_eq!(d.stop(), Some(0), "{}", d.log_text());
+    }
+}
+
+/// A DROP TABLE while the table's snapshot runs: the daemon keeps streaming, the table's
+/// snapshot ends (nothing is left to read), the other table's snapshot finishes. Also with
+/// the daemon stopped when the table is dropped (`while_stopped`): the restart, which has the
+/// table pending in its stored progress, ends that table's snapshot the same way.
+#[test]
+fn drop_table_during_snapshot_ends_its_snapshot() {
+    for (f, while_stopped) in [
+        (Flavor::MariaDb, false),
+        (Flavor::MySql, false),
+        (Flavor::MariaDb, true),
+    ] {
+        let rt = rt();
+        let rows = 4_000u64;
+        let (db, dir, cfg) = prepare(
+            f,
+            if while_stopped { "snapdrops" } else { "snapdropt" },
+            1_000,
+            "mode = \"initial\"\nchunk_rows = 200\nrows_per_second = 4000\ntables = [\"*.tx\", \"*.t1\"]",
+        );
+        rt.block_on(async {
+            let mut c = root(f).await;
+            c.query_drop(format!(
+                "CREATE TABLE `{db}`.tx (id INT PRIMARY KEY, v INT NOT NULL)"
+            ))
+            .await
+            .unwrap();
+            let values: Vec<String> = (1..=rows).map(|i| format!("({i},{i})")).collect();
+            c.query_drop(format!("INSERT INTO `{db}`.tx VALUES {}", values.join(",")))
+                .await
+                .unwrap();
+        });
+        let mut d = Daemon::start(&dir, &cfg);
+        while reads(&d.events(), "tx") < 800 {
+            assert!(d.running(), "{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if while_stopped {
+            assert_eq!(d.stop(), Some(0), "{}", d.log_text());
+        }
+        rt.block_on(async {
+            let mut c = root(f).await;
+            c.query_drop(format!("DROP TABLE `{db}`.tx")).await.unwrap();
+        });
+        if while_stopped {
+            d.restart();
+        }
+        let t0 = Instant::now();
+        while d.log_count("snapshot: table done") < 1 || d.log_count("no longer exists") < 1 {
+            assert!(d.running(), "{f:?}: daemon exited: {}", d.log_text());
+            assert!(t0.elapsed() < Duration::from_secs(60), "{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ev = settle(f, &db, &mut d, 1);
+        assert_eq!(reads(&ev, "t1"), 1_000, "{f:?}: t1 read");
+        // stored: t1 done, tx cancelled; a restart reads nothing more and keeps running
+        let pipeline = db.clone();
+        wait_until(
+            "t1 done and tx cancelled, stored",
+            Duration::from_secs(30),
+            || {
+                let (_, v) = stored_progress(f, &pipeline);
+                v["tables"].as_array().unwrap().iter().all(|t| {
+                    (t["t"] == "t1" && t["done"] == json!(true))
+                        || (t["t"] == "tx" && t["cancelled"] == json!(true))
+                })
+            },
+        );
+        assert_eq!(d.stop(), Some(0), "{}", d.log_text());
+        d.restart();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(d.running(), "{f:?}: the restart failed: {}", d.log_text());
+        assert_eq!(d.stop(), Some(0), "{}", d.log_text());
+    }
+}
+
+/// A table with an INVISIBLE column (left out of `SELECT *`, but in the binlog's row images):
+/// its snapshot reads every column, as the stream renders them, and finishes.
+#[test]
+fn invisible_column_is_read_like_the_stream_has_it() {
+    for f in BOTH {
+        let rt = rt();
+        let (db, dir, cfg) = prepare(
+            f,
+            "snapinv",
+            10,
+            "mode = \"initial_only\"\nchunk_rows = 100\ntables = [\"*.ti\"]",
+        );
+        rt.block_on(async {
+            let mut c = root(f).await;
+            c.query_drop(format!(
+                "CREATE TABLE `{db}`.ti (id INT PRIMARY KEY, v INT, h INT INVISIBLE DEFAULT 5)"
+            ))
+            .await
+            .unwrap();
+            let values: Vec<String> = (1..=300).map(|i| format!("({i},{i})")).collect();
+            c.query_drop(format!(
+                "INSERT INTO `{db}`.ti (id, v) VALUES {}",
+                values.join(",")
+            ))
+            .await
+            .unwrap();
+        });
+        let ev = run_initial_only(&dir, &cfg);
+        let reads: Vec<&Value> = ev
+            .iter()
+            .filter(|e| e["op"] == "r" && e["source"]["table"] == "ti")
+            .collect();
+        assert_eq!(reads.len(), 300, "{f:?}: every row read once");
+        for e in reads {
+            assert_eq!(e["after"]["h"], json!(5), "{f:?}: {e}");
+        }
+    }
+}
+
 /// An ALTER that reorders an ENUM's labels while its snapshot runs (the rows keep their
 /// labels, their indexes change; the result set's columns look the same): the chunk is read
 /// again with the new labels, every read event carries the row's label.

@@ -9,6 +9,8 @@ pub const ER_DBACCESS_DENIED: u16 = 1044;
 pub const ER_ACCESS_DENIED: u16 = 1045;
 /// ER_UNKNOWN_COM_ERROR (the server does not know the command, e.g. binlog dump is off)
 pub const ER_UNKNOWN_COM: u16 = 1047;
+/// ER_BAD_FIELD_ERROR (unknown column)
+pub const ER_BAD_FIELD: u16 = 1054;
 /// ER_TABLEACCESS_DENIED_ERROR
 pub const ER_TABLEACCESS_DENIED: u16 = 1142;
 /// ER_NO_SUCH_TABLE

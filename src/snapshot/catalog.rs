@@ -43,6 +43,8 @@ pub struct SnapshotTable {
     /// for a table with ENUM/SET columns a `COLUMN_TYPE` that differs after the read (labels
     /// reordered renumber the values) means loading it again.
     pub column_types: Vec<String>,
+    /// Which columns are INVISIBLE (not in `SELECT *`).
+    pub invisible: Vec<bool>,
     pub mariadb: bool,
 }
 
@@ -104,6 +106,9 @@ pub struct CatalogColumn {
     pub collation_id: Option<u16>,
     pub charset: Option<String>,
     pub collation: Option<String>,
+    /// An INVISIBLE column: left out of `SELECT *`, but in the binlog's row images (and read
+    /// by name like every column).
+    pub invisible: bool,
 }
 
 type ColumnRow = (
@@ -116,6 +121,7 @@ type ColumnRow = (
     Option<u64>,
     Option<u64>,
     Option<u64>,
+    Option<String>,
     Option<String>,
     Option<String>,
 );
@@ -131,7 +137,8 @@ pub async fn load_table(
     let rows: Vec<ColumnRow> = conn
         .exec(
             "SELECT c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE, \
-             c.CHARACTER_OCTET_LENGTH, c.NUMERIC_PRECISION, c.NUMERIC_SCALE, c.DATETIME_PRECISION, co.ID, c.CHARACTER_SET_NAME, c.COLLATION_NAME \
+             c.CHARACTER_OCTET_LENGTH, c.NUMERIC_PRECISION, c.NUMERIC_SCALE, c.DATETIME_PRECISION, co.ID, c.CHARACTER_SET_NAME, c.COLLATION_NAME, \
+             c.EXTRA \
              FROM information_schema.COLUMNS c \
              LEFT JOIN information_schema.COLLATIONS co ON co.COLLATION_NAME = c.COLLATION_NAME \
              WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION",
@@ -147,7 +154,7 @@ pub async fn load_table(
     let cols: Vec<CatalogColumn> = rows
         .into_iter()
         .map(
-            |(name, dt, ct, nullable, oct, p, s, dtp, coll, cs, cn)| CatalogColumn {
+            |(name, dt, ct, nullable, oct, p, s, dtp, coll, cs, cn, extra)| CatalogColumn {
                 name,
                 data_type: dt.to_ascii_lowercase(),
                 column_type: ct,
@@ -159,6 +166,7 @@ pub async fn load_table(
                 collation_id: coll.and_then(|c| u16::try_from(c).ok()),
                 charset: cs,
                 collation: cn,
+                invisible: extra.is_some_and(|e| e.to_ascii_uppercase().contains("INVISIBLE")),
             },
         )
         .collect();
@@ -227,6 +235,7 @@ pub async fn load_table(
         key_binds,
         collations,
         column_types: cols.iter().map(|c| c.column_type.clone()).collect(),
+        invisible: cols.iter().map(|c| c.invisible).collect(),
         mariadb,
     })
 }
@@ -612,6 +621,7 @@ mod tests {
             collation_id: None,
             charset: None,
             collation: None,
+            invisible: false,
         }
     }
 

@@ -451,6 +451,7 @@ mod tests {
                 collation_id: Some(45),
                 charset: cs.map(|c| c.0.to_string()),
                 collation: cs.map(|c| c.1.to_string()),
+                invisible: false,
             })
             .collect();
         cols.push(CatalogColumn {
@@ -465,6 +466,7 @@ mod tests {
             collation_id: Some(45),
             charset: None,
             collation: None,
+            invisible: false,
         });
         let s = build_schema("my`db", "t", &cols, &CollationMap::builtin(), false, &[]).unwrap();
         let key: Vec<usize> = (0..key.len()).collect();
@@ -479,6 +481,7 @@ mod tests {
             key_binds,
             collations: Vec::new(),
             column_types: Vec::new(),
+            invisible: Vec::new(),
             mariadb: false,
         }
     }

@@ -139,7 +139,8 @@ pub struct TableProgress {
     #[serde(rename = "c")]
     pub chunks: u64,
     pub done: bool,
-    /// `binlogd snapshot cancel` ended it before it was done.
+    /// `binlogd snapshot cancel` ended it before it was done, or the table was dropped or
+    /// renamed while it was read.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
     /// The `--where` condition of an on-demand snapshot.

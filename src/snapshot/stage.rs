@@ -506,6 +506,23 @@ impl Stage {
                 crate::metrics::get().snapshot_rereads.inc();
                 Ok(())
             }
+            TaskOutput::Loaded(Err(SnapshotError::NoTable { db, table }))
+            | TaskOutput::Read(Err(SnapshotError::NoTable { db, table })) => {
+                // dropped or renamed under the snapshot: nothing is left to read (the stream
+                // carries the DROP/RENAME); the table's snapshot ends as cancelled
+                warn!(%db, %table, "snapshot: the table no longer exists (dropped or renamed): its snapshot ends, shown as cancelled; `binlogd snapshot start --table` reads a renamed table under its new name");
+                if let Some(s) = self.slots.remove(&r.key) {
+                    if let Some(c) = s.conn {
+                        tokio::spawn(async move {
+                            let _ = c.disconnect().await;
+                        });
+                    }
+                }
+                let t = self.progress.table_mut(&db, &table);
+                t.cancelled = true;
+                self.bump();
+                Ok(())
+            }
             TaskOutput::Loaded(Err(e)) | TaskOutput::Read(Err(e)) => {
                 error!(db = %slot.db, table = %slot.table, "snapshot: {e}");
                 Err(e)
@@ -886,6 +903,25 @@ async fn read_with_retries(
         };
         match r {
             Ok(x) => return Ok(x),
+            // a column the chunk names was dropped (or renamed) since the table was loaded
+            Err(SnapshotError::Server(mysql_async::Error::Server(e)))
+                if e.code == crate::mysql::errors::ER_BAD_FIELD =>
+            {
+                return Err(SnapshotError::SchemaChanged {
+                    db: def.db().into(),
+                    table: def.table().into(),
+                    column: "*".into(),
+                    message: e.message,
+                });
+            }
+            Err(SnapshotError::Server(mysql_async::Error::Server(e)))
+                if e.code == crate::mysql::errors::ER_NO_SUCH_TABLE =>
+            {
+                return Err(SnapshotError::NoTable {
+                    db: def.db().into(),
+                    table: def.table().into(),
+                });
+            }
             Err(SnapshotError::Server(e))
                 if attempt < 5 && crate::mysql::errors::is_transient(&e) =>
             {
@@ -917,7 +953,17 @@ async fn definition_check(
     let cols: Vec<mysql_async::Column> = result.columns_ref().to_vec();
     drop(result.drop_result().await);
     let names: Vec<String> = cols.iter().map(|c| c.name_str().into_owned()).collect();
-    let want: Vec<String> = def.schema.columns.iter().map(|c| c.name.clone()).collect();
+    // INVISIBLE columns are not in `SELECT *` (the chunk names them; their types were
+    // checked on its result)
+    let invisible = |i: usize| def.invisible.get(i).copied().unwrap_or(false);
+    let want: Vec<String> = def
+        .schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !invisible(*i))
+        .map(|(_, c)| c.name.clone())
+        .collect();
     if names != want {
         return Err(SnapshotError::SchemaChanged {
             db: def.db().into(),
@@ -926,7 +972,9 @@ async fn definition_check(
             message: format!("columns are now {names:?}, the chunk read {want:?}"),
         });
     }
-    super::chunk::check_result_columns(def, &cols)?;
+    if !def.invisible.iter().any(|&x| x) {
+        super::chunk::check_result_columns(def, &cols)?;
+    }
     // what the result set does not show: ENUM/SET labels. Their values are read as indexes and
     // rendered with the loaded labels, so reordered labels would render other labels. Only for
     // tables with such columns: the query costs a round trip per chunk (~2 ms on MariaDB)
