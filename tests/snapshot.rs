@@ -787,6 +787,67 @@ fn drop_table_during_snapshot_ends_its_snapshot() {
     }
 }
 
+/// Generated columns (VIRTUAL and STORED): a read event has the same columns and values as
+/// the stream's insert of an equal row.
+#[test]
+fn generated_columns_read_as_the_stream_has_them() {
+    for f in BOTH {
+        let rt = rt();
+        let (db, dir, cfg) = prepare(
+            f,
+            "snapgen",
+            10,
+            "mode = \"initial\"\nchunk_rows = 100\ntables = [\"*.tg\"]",
+        );
+        rt.block_on(async {
+            let mut c = root(f).await;
+            c.query_drop(format!(
+                "CREATE TABLE `{db}`.tg (id INT PRIMARY KEY, v INT NOT NULL, \
+                 g INT AS (v * 2) VIRTUAL, s INT AS (v + 1) STORED)"
+            ))
+            .await
+            .unwrap();
+            c.query_drop(format!(
+                "INSERT INTO `{db}`.tg (id, v) VALUES (1, 10), (2, 20)"
+            ))
+            .await
+            .unwrap();
+        });
+        let mut d = Daemon::start(&dir, &cfg);
+        let t0 = Instant::now();
+        while d.log_count("snapshot: table done") < 1 {
+            assert!(d.running(), "{}", d.log_text());
+            assert!(t0.elapsed() < Duration::from_secs(30), "{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        rt.block_on(async {
+            let mut c = root(f).await;
+            c.query_drop(format!("INSERT INTO `{db}`.tg (id, v) VALUES (3, 10)"))
+                .await
+                .unwrap();
+        });
+        let ev = settle(f, &db, &mut d, 1);
+        let read = ev
+            .iter()
+            .find(|e| e["op"] == "r" && e["after"]["id"] == 1)
+            .expect("row 1 read");
+        let insert = ev
+            .iter()
+            .find(|e| e["op"] == "c" && e["after"]["id"] == 3)
+            .expect("row 3 streamed");
+        let mut a = read["after"].clone();
+        let mut b = insert["after"].clone();
+        a["id"] = json!(0);
+        b["id"] = json!(0);
+        assert_eq!(
+            a, b,
+            "{f:?}: read {} vs stream {}",
+            read["after"], insert["after"]
+        );
+        assert_eq!(d.stop(), Some(0), "{}", d.log_text());
+    }
+}
+
 /// A table with an INVISIBLE column (left out of `SELECT *`, but in the binlog's row images):
 /// its snapshot reads every column, as the stream renders them, and finishes.
 #[test]
