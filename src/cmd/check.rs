@@ -260,7 +260,8 @@ pub async fn check(cfg: Config) -> Outcome {
     let mut all = findings;
     match src.conn().await {
         Ok(mut c) => {
-            match crate::mysql::requirements::check_privileges(&mut c).await {
+            match crate::mysql::requirements::check_privileges(&mut c, &cfg.checkpoint.schema).await
+            {
                 Ok(f) => all.extend(f),
                 Err(e) => all.push(Finding {
                     severity: Severity::Error,

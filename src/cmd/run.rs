@@ -65,7 +65,7 @@ pub async fn run(
             )
             .await,
         );
-        match crate::mysql::requirements::check_privileges(&mut c).await {
+        match crate::mysql::requirements::check_privileges(&mut c, &cfg.checkpoint.schema).await {
             Ok(f) => findings.extend(f),
             Err(e) => warn!("cannot read the user's grants to check them: {e}"),
         }

@@ -61,8 +61,13 @@ pub fn check_settings(info: &ServerInfo) -> Vec<Finding> {
     f
 }
 
-/// Checks the grants binlogd needs: REPLICATION SLAVE, REPLICATION CLIENT (BINLOG MONITOR), SELECT.
-pub async fn check_privileges(conn: &mut Conn) -> Result<Vec<Finding>, mysql_async::Error> {
+/// Checks the grants binlogd needs: REPLICATION SLAVE, REPLICATION CLIENT (BINLOG MONITOR), SELECT
+/// on all tables or on databases (`checkpoint_schema` aside: information_schema hides a table
+/// the user may not read, so a snapshot would leave it out unnoticed).
+pub async fn check_privileges(
+    conn: &mut Conn,
+    checkpoint_schema: &str,
+) -> Result<Vec<Finding>, mysql_async::Error> {
     let grants: Vec<String> = conn.query("SHOW GRANTS").await?;
     let all = grants.join("\n").to_ascii_uppercase();
     let has = |p: &str| all.contains("ALL PRIVILEGES ON *.*") || all.contains(p);
@@ -95,7 +100,31 @@ pub async fn check_privileges(conn: &mut Conn) -> Result<Vec<Finding>, mysql_asy
         has("SELECT"),
         "SELECT (needed for information_schema look-ups and the initial position)",
     );
+    if has("SELECT") && !select_beyond_tables(&grants, checkpoint_schema) {
+        need(
+            false,
+            "SELECT on all tables or on whole databases: it has SELECT only on single tables \
+             (or only on the checkpoint schema), and information_schema hides every other table, \
+             so a snapshot would leave them out and the decoder would lack their column hints \
+             (GRANT SELECT ON `db`.* for each streamed database also does)",
+        );
+    }
     Ok(f)
+}
+
+/// Whether one of `grants` (SHOW GRANTS lines) gives SELECT on `*.*` or on a database other
+/// than `checkpoint_schema`.
+fn select_beyond_tables(grants: &[String], checkpoint_schema: &str) -> bool {
+    let own = format!("`{}`.*", checkpoint_schema.replace('`', "``")).to_ascii_uppercase();
+    grants.iter().any(|g| {
+        let u = g.to_ascii_uppercase();
+        let Some((privs, rest)) = u.split_once(" ON ") else {
+            return false;
+        };
+        let object = rest.split(" TO ").next().unwrap_or("").trim();
+        let select = privs.contains("SELECT") || privs.contains("ALL PRIVILEGES");
+        select && (object == "*.*" || (object.ends_with(".*") && object != own))
+    })
 }
 
 /// Replicas registered with the server whose server_id equals ours.
@@ -216,6 +245,26 @@ fn cascading_foreign_keys(ddl: &str) -> Vec<(String, String, Vec<String>)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn select_on_tables_only_is_not_enough() {
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ok = |v: &[&str]| super::select_beyond_tables(&g(v), "binlogd");
+        assert!(ok(&["GRANT REPLICATION SLAVE, SELECT ON *.* TO `u`@`%`"]));
+        assert!(ok(&[
+            "GRANT ALL PRIVILEGES ON *.* TO `root`@`%` WITH GRANT OPTION"
+        ]));
+        assert!(ok(&[
+            "GRANT REPLICATION SLAVE ON *.* TO `u`@`%`",
+            "GRANT SELECT ON `shop`.* TO `u`@`%`"
+        ]));
+        assert!(!ok(&[
+            "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `u`@`%`",
+            "GRANT CREATE, SELECT, INSERT ON `binlogd`.* TO `u`@`%`",
+            "GRANT SELECT ON `shop`.`t1` TO `u`@`%`"
+        ]));
+        assert!(!ok(&["GRANT USAGE ON *.* TO `u`@`%`"]));
+    }
+
     use super::*;
 
     #[test]

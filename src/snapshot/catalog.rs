@@ -146,10 +146,27 @@ pub async fn load_table(
         )
         .await?;
     if rows.is_empty() {
-        return Err(SnapshotError::NoTable {
-            db: db.into(),
-            table: table.into(),
-        });
+        // information_schema hides tables the user may not read: tell "gone" from "not
+        // allowed" (a missing grant is an error to fix, never a table skipped)
+        let probe = format!(
+            "SELECT 1 FROM {}.{} LIMIT 0",
+            super::chunk::quote_ident(db),
+            super::chunk::quote_ident(table)
+        );
+        return match conn.query_drop(probe).await {
+            Err(mysql_async::Error::Server(e))
+                if e.code != crate::mysql::errors::ER_NO_SUCH_TABLE =>
+            {
+                Err(SnapshotError::Server(mysql_async::Error::Server(e)))
+            }
+            Err(e @ (mysql_async::Error::Io(_) | mysql_async::Error::Driver(_))) => {
+                Err(SnapshotError::Server(e))
+            }
+            _ => Err(SnapshotError::NoTable {
+                db: db.into(),
+                table: table.into(),
+            }),
+        };
     }
     let cols: Vec<CatalogColumn> = rows
         .into_iter()
