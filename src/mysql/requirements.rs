@@ -101,13 +101,17 @@ pub async fn check_privileges(
         "SELECT (needed for information_schema look-ups and the initial position)",
     );
     if has("SELECT") && !select_beyond_tables(&grants, checkpoint_schema) {
-        need(
-            false,
-            "SELECT on all tables or on whole databases: it has SELECT only on single tables \
-             (or only on the checkpoint schema), and information_schema hides every other table, \
-             so a snapshot would leave them out and the decoder would lack their column hints \
-             (GRANT SELECT ON `db`.* for each streamed database also does)",
-        );
+        // a warning: a least-privilege user whose `include` lists only the tables it may read
+        // is a valid setup
+        f.push(Finding {
+            severity: Severity::Warning,
+            message: "the user has SELECT only on single tables (or only on the checkpoint schema): \
+                      information_schema hides every other table, so an initial snapshot leaves out \
+                      every streamed table it may not read, and the decoder lacks their column hints. \
+                      Fix: GRANT SELECT ON *.* (or ON db.* for each streamed database), or make sure \
+                      source.include lists only tables it may read"
+                .into(),
+        });
     }
     Ok(f)
 }
@@ -123,7 +127,16 @@ fn select_beyond_tables(grants: &[String], checkpoint_schema: &str) -> bool {
         };
         let object = rest.split(" TO ").next().unwrap_or("").trim();
         let select = privs.contains("SELECT") || privs.contains("ALL PRIVILEGES");
-        select && (object == "*.*" || (object.ends_with(".*") && object != own))
+        let system = [
+            "`MYSQL`.*",
+            "`SYS`.*",
+            "`PERFORMANCE_SCHEMA`.*",
+            "`INFORMATION_SCHEMA`.*",
+        ];
+        select
+            && !u.starts_with("REVOKE")
+            && (object == "*.*"
+                || (object.ends_with(".*") && object != own && !system.contains(&object)))
     })
 }
 
@@ -263,6 +276,10 @@ mod tests {
             "GRANT SELECT ON `shop`.`t1` TO `u`@`%`"
         ]));
         assert!(!ok(&["GRANT USAGE ON *.* TO `u`@`%`"]));
+        assert!(!ok(&[
+            "GRANT SELECT ON `performance_schema`.* TO `u`@`%`",
+            "GRANT SELECT ON `shop`.`t1` TO `u`@`%`"
+        ]));
     }
 
     use super::*;

@@ -159,12 +159,17 @@ pub async fn load_table(
             {
                 Err(SnapshotError::Server(mysql_async::Error::Server(e)))
             }
-            Err(e @ (mysql_async::Error::Io(_) | mysql_async::Error::Driver(_))) => {
-                Err(SnapshotError::Server(e))
-            }
-            _ => Err(SnapshotError::NoTable {
+            Err(mysql_async::Error::Server(_)) => Err(SnapshotError::NoTable {
                 db: db.into(),
                 table: table.into(),
+            }),
+            Err(e) => Err(SnapshotError::Server(e)),
+            Ok(()) => Err(SnapshotError::Table {
+                db: db.into(),
+                table: table.into(),
+                message: "information_schema lists none of its columns although the table can be read \
+                          (SELECT granted on single columns?); GRANT SELECT ON the table or its database"
+                    .into(),
             }),
         };
     }

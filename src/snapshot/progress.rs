@@ -133,6 +133,9 @@ pub struct TableProgress {
     /// The key of the last row of the last emitted chunk (None: nothing read yet).
     #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
     pub last_key: Option<Vec<KeyValue>>,
+    /// The columns of the key the table is read by (a `last_key` continues only in it).
+    #[serde(rename = "kn", default, skip_serializing_if = "Vec::is_empty")]
+    pub key_names: Vec<String>,
     /// Rows emitted (after dropping those the stream changed while their chunk was open).
     #[serde(rename = "r")]
     pub rows: u64,
@@ -161,6 +164,7 @@ impl TableProgress {
             db: db.into(),
             table: table.into(),
             last_key: None,
+            key_names: Vec::new(),
             rows: 0,
             chunks: 0,
             done: false,

@@ -267,7 +267,23 @@ impl Stage {
                         self.passed(commit, ts);
                     }
                 },
-                Some(r) = self.results_rx.recv() => self.on_task(r)?,
+                Some(r) = self.results_rx.recv() => {
+                    // a table ended without a chunk (gone): store that even while the stream
+                    // is idle
+                    if self.on_task(r)? && !self.mid_txn {
+                        if let Some(p) = self.point.clone() {
+                            let b = Batch {
+                                commit: Some(p),
+                                last_event_ms: self.last_event_ms,
+                                snapshot: self.mark.clone(),
+                                ..Default::default()
+                            };
+                            if tx.send(b).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
                 Ok(()) = self.stored.changed() => {}
                 c = control.recv(), if control_open => match c {
                     None => control_open = false,
@@ -402,7 +418,17 @@ impl Stage {
                         Some(c) => c,
                         None => conn.insert(open_conn(&opts).await?),
                     };
-                    load_table(c, &key.0, &key.1, &collations).await
+                    // a table missing for a moment (a rename swap) is not taken for dropped
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        match load_table(c, &key.0, &key.1, &collations).await {
+                            Err(SnapshotError::NoTable { .. }) if tries < 5 => {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            r => break r,
+                        }
+                    }
                 }
                 .await;
                 if r.is_err() {
@@ -482,20 +508,50 @@ impl Stage {
         });
     }
 
-    fn on_task(&mut self, r: TaskResult) -> Result<(), SnapshotError> {
+    /// Handles a finished read or load; `true` when the progress changed without a chunk to
+    /// carry it (a table that no longer exists), so it is stored at once.
+    fn on_task(&mut self, r: TaskResult) -> Result<bool, SnapshotError> {
         let Some(slot) = self.slots.get_mut(&r.key) else {
-            return Ok(()); // cancelled
+            return Ok(false); // cancelled
         };
         if slot.epoch != r.epoch {
-            return Ok(());
+            return Ok(false);
         }
         slot.busy = false;
         slot.conn = r.conn;
         match r.out {
             TaskOutput::Loaded(Ok(def)) => {
                 debug!(db = %slot.db, table = %slot.table, key = ?def.key_names(), "snapshot: table loaded");
-                slot.def = Some(Arc::new(def));
-                Ok(())
+                // the stored last key continues only in the key it was read by
+                let (db, table) = (slot.db.clone(), slot.table.clone());
+                let t = self.progress.table_mut(&db, &table);
+                let names = def.key_names();
+                if let Some(k) = &t.last_key {
+                    let changed = if t.key_names.is_empty() {
+                        k.len() != names.len()
+                    } else {
+                        t.key_names != names
+                    };
+                    if changed {
+                        return Err(SnapshotError::Table {
+                            db,
+                            table,
+                            message: format!(
+                                "the chunk key changed during the snapshot (read by {:?} so far, now {names:?}: a key \
+                                 column was dropped or the key replaced), so its stored last key cannot be continued. \
+                                 Fix: `binlogd snapshot cancel`, then `binlogd snapshot start --table {}.{}` reads it again",
+                                if t.key_names.is_empty() { vec![format!("{} column(s)", k.len())] } else { t.key_names.clone() },
+                                t.db,
+                                t.table
+                            ),
+                        });
+                    }
+                }
+                t.key_names = names;
+                if let Some(slot) = self.slots.get_mut(&r.key) {
+                    slot.def = Some(Arc::new(def));
+                }
+                Ok(false)
             }
             TaskOutput::Read(Err(SnapshotError::SchemaChanged {
                 column, message, ..
@@ -504,7 +560,7 @@ impl Stage {
                 slot.def = None;
                 slot.windows.clear();
                 crate::metrics::get().snapshot_rereads.inc();
-                Ok(())
+                Ok(false)
             }
             TaskOutput::Loaded(Err(SnapshotError::NoTable { db, table }))
             | TaskOutput::Read(Err(SnapshotError::NoTable { db, table })) => {
@@ -521,7 +577,7 @@ impl Stage {
                 let t = self.progress.table_mut(&db, &table);
                 t.cancelled = true;
                 self.bump();
-                Ok(())
+                Ok(true)
             }
             TaskOutput::Loaded(Err(e)) | TaskOutput::Read(Err(e)) => {
                 error!(db = %slot.db, table = %slot.table, "snapshot: {e}");
@@ -539,7 +595,7 @@ impl Stage {
                     self.settings.chunk_rows,
                 );
                 let Some(a) = slot.windows.back_mut() else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 if read.truncated {
                     // stopped at the byte cap: more rows follow (not the table's end)
@@ -550,7 +606,7 @@ impl Stage {
                 match a.window.accept(read, wm) {
                     Ok(()) => {
                         a.read = Some((last_key, full));
-                        Ok(())
+                        Ok(false)
                     }
                     Err(WindowError::Stale) => {
                         // read again in the same window (only after a reconnect to a server
@@ -558,7 +614,7 @@ impl Stage {
                         debug!(db = %slot.db, table = %slot.table, "snapshot: stale watermark, reading the chunk again");
                         crate::metrics::get().snapshot_rereads.inc();
                         slot.windows.pop_back();
-                        Ok(())
+                        Ok(false)
                     }
                     Err(e) => Err(SnapshotError::Watermark(format!(
                         "{}.{}: {e}",
@@ -903,19 +959,22 @@ async fn read_with_retries(
         };
         match r {
             Ok(x) => return Ok(x),
-            // a column the chunk names was dropped (or renamed) since the table was loaded
+            // a column the chunk names was dropped (or renamed) since the table was loaded —
+            // or the `--where` condition names one: only a changed definition reads again
             Err(SnapshotError::Server(mysql_async::Error::Server(e)))
                 if e.code == crate::mysql::errors::ER_BAD_FIELD =>
             {
-                return Err(SnapshotError::SchemaChanged {
-                    db: def.db().into(),
-                    table: def.table().into(),
-                    column: "*".into(),
-                    message: e.message,
+                return Err(match definition_check(conn, def).await {
+                    Err(changed @ SnapshotError::SchemaChanged { .. }) => changed,
+                    _ => SnapshotError::Server(mysql_async::Error::Server(e)),
                 });
             }
+            // the table missing after every retry (a rename swap of an online schema change
+            // leaves it missing for a moment at most): dropped or renamed
             Err(SnapshotError::Server(mysql_async::Error::Server(e)))
-                if e.code == crate::mysql::errors::ER_NO_SUCH_TABLE =>
+                if e.code == crate::mysql::errors::ER_NO_SUCH_TABLE
+                    && attempt >= 5
+                    && filter.is_none_or(|f| f.trim().is_empty()) =>
             {
                 return Err(SnapshotError::NoTable {
                     db: def.db().into(),
