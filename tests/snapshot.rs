@@ -712,6 +712,55 @@ fn drop_column_during_snapshot_rereads_without_it() {
     }
 }
 
+/// The chunk key's column dropped while the table's snapshot runs (another unique key is then
+/// chosen): the daemon stops with an error naming the fix, instead of continuing the stored
+/// last key's values in another key (rows skipped or read twice).
+#[test]
+fn a_changed_chunk_key_stops_with_the_fix() {
+    let f = Flavor::MariaDb;
+    let rt = rt();
+    let rows = 4_000u64;
+    let (db, dir, cfg) = prepare(
+        f,
+        "snapkey",
+        10,
+        "mode = \"initial\"\nchunk_rows = 200\nrows_per_second = 1000\ntables = [\"*.tk\"]",
+    );
+    rt.block_on(async {
+        let mut c = root(f).await;
+        c.query_drop(format!(
+            "CREATE TABLE `{db}`.tk (id INT PRIMARY KEY, code INT NOT NULL UNIQUE, v INT)"
+        ))
+        .await
+        .unwrap();
+        let values: Vec<String> = (1..=rows)
+            .map(|i| format!("({i},{},{i})", rows + 1 - i))
+            .collect();
+        c.query_drop(format!("INSERT INTO `{db}`.tk VALUES {}", values.join(",")))
+            .await
+            .unwrap();
+    });
+    reset_pipeline(&dir, &cfg);
+    let mut d = Daemon::builder(&dir).config(&cfg).spawn();
+    while reads(&d.events(), "tk") < 800 {
+        assert!(d.running(), "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.block_on(async {
+        let mut c = root(f).await;
+        c.query_drop(format!("ALTER TABLE `{db}`.tk DROP COLUMN id"))
+            .await
+            .unwrap();
+    });
+    let code = d.wait_exit(Duration::from_secs(60), "the stop on a changed key");
+    let log = d.log_all();
+    assert!(code.is_some_and(|c| c != 0), "{log}");
+    assert!(
+        log.contains("the chunk key changed") && log.contains("snapshot cancel"),
+        "{log}"
+    );
+}
+
 /// A DROP TABLE while the table's snapshot runs: the daemon keeps streaming, the table's
 /// snapshot ends (nothing is left to read), the other table's snapshot finishes. Also with
 /// the daemon stopped when the table is dropped (`while_stopped`): the restart, which has the
