@@ -160,6 +160,38 @@ fn prepare(f: Flavor, name: &str, rows: u64, snapshot: &str) -> (String, PathBuf
     (db, dir, c)
 }
 
+/// Creates `<db>.<def>` (`def`: name and columns) holding `rows` rows, row `i` (1-based) given
+/// by `row(i)` as a VALUES tuple.
+fn create_table(f: Flavor, db: &str, def: &str, rows: u64, row: impl Fn(u64) -> String) {
+    let table = def.split([' ', '(']).next().unwrap_or(def);
+    rt().block_on(async {
+        let mut c = root(f).await;
+        c.query_drop(format!("CREATE TABLE `{db}`.{def}"))
+            .await
+            .unwrap();
+        let values: Vec<String> = (1..=rows).map(row).collect();
+        c.query_drop(format!(
+            "INSERT INTO `{db}`.{table} VALUES {}",
+            values.join(",")
+        ))
+        .await
+        .unwrap();
+    });
+}
+
+/// Once 800 rows of `table` were read (the daemon running), runs `ddl` (the DDL-during-snapshot
+/// tests: their tables hold 4,000 rows read at 1,000 rows/s).
+fn ddl_after_reads(f: Flavor, d: &mut Daemon, table: &str, ddl: &str) {
+    while reads(&d.events(), table) < 800 {
+        assert!(d.running(), "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt().block_on(async {
+        let mut c = root(f).await;
+        c.query_drop(ddl).await.unwrap();
+    });
+}
+
 /// Applies events in order: table → key → after image.
 fn apply(events: &[Value]) -> HashMap<String, BTreeMap<String, Value>> {
     let mut m: HashMap<String, BTreeMap<String, Value>> = HashMap::new();
@@ -654,7 +686,6 @@ fn standby_continues_the_snapshot_after_failover() {
 #[test]
 fn drop_column_during_snapshot_rereads_without_it() {
     for f in BOTH {
-        let rt = rt();
         let rows = 4_000u64;
         let (db, dir, cfg) = prepare(
             f,
@@ -662,29 +693,20 @@ fn drop_column_during_snapshot_rereads_without_it() {
             10,
             "mode = \"initial\"\nchunk_rows = 200\nrows_per_second = 1000\ntables = [\"*.td\"]",
         );
-        rt.block_on(async {
-            let mut c = root(f).await;
-            c.query_drop(format!(
-                "CREATE TABLE `{db}`.td (id INT PRIMARY KEY, v INT NOT NULL, x INT)"
-            ))
-            .await
-            .unwrap();
-            let values: Vec<String> = (1..=rows).map(|i| format!("({i},{i},{i})")).collect();
-            c.query_drop(format!("INSERT INTO `{db}`.td VALUES {}", values.join(",")))
-                .await
-                .unwrap();
-        });
+        create_table(
+            f,
+            &db,
+            "td (id INT PRIMARY KEY, v INT NOT NULL, x INT)",
+            rows,
+            |i| format!("({i},{i},{i})"),
+        );
         let mut d = Daemon::start(&dir, &cfg);
-        while reads(&d.events(), "td") < 800 {
-            assert!(d.running(), "{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        rt.block_on(async {
-            let mut c = root(f).await;
-            c.query_drop(format!("ALTER TABLE `{db}`.td DROP COLUMN x"))
-                .await
-                .unwrap();
-        });
+        ddl_after_reads(
+            f,
+            &mut d,
+            "td",
+            &format!("ALTER TABLE `{db}`.td DROP COLUMN x"),
+        );
         let t0 = Instant::now();
         while d.log_count("snapshot: table done") < 1 {
             assert!(d.running(), "{f:?}: daemon exited: {}", d.log_text());
@@ -718,7 +740,6 @@ fn drop_column_during_snapshot_rereads_without_it() {
 #[test]
 fn a_changed_chunk_key_stops_with_the_fix() {
     let f = Flavor::MariaDb;
-    let rt = rt();
     let rows = 4_000u64;
     let (db, dir, cfg) = prepare(
         f,
@@ -726,32 +747,21 @@ fn a_changed_chunk_key_stops_with_the_fix() {
         10,
         "mode = \"initial\"\nchunk_rows = 200\nrows_per_second = 1000\ntables = [\"*.tk\"]",
     );
-    rt.block_on(async {
-        let mut c = root(f).await;
-        c.query_drop(format!(
-            "CREATE TABLE `{db}`.tk (id INT PRIMARY KEY, code INT NOT NULL UNIQUE, v INT)"
-        ))
-        .await
-        .unwrap();
-        let values: Vec<String> = (1..=rows)
-            .map(|i| format!("({i},{},{i})", rows + 1 - i))
-            .collect();
-        c.query_drop(format!("INSERT INTO `{db}`.tk VALUES {}", values.join(",")))
-            .await
-            .unwrap();
-    });
+    create_table(
+        f,
+        &db,
+        "tk (id INT PRIMARY KEY, code INT NOT NULL UNIQUE, v INT)",
+        rows,
+        |i| format!("({i},{},{i})", rows + 1 - i),
+    );
     reset_pipeline(&dir, &cfg);
     let mut d = Daemon::builder(&dir).config(&cfg).spawn();
-    while reads(&d.events(), "tk") < 800 {
-        assert!(d.running(), "{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    rt.block_on(async {
-        let mut c = root(f).await;
-        c.query_drop(format!("ALTER TABLE `{db}`.tk DROP COLUMN id"))
-            .await
-            .unwrap();
-    });
+    ddl_after_reads(
+        f,
+        &mut d,
+        "tk",
+        &format!("ALTER TABLE `{db}`.tk DROP COLUMN id"),
+    );
     let code = d.wait_exit(Duration::from_secs(60), "the stop on a changed key");
     let log = d.log_all();
     assert!(code.is_some_and(|c| c != 0), "{log}");
@@ -780,30 +790,22 @@ fn drop_table_during_snapshot_ends_its_snapshot() {
             1_000,
             "mode = \"initial\"\nchunk_rows = 200\nrows_per_second = 1000\ntables = [\"*.tx\", \"*.t1\"]",
         );
-        rt.block_on(async {
-            let mut c = root(f).await;
-            c.query_drop(format!(
-                "CREATE TABLE `{db}`.tx (id INT PRIMARY KEY, v INT NOT NULL)"
-            ))
-            .await
-            .unwrap();
-            let values: Vec<String> = (1..=rows).map(|i| format!("({i},{i})")).collect();
-            c.query_drop(format!("INSERT INTO `{db}`.tx VALUES {}", values.join(",")))
-                .await
-                .unwrap();
-        });
+        create_table(
+            f,
+            &db,
+            "tx (id INT PRIMARY KEY, v INT NOT NULL)",
+            rows,
+            |i| format!("({i},{i})"),
+        );
         let mut d = Daemon::start(&dir, &cfg);
-        while reads(&d.events(), "tx") < 800 {
-            assert!(d.running(), "{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let drop = format!("DROP TABLE `{db}`.tx");
         if while_stopped {
+            ddl_after_reads(f, &mut d, "tx", "DO 0");
             assert_eq!(d.stop(), Some(0), "{}", d.log_text());
+            rt.block_on(async { root(f).await.query_drop(&drop).await.unwrap() });
+        } else {
+            ddl_after_reads(f, &mut d, "tx", &drop);
         }
-        rt.block_on(async {
-            let mut c = root(f).await;
-            c.query_drop(format!("DROP TABLE `{db}`.tx")).await.unwrap();
-        });
         if while_stopped {
             d.restart();
         }
@@ -990,7 +992,6 @@ fn invisible_column_is_read_like_the_stream_has_it() {
 #[test]
 fn enum_labels_reordered_during_snapshot_keep_every_label() {
     for f in BOTH {
-        let rt = rt();
         let rows = 4_000u64;
         let (db, dir, cfg) = prepare(
             f,
@@ -999,33 +1000,20 @@ fn enum_labels_reordered_during_snapshot_keep_every_label() {
             "mode = \"initial\"\nchunk_rows = 200\nrows_per_second = 1000\ntables = [\"*.te\"]",
         );
         let labels = ["a", "b", "c"];
-        rt.block_on(async {
-            let mut c = root(f).await;
-            c.query_drop(format!(
-                "CREATE TABLE `{db}`.te (id INT PRIMARY KEY, e ENUM('a','b','c') NOT NULL)"
-            ))
-            .await
-            .unwrap();
-            let values: Vec<String> = (1..=rows)
-                .map(|i| format!("({i},'{}')", labels[(i % 3) as usize]))
-                .collect();
-            c.query_drop(format!("INSERT INTO `{db}`.te VALUES {}", values.join(",")))
-                .await
-                .unwrap();
-        });
+        create_table(
+            f,
+            &db,
+            "te (id INT PRIMARY KEY, e ENUM('a','b','c') NOT NULL)",
+            rows,
+            |i| format!("({i},'{}')", labels[(i % 3) as usize]),
+        );
         let mut d = Daemon::start(&dir, &cfg);
-        while reads(&d.events(), "te") < 800 {
-            assert!(d.running(), "{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        rt.block_on(async {
-            let mut c = root(f).await;
-            c.query_drop(format!(
-                "ALTER TABLE `{db}`.te MODIFY e ENUM('c','b','a') NOT NULL"
-            ))
-            .await
-            .unwrap();
-        });
+        ddl_after_reads(
+            f,
+            &mut d,
+            "te",
+            &format!("ALTER TABLE `{db}`.te MODIFY e ENUM('c','b','a') NOT NULL"),
+        );
         let t0 = Instant::now();
         while d.log_count("snapshot: table done") < 1 {
             assert!(t0.elapsed() < Duration::from_secs(60), "{}", d.log_text());

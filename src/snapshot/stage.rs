@@ -270,14 +270,8 @@ impl Stage {
                 Some(r) = self.results_rx.recv() => {
                     // a table ended without a chunk (gone): store that even while the stream
                     // is idle
-                    if self.on_task(r)? && !self.mid_txn {
-                        if let Some(p) = self.point.clone() {
-                            let b = Batch {
-                                commit: Some(p),
-                                last_event_ms: self.last_event_ms,
-                                snapshot: self.mark.clone(),
-                                ..Default::default()
-                            };
+                    if self.on_task(r)? {
+                        if let Some(b) = self.progress_batch() {
                             if tx.send(b).await.is_err() {
                                 return Ok(());
                             }
@@ -290,17 +284,9 @@ impl Stage {
                     Some(c) => {
                         self.on_control(c).await;
                         // store the new progress even while the stream is idle
-                        if !self.mid_txn {
-                            if let Some(p) = self.point.clone() {
-                                let b = Batch {
-                                    commit: Some(p),
-                                    last_event_ms: self.last_event_ms,
-                                    snapshot: self.mark.clone(),
-                                    ..Default::default()
-                                };
-                                if tx.send(b).await.is_err() {
-                                    return Ok(());
-                                }
+                        if let Some(b) = self.progress_batch() {
+                            if tx.send(b).await.is_err() {
+                                return Ok(());
                             }
                         }
                     }
@@ -506,6 +492,21 @@ impl Stage {
                 })
                 .await;
         });
+    }
+
+    /// An empty batch at the stream's last transaction boundary carrying the current progress
+    /// (so a change of it is stored while the stream is idle); None inside a transaction or
+    /// before the stream's first point.
+    fn progress_batch(&self) -> Option<Batch> {
+        if self.mid_txn {
+            return None;
+        }
+        self.point.clone().map(|p| Batch {
+            commit: Some(p),
+            last_event_ms: self.last_event_ms,
+            snapshot: self.mark.clone(),
+            ..Default::default()
+        })
     }
 
     /// Handles a finished read or load; `true` when the progress changed without a chunk to
