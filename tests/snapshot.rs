@@ -179,6 +179,16 @@ fn create_table(f: Flavor, db: &str, def: &str, rows: u64, row: impl Fn(u64) -> 
     });
 }
 
+/// Waits (≤ 60 s, the daemon running) until the log says a table's snapshot is done.
+fn wait_table_done(d: &mut Daemon) {
+    let t0 = Instant::now();
+    while d.log_count("snapshot: table done") < 1 {
+        assert!(d.running(), "daemon exited: {}", d.log_text());
+        assert!(t0.elapsed() < Duration::from_secs(60), "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Once 800 rows of `table` were read (the daemon running), runs `ddl` (the DDL-during-snapshot
 /// tests: their tables hold 4,000 rows read at 1,000 rows/s).
 fn ddl_after_reads(f: Flavor, d: &mut Daemon, table: &str, ddl: &str) {
@@ -707,12 +717,7 @@ fn drop_column_during_snapshot_rereads_without_it() {
             "td",
             &format!("ALTER TABLE `{db}`.td DROP COLUMN x"),
         );
-        let t0 = Instant::now();
-        while d.log_count("snapshot: table done") < 1 {
-            assert!(d.running(), "{f:?}: daemon exited: {}", d.log_text());
-            assert!(t0.elapsed() < Duration::from_secs(60), "{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_table_done(&mut d);
         let ev = settle(f, &db, &mut d, 1);
         let mut seen = std::collections::HashSet::new();
         let mut without_x = 0;
@@ -865,12 +870,7 @@ fn generated_columns_read_as_the_stream_has_them() {
             .unwrap();
         });
         let mut d = Daemon::start(&dir, &cfg);
-        let t0 = Instant::now();
-        while d.log_count("snapshot: table done") < 1 {
-            assert!(d.running(), "{}", d.log_text());
-            assert!(t0.elapsed() < Duration::from_secs(30), "{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_table_done(&mut d);
         rt.block_on(async {
             let mut c = root(f).await;
             c.query_drop(format!("INSERT INTO `{db}`.tg (id, v) VALUES (3, 10)"))
@@ -1014,11 +1014,7 @@ fn enum_labels_reordered_during_snapshot_keep_every_label() {
             "te",
             &format!("ALTER TABLE `{db}`.te MODIFY e ENUM('c','b','a') NOT NULL"),
         );
-        let t0 = Instant::now();
-        while d.log_count("snapshot: table done") < 1 {
-            assert!(t0.elapsed() < Duration::from_secs(60), "{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_table_done(&mut d);
         let ev = settle(f, &db, &mut d, 1);
         let mut seen = std::collections::HashSet::new();
         for e in ev
@@ -1071,11 +1067,7 @@ fn alter_during_snapshot_rereads_with_the_new_schema() {
                 .await
                 .unwrap();
         });
-        let t0 = Instant::now();
-        while d.log_count("snapshot: table done") < 1 {
-            assert!(t0.elapsed() < Duration::from_secs(60), "{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_table_done(&mut d);
         let ev = settle(f, &db, &mut d, 1);
         assert!(
             d.log_all().contains("schema changed"),

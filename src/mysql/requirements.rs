@@ -258,10 +258,12 @@ fn cascading_foreign_keys(ddl: &str) -> Vec<(String, String, Vec<String>)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn select_on_tables_only_is_not_enough() {
         let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let ok = |v: &[&str]| super::select_beyond_tables(&g(v), "binlogd");
+        let ok = |v: &[&str]| select_beyond_tables(&g(v), "binlogd");
         assert!(ok(&["GRANT REPLICATION SLAVE, SELECT ON *.* TO `u`@`%`"]));
         assert!(ok(&[
             "GRANT ALL PRIVILEGES ON *.* TO `root`@`%` WITH GRANT OPTION"
@@ -281,8 +283,6 @@ mod tests {
             "GRANT SELECT ON `shop`.`t1` TO `u`@`%`"
         ]));
     }
-
-    use super::*;
 
     #[test]
     fn foreign_key_actions() {

@@ -155,14 +155,13 @@ pub async fn load_table(
         );
         return match conn.query_drop(probe).await {
             Err(mysql_async::Error::Server(e))
-                if e.code != crate::mysql::errors::ER_NO_SUCH_TABLE =>
+                if e.code == crate::mysql::errors::ER_NO_SUCH_TABLE =>
             {
-                Err(SnapshotError::Server(mysql_async::Error::Server(e)))
+                Err(SnapshotError::NoTable {
+                    db: db.into(),
+                    table: table.into(),
+                })
             }
-            Err(mysql_async::Error::Server(_)) => Err(SnapshotError::NoTable {
-                db: db.into(),
-                table: table.into(),
-            }),
             Err(e) => Err(SnapshotError::Server(e)),
             Ok(()) => Err(SnapshotError::Table {
                 db: db.into(),

@@ -534,18 +534,17 @@ impl Stage {
                         t.key_names != names
                     };
                     if changed {
-                        return Err(SnapshotError::Table {
-                            db,
-                            table,
-                            message: format!(
-                                "the chunk key changed during the snapshot (read by {:?} so far, now {names:?}: a key \
-                                 column was dropped or the key replaced), so its stored last key cannot be continued. \
-                                 Fix: `binlogd snapshot cancel`, then `binlogd snapshot start --table {}.{}` reads it again",
-                                if t.key_names.is_empty() { vec![format!("{} column(s)", k.len())] } else { t.key_names.clone() },
-                                t.db,
-                                t.table
-                            ),
-                        });
+                        let was = if t.key_names.is_empty() {
+                            format!("{} key column(s)", k.len())
+                        } else {
+                            format!("{:?}", t.key_names)
+                        };
+                        let message = format!(
+                            "the chunk key changed during the snapshot (read by {was} so far, now {names:?}: a key \
+                             column was dropped or the key replaced), so its stored last key cannot be continued. \
+                             Fix: `binlogd snapshot cancel`, then `binlogd snapshot start --table {db}.{table}` reads it again"
+                        );
+                        return Err(SnapshotError::Table { db, table, message });
                     }
                 }
                 t.key_names = names;
@@ -569,11 +568,7 @@ impl Stage {
                 // carries the DROP/RENAME); the table's snapshot ends as cancelled
                 warn!(%db, %table, "snapshot: the table no longer exists (dropped or renamed): its snapshot ends, shown as cancelled; `binlogd snapshot start --table` reads a renamed table under its new name");
                 if let Some(s) = self.slots.remove(&r.key) {
-                    if let Some(c) = s.conn {
-                        tokio::spawn(async move {
-                            let _ = c.disconnect().await;
-                        });
-                    }
+                    close_later(s.conn);
                 }
                 let t = self.progress.table_mut(&db, &table);
                 t.cancelled = true;
@@ -678,11 +673,7 @@ impl Stage {
                 let t = self.progress.table_mut(&db, &table);
                 info!(%db, %table, rows = t.rows, chunks = t.chunks, "snapshot: table done");
                 if let Some(s) = self.slots.remove(&k) {
-                    if let Some(c) = s.conn {
-                        tokio::spawn(async move {
-                            let _ = c.disconnect().await;
-                        });
-                    }
+                    close_later(s.conn);
                 }
             }
             tx.send(batch).await.map_err(|_| ())?;
@@ -773,11 +764,7 @@ impl Stage {
                     n += 1;
                 }
                 for (_, s) in self.slots.drain() {
-                    if let Some(c) = s.conn {
-                        tokio::spawn(async move {
-                            let _ = c.disconnect().await;
-                        });
-                    }
+                    close_later(s.conn);
                 }
                 info!(tables = n, "snapshot: cancelled");
                 self.bump();
@@ -908,6 +895,16 @@ fn next_limit(
     }
     let fit = (rows as u128 * chunk_bytes as u128 / bytes.max(1) as u128) as usize;
     fit.min(limit.saturating_mul(2)).clamp(1, chunk_rows)
+}
+
+/// Disconnects a table's read connection in the background (its table is done, cancelled or
+/// gone).
+fn close_later(conn: Option<Conn>) {
+    if let Some(c) = conn {
+        tokio::spawn(async move {
+            let _ = c.disconnect().await;
+        });
+    }
 }
 
 /// Reads a chunk with its watermark; reconnects on a lost connection (5 tries). A schema
