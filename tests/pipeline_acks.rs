@@ -23,6 +23,12 @@ struct TestSink {
     /// like the Kafka sink, and records each group
     group: usize,
     groups: Arc<Mutex<Vec<Vec<u64>>>>,
+    /// Pipelined (like the Kafka sink): groups are queued without a permit, and each
+    /// `settle` takes a permit to make the oldest durable; settling a group holding
+    /// `resend_at` makes every queued group durable at once (a resend after a failure).
+    pipelined: bool,
+    resend_at: Option<u64>,
+    queued: std::collections::VecDeque<Vec<u64>>,
 }
 
 /// The test's handle on a [`TestSink`].
@@ -70,6 +76,35 @@ fn grouping_sink(
         fail_at,
         group,
         groups: h.groups.clone(),
+        pipelined: false,
+        resend_at: None,
+        queued: Default::default(),
+    };
+    (Box::new(s), h)
+}
+
+/// A pipelined [`grouping_sink`] (see [`TestSink::pipelined`]).
+fn pipelined_sink(
+    name: &str,
+    fail_at: Option<u64>,
+    resend_at: Option<u64>,
+    group: usize,
+) -> (Box<dyn Sink>, Handle) {
+    let h = Handle {
+        permits: Arc::new(Semaphore::new(0)),
+        written: Arc::new(Mutex::new(Vec::new())),
+        groups: Arc::new(Mutex::new(Vec::new())),
+    };
+    let s = TestSink {
+        name: name.to_string(),
+        permits: h.permits.clone(),
+        written: h.written.clone(),
+        fail_at,
+        group,
+        groups: h.groups.clone(),
+        pipelined: true,
+        resend_at,
+        queued: Default::default(),
     };
     (Box::new(s), h)
 }
@@ -110,6 +145,38 @@ impl Sink for TestSink {
             }
             self.written.lock().unwrap().extend(seqs);
             Ok(())
+        })
+    }
+    fn pipelined(&self) -> bool {
+        self.pipelined
+    }
+    fn queue_group(&mut self, batches: Vec<Arc<Batch>>) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            let seqs: Vec<u64> = batches.iter().map(|b| b.seq).collect();
+            self.groups.lock().unwrap().push(seqs.clone());
+            self.queued.push_back(seqs);
+            Ok(())
+        })
+    }
+    fn settle(&mut self) -> BoxFuture<'_, Result<usize, SinkError>> {
+        Box::pin(async move {
+            self.permits.acquire().await.unwrap().forget();
+            let oldest = self.queued.front().cloned().unwrap_or_default();
+            if let Some(f) = self.fail_at.filter(|f| oldest.contains(f)) {
+                return Err(SinkError::Fatal {
+                    sink: self.name.clone(),
+                    message: format!("batch {f} refused"),
+                });
+            }
+            let n = if self.resend_at.is_some_and(|r| oldest.contains(&r)) {
+                self.queued.len()
+            } else {
+                1
+            };
+            for g in self.queued.drain(..n) {
+                self.written.lock().unwrap().extend(g);
+            }
+            Ok(n)
         })
     }
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
@@ -255,6 +322,91 @@ async fn a_grouping_sink_takes_the_backlog_at_once_and_acks_it_whole() {
     );
     drop(tx);
     let _ = run.await;
+}
+
+/// A pipelined sink (Kafka) is handed the next group while the one before waits for its
+/// acknowledgement, at most two at a time; each is acknowledged only when settled, in order;
+/// a settle that delivered both (a resend) acknowledges both; a failed settle acknowledges
+/// neither the failed group nor the one queued after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_sink_queues_the_next_group_and_acks_each_when_settled() {
+    let (k, h) = pipelined_sink("kafka", None, None, 1);
+    let (tx, rx) = mpsc::channel(32);
+    let (acked_tx, acked) = watch::channel(None);
+    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
+    for c in [Some(100), Some(200), Some(300)] {
+        tx.send(batch(c)).await.unwrap();
+    }
+    until("two groups queued", || h.groups().len() == 2).await;
+    settle().await;
+    assert_eq!(h.groups(), vec![vec![1], vec![2]], "at most two queued");
+    assert_eq!(
+        acked_pos(&acked),
+        None,
+        "nothing acknowledged before a settle"
+    );
+    h.allow(1);
+    until("the first settled and acknowledged", || {
+        acked_pos(&acked) == Some(100)
+    })
+    .await;
+    until("the third queued behind the second", || {
+        h.groups().len() == 3
+    })
+    .await;
+    settle().await;
+    assert_eq!(
+        acked_pos(&acked),
+        Some(100),
+        "the second is not settled yet"
+    );
+    h.allow(2);
+    until("all acknowledged", || acked_pos(&acked) == Some(300)).await;
+    assert_eq!(h.written(), [1, 2, 3]);
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the pipeline ends")
+        .unwrap()
+        .unwrap();
+
+    // a resend while settling the first delivers both queued groups: both acknowledged
+    let (k, h) = pipelined_sink("kafka", None, Some(1), 1);
+    let (tx, rx) = mpsc::channel(32);
+    let (acked_tx, acked) = watch::channel(None);
+    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
+    for c in [Some(100), Some(200)] {
+        tx.send(batch(c)).await.unwrap();
+    }
+    until("two groups queued", || h.groups().len() == 2).await;
+    h.allow(1);
+    until("both acknowledged by one settle", || {
+        acked_pos(&acked) == Some(200)
+    })
+    .await;
+    drop(tx);
+    let _ = run.await;
+
+    // a failed settle: neither the failed group nor the one queued after it is acknowledged
+    let (k, h) = pipelined_sink("kafka", Some(2), None, 1);
+    let (tx, rx) = mpsc::channel(32);
+    let (acked_tx, acked) = watch::channel(None);
+    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
+    for c in [Some(100), Some(200), Some(300)] {
+        tx.send(batch(c)).await.unwrap();
+    }
+    until("two groups queued", || h.groups().len() == 2).await;
+    h.allow(1);
+    until("the first acknowledged", || acked_pos(&acked) == Some(100)).await;
+    until("the third queued", || h.groups().len() == 3).await;
+    h.allow(1);
+    let r = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the pipeline stops")
+        .unwrap();
+    assert!(r.is_err(), "the failed settle ends the pipeline");
+    assert_eq!(acked_pos(&acked), Some(100));
+    drop(tx);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

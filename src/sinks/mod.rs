@@ -49,6 +49,38 @@ pub trait Sink: Send {
             Ok(())
         })
     }
+    /// Whether the sink takes the next group while the one before is still being
+    /// acknowledged ([`Sink::queue_group`] and [`Sink::settle`] instead of
+    /// [`Sink::write_group`]): a sink whose acknowledgement is a round trip (Kafka) then
+    /// produces the next group during that round trip instead of idling through it.
+    fn pipelined(&self) -> bool {
+        false
+    }
+    /// Pipelined sinks: hands a group on (in order after the groups queued before) without
+    /// waiting for its acknowledgement. Nothing is acknowledged by returning `Ok`.
+    fn queue_group(
+        &mut self,
+        batches: Vec<std::sync::Arc<Batch>>,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
+        let _ = batches;
+        Box::pin(async move {
+            Err(SinkError::Fatal {
+                sink: self.name().to_string(),
+                message: "queue_group called on a sink that is not pipelined".into(),
+            })
+        })
+    }
+    /// Pipelined sinks: waits until the oldest queued group is durable (the promise of
+    /// [`Sink::write`]) and returns how many of the oldest queued groups are durable now: at
+    /// least 1, more when a resend after a failure delivered the later ones too.
+    fn settle(&mut self) -> BoxFuture<'_, Result<usize, SinkError>> {
+        Box::pin(async move {
+            Err(SinkError::Fatal {
+                sink: self.name().to_string(),
+                message: "settle called on a sink that is not pipelined".into(),
+            })
+        })
+    }
     /// Called once at shutdown after the last batch.
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
 }

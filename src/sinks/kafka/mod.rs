@@ -24,7 +24,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -229,6 +229,26 @@ pub struct KafkaSink {
     key: Vec<u8>,
     /// A read event's row key when the message key is not it (header `binlogd.snapshot_key`).
     read_id: Vec<u8>,
+    /// Groups queued ([`Sink::queue_group`]) and not yet acknowledged, oldest first.
+    queued: VecDeque<Queued>,
+}
+
+/// A group handed to the producer (or not, after a failure before it) and not yet
+/// acknowledged.
+struct Queued {
+    batches: Vec<Arc<Batch>>,
+    /// `Ok`: every message queued in the producer; `Err`: not (fully) queued, with the error
+    /// (`None`: a group after a failed one, never sent), to be sent again.
+    state: Result<Produced, Option<KafkaError>>,
+}
+
+/// A group's messages, queued in the producer.
+#[derive(Clone)]
+struct Produced {
+    ack: Arc<BatchAck>,
+    topics: Vec<String>,
+    sent: usize,
+    bytes: usize,
 }
 
 fn fatal(sink: &str, message: String) -> SinkError {
@@ -278,6 +298,7 @@ impl KafkaSink {
             value: Vec::with_capacity(1024),
             key: Vec::with_capacity(64),
             read_id: Vec::with_capacity(64),
+            queued: VecDeque::new(),
         })
     }
 
@@ -448,28 +469,31 @@ impl KafkaSink {
         loop {
             match self.send_batches(&batches).await? {
                 Ok(()) => return Ok(()),
-                Err(e) if permanent(&e) => {
-                    return Err(fatal(
-                        &self.name,
-                        format!(
-                            "Kafka refused a message: {e}; the position was not advanced past it"
-                        ),
-                    ));
-                }
-                Err(e) => {
-                    self.stats.delivery_errors.inc();
-                    self.stats.ready(false);
-                    let fatal_err = self.producer.client().fatal_error();
-                    warn!(
-                        sink = %self.name, error = %e, fatal = ?fatal_err, retry_in = ?backoff,
-                        "delivery failed: dropping the producer, creating a new one and resending from the last acknowledged position"
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    self.reset_producer()?;
-                }
+                Err(e) => self.recover(e, &mut backoff).await?,
             }
         }
+    }
+
+    /// After a failed delivery: a permanent error stops the sink; any other drops the
+    /// producer and creates a new one (after `backoff`), to resend from the last acknowledged
+    /// position.
+    async fn recover(&mut self, e: KafkaError, backoff: &mut Duration) -> Result<(), SinkError> {
+        if permanent(&e) {
+            return Err(fatal(
+                &self.name,
+                format!("Kafka refused a message: {e}; the position was not advanced past it"),
+            ));
+        }
+        self.stats.delivery_errors.inc();
+        self.stats.ready(false);
+        let fatal_err = self.producer.client().fatal_error();
+        warn!(
+            sink = %self.name, error = %e, fatal = ?fatal_err, retry_in = ?*backoff,
+            "delivery failed: dropping the producer, creating a new one and resending from the last acknowledged position"
+        );
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        self.reset_producer()
     }
 
     /// Produces every row change of the batches, in order, and waits for all delivery reports.
@@ -477,6 +501,21 @@ impl KafkaSink {
         &mut self,
         batches: &[&Batch],
     ) -> Result<Result<(), KafkaError>, SinkError> {
+        match self.produce(batches, None).await? {
+            Ok(p) => self.complete(&p).await,
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Queues every row change of the batches in the producer, in order (pausing while more
+    /// than [`MAX_QUEUED`] of them wait for delivery, counting those of `prior`, the group
+    /// queued before and still waiting for its delivery reports).
+    async fn produce(
+        &mut self,
+        batches: &[&Batch],
+        prior: Option<Produced>,
+    ) -> Result<Result<Produced, KafkaError>, SinkError> {
+        let mut prior = prior;
         let ack = Arc::new(BatchAck::default());
         ack.remaining.store(1, Ordering::Release); // held until everything is queued
         let now = now_ms();
@@ -658,6 +697,21 @@ impl KafkaSink {
                     }
                 }
             }
+            // the group before first: its messages are older, and go first anyway
+            if let Some(p) = prior.as_ref().filter(|p| {
+                p.ack.remaining.load(Ordering::Acquire) + ack.remaining.load(Ordering::Acquire)
+                    > MAX_QUEUED + 1
+            }) {
+                let mut w = DeliveryWait::new();
+                let gone = self
+                    .await_deliveries(&p.ack, 0, &p.topics, p.sent, p.bytes, &mut w)
+                    .await;
+                if let Some(e) = gone {
+                    ack.done();
+                    return Ok(Err(e));
+                }
+                prior = None;
+            }
             // (+ 1: the batch's own token, held until everything is queued)
             if ack.remaining.load(Ordering::Acquire) > MAX_QUEUED + 1 {
                 let low = MAX_QUEUED / 2 + 1;
@@ -678,9 +732,26 @@ impl KafkaSink {
             }
         }
         ack.done(); // everything queued
+        Ok(Ok(Produced {
+            ack,
+            topics: batch_topics,
+            sent,
+            bytes,
+        }))
+    }
+
+    /// Waits for every delivery report of a produced group: `Ok` when all were delivered.
+    async fn complete(&mut self, p: &Produced) -> Result<Result<(), KafkaError>, SinkError> {
+        let Produced {
+            ack,
+            topics,
+            sent,
+            bytes,
+        } = p;
+        let (sent, bytes) = (*sent, *bytes);
         let mut wait = DeliveryWait::new();
         if let Some(e) = self
-            .await_deliveries(&ack, 0, &batch_topics, sent, bytes, &mut wait)
+            .await_deliveries(ack, 0, topics, sent, bytes, &mut wait)
             .await
         {
             return Ok(Err(e));
@@ -834,10 +905,76 @@ impl Sink for KafkaSink {
         Box::pin(self.deliver(batches.iter().map(|b| &**b).collect()))
     }
 
+    fn pipelined(&self) -> bool {
+        true
+    }
+
+    /// Produces the group's messages while the group before is still waiting for its
+    /// delivery reports (after a failure, only notes the group: it is sent again with the
+    /// failed one).
+    fn queue_group(&mut self, batches: Vec<Arc<Batch>>) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            let state = if self.queued.iter().any(|q| q.state.is_err()) {
+                Err(None)
+            } else {
+                let prior = self
+                    .queued
+                    .back()
+                    .and_then(|q| q.state.as_ref().ok())
+                    .cloned();
+                let refs: Vec<&Batch> = batches.iter().map(|b| &**b).collect();
+                self.produce(&refs, prior).await?.map_err(Some)
+            };
+            self.queued.push_back(Queued { batches, state });
+            Ok(())
+        })
+    }
+
+    /// Waits for the oldest queued group's delivery reports. After a failure, every queued
+    /// group (the failed one first, the later ones whether delivered or not) is sent again on
+    /// a new producer, in order, until delivered: the same promise as a failed `write`.
+    fn settle(&mut self) -> BoxFuture<'_, Result<usize, SinkError>> {
+        Box::pin(async move {
+            let Some(oldest) = self.queued.pop_front() else {
+                return Ok(0);
+            };
+            let failed = match &oldest.state {
+                Ok(p) => match self.complete(p).await? {
+                    Ok(()) => return Ok(1),
+                    Err(e) => e,
+                },
+                Err(Some(e)) => e.clone(),
+                // (a group after a failed one is never the oldest: the failed one is resent
+                // with it)
+                Err(None) => KafkaError::Canceled,
+            };
+            self.queued.push_front(oldest);
+            self.recover(failed, &mut Duration::from_millis(200))
+                .await?;
+            let all: Vec<Arc<Batch>> = self
+                .queued
+                .iter()
+                .flat_map(|q| q.batches.iter().cloned())
+                .collect();
+            let n = self.queued.len();
+            self.deliver(all.iter().map(|b| &**b).collect()).await?;
+            info!(sink = %self.name, groups = n, batches = all.len(), "resent and delivered every queued group");
+            self.queued.clear();
+            Ok(n)
+        })
+    }
+
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            // every batch was acknowledged before write returned; nothing is queued
-            Ok(())
+            // the pipeline settles every queued group before it closes the sink
+            if self.queued.is_empty() {
+                Ok(())
+            } else {
+                Err(fatal(
+                    &self.name,
+                    format!("closed with {} groups not acknowledged", self.queued.len()),
+                ))
+            }
         })
     }
 }
