@@ -24,6 +24,13 @@
 //! `npm`), driven by `benches/peers/zongji_count.js`: a JSON line per row change, counted like
 //! binlogd's.
 //!
+//! Kafka (`BINLOGD_BENCH_KAFKA`, default `sysbench`, "" for none): per round and build, a fresh
+//! private tansu broker (port `BINLOGD_BENCH_KAFKA_PORT`, default 19461; from
+//! `scripts/install-deps.sh`'s venv), one untimed run that creates the topics (3 partitions),
+//! then the timed run of the whole range into it (lz4, idempotent, `acks=all`, every delivery
+//! report awaited): rows/s, binlogd's CPU-s and RSS, and the broker's CPU-s (from `/proc`);
+//! the run must store the range's end as its position.
+//!
 //! Run: `cargo bench --bench workloads` (needs mariadbd, mariadb-binlog, sysbench, /usr/bin/time).
 //! Environment: `BINLOGD_BENCH_ROUNDS` (default 3), `BINLOGD_BENCH_WORKLOADS` (`sysbench,wide`),
 //! `BINLOGD_BENCH_BINS` (`label=path,…`: more binlogd binaries to interleave, e.g. a build
@@ -444,6 +451,82 @@ fn gen_sysbench(
     (file, start, end)
 }
 
+/// CPU seconds (user + system) `pid` has used, from `/proc` (0 if it is gone).
+fn proc_cpu_s(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    // the fields after the command name (which may hold spaces) in parentheses
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 (the 12th and 13th after the name)
+    f.get(11)
+        .zip(f.get(12))
+        .map(|(u, s)| (u + s) / 100.0)
+        .unwrap_or(0.0)
+}
+
+/// One Kafka round of `bin` over `r`: a fresh private tansu, an untimed run creating the
+/// topics, then the timed run. Returns it with the broker's CPU-s during the timed run.
+fn kafka_run(
+    bin: &Path,
+    cfg: &Path,
+    venv: &Path,
+    dir: &Path,
+    kport: u16,
+    r: &Range,
+) -> (Measured, f64) {
+    let kdir = dir.join("tansu");
+    let kafka = |verb: &str| {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("scripts/kafka.sh")).arg(verb);
+        if verb == "start" {
+            c.arg(venv).arg(&kdir).arg(kport.to_string());
+        } else {
+            c.arg(&kdir);
+        }
+        sh(c.stdout(Stdio::null()).stderr(Stdio::null()));
+    };
+    kafka("stop");
+    let _ = std::fs::remove_dir_all(&kdir);
+    kafka("start");
+    let run = |cfg: &Path| {
+        let mut c = Command::new(bin);
+        c.arg("run")
+            .arg("-c")
+            .arg(cfg)
+            .arg("--stop-at")
+            .arg(format!("{}:{}", r.file, r.end));
+        c
+    };
+    let reset = || {
+        sh(Command::new(bin)
+            .args(["position", "reset", "-c"])
+            .arg(cfg)
+            .stdout(Stdio::null()));
+    };
+    reset();
+    sh(run(cfg).stdout(Stdio::null()).stderr(Stdio::null()));
+    reset();
+    let pid = std::fs::read_to_string(kdir.join("tansu.pid")).unwrap_or_default();
+    let c0 = proc_cpu_s(&pid);
+    let m = timed(&run(cfg), false);
+    let broker = proc_cpu_s(&pid) - c0;
+    let out = Command::new(bin)
+        .args(["position", "show", "-c"])
+        .arg(cfg)
+        .output()
+        .expect("position show");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("{}:{}", r.file, r.end)),
+        "the Kafka run stopped early: {shown}"
+    );
+    kafka("stop");
+    (m, broker)
+}
+
 fn main() {
     let port: u16 = std::env::var("BINLOGD_BENCH_PORT")
         .ok()
@@ -580,6 +663,26 @@ fn main() {
             other => panic!("BINLOGD_BENCH_PEERS: unknown peer {other} (mariadb-binlog, zongji)"),
         }
     }
+    let kafka_wanted = std::env::var("BINLOGD_BENCH_KAFKA").unwrap_or_else(|_| "sysbench".into());
+    let venv = std::env::var("BINLOGD_TEST_KAFKA_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var("BINLOGD_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| repo().join(".cache"))
+                .join("kafka-venv")
+        });
+    let kport: u16 = std::env::var("BINLOGD_BENCH_KAFKA_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(19461);
+    let kafka_ok = venv.join("bin/python").exists();
+    if !kafka_wanted.is_empty() && !kafka_ok {
+        eprintln!(
+            "Kafka runs skipped: no tansu venv at {} (run scripts/install-deps.sh)",
+            venv.display()
+        );
+    }
     let raw_dir = dir.join("raw");
     let mut report = String::new();
     for w in wanted.split(',') {
@@ -609,6 +712,21 @@ fn main() {
                 .replace("path = \"-\"", "path = \"/dev/null\""),
         )
         .unwrap();
+        // the same into Kafka (a private broker, 3 partitions, lz4)
+        let kafka = kafka_ok && kafka_wanted.split(',').any(|k| k == w);
+        let cfg_kafka = dir.join(format!("{w}-kafka.toml"));
+        std::fs::write(
+            &cfg_kafka,
+            std::fs::read_to_string(&cfg).unwrap().replace(
+                "[[sinks.file]]\nname = \"out\"\npath = \"-\"\n",
+                &format!(
+                    "[[sinks.kafka]]\nname = \"k\"\nbrokers = \"127.0.0.1:{kport}\"\n\
+                     topic = \"bench.{{db}}.{{table}}\"\ncreate_topics = true\npartitions = 3\n\
+                     [sinks.kafka.producer]\n\"compression.type\" = \"lz4\"\n"
+                ),
+            ),
+        )
+        .unwrap();
         // (label, per round): raw, then per build its run into a counting reader and its run
         // into the discarding sink
         let mut res: Vec<(String, Vec<Measured>)> = vec![("raw".into(), Vec::new())];
@@ -620,6 +738,8 @@ fn main() {
         for p in &peers {
             res.push((p.to_string(), Vec::new()));
         }
+        // (label, per round: binlogd's run, the broker's CPU-s)
+        let mut kres: Vec<(String, Vec<(Measured, f64)>)> = Vec::new();
         let mut rows: Option<u64> = None;
         for round in 0..rounds {
             let _ = std::fs::remove_dir_all(&raw_dir);
@@ -687,6 +807,18 @@ fn main() {
                 };
                 res[k].1.push(m);
             }
+            if kafka {
+                kres.resize_with(bins.len(), Default::default);
+                let mut order: Vec<usize> = (0..bins.len()).collect();
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for b in order {
+                    kres[b].0 = format!("{}>kafka", bins[b].0);
+                    let run = kafka_run(&bins[b].1, &cfg_kafka, &venv, &dir, kport, &r);
+                    kres[b].1.push(run);
+                }
+            }
         }
         let rows = rows.unwrap_or(0) as f64;
         let _ = std::fs::remove_dir_all(&raw_dir);
@@ -741,6 +873,21 @@ fn main() {
                 med(ms.iter().map(|m| m.rss_mib).collect()),
                 ratio,
                 raw_med
+            );
+        }
+        for (l, runs) in &kres {
+            s += &format!(
+                "{:<13} {:>11.0} rows/s  {:>6.2} CPU-s ({:.2} µs/row)  {:>6.1} MiB  broker {:.2} CPU-s  (rounds: {})\n",
+                l,
+                med(runs.iter().map(|(m, _)| rows / m.wall).collect()),
+                med(runs.iter().map(|(m, _)| m.cpu).collect()),
+                med(runs.iter().map(|(m, _)| m.cpu / rows * 1e6).collect()),
+                med(runs.iter().map(|(m, _)| m.rss_mib).collect()),
+                med(runs.iter().map(|(_, b)| *b).collect()),
+                runs.iter()
+                    .map(|(m, _)| format!("{:.0}k", rows / m.wall / 1e3))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             );
         }
         eprint!("{s}");
