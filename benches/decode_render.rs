@@ -41,6 +41,7 @@ fn decode(bytes: &[u8]) -> Vec<Batch> {
     let mut decoder: Option<Decoder> = None;
     let mut batches = Vec::new();
     while let Some(ev) = file.next_event().expect("a well-formed binlog file") {
+        let ev = Arc::new(ev);
         let d = decoder.get_or_insert_with(|| {
             let fde = ev
                 .read_event::<FormatDescriptionEvent<'_>>()

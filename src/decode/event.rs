@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::binlog::position::Position;
 use crate::decode::rows::{Cell, RowsChunk};
 use crate::decode::table::TableSchema;
-use crate::decode::value::{push_value_in, write_json_str};
+use crate::decode::value::{push_value_in, put, write_json_str};
 
 pub use crate::decode::rows::Op;
 
@@ -151,6 +151,7 @@ impl<'a> Change<'a> {
     ) -> Result<(), Box<RenderError>> {
         out.push(b'{');
         let mut first = true;
+        let data: &[u8] = &self.chunk.data;
         for (i, (col, cell)) in self.chunk.table.columns.iter().zip(cells).enumerate() {
             if cell.is_absent() {
                 continue;
@@ -159,12 +160,12 @@ impl<'a> Change<'a> {
                 out.push(b',');
             }
             first = false;
-            out.extend_from_slice(col.json_key.as_bytes());
+            put(out, col.json_key.as_bytes());
             if cell.is_null() {
-                out.extend_from_slice(b"null");
+                put(out, b"null");
                 continue;
             }
-            let v = &self.chunk.data[cell.start as usize..(cell.start + cell.len) as usize];
+            let v = &data[cell.start as usize..(cell.start + cell.len) as usize];
             if after && self.chunk.is_partial(self.row, i) {
                 self.write_partial_json(out, i, v)?;
                 continue;
@@ -204,6 +205,7 @@ impl<'a> Change<'a> {
             None => self.chunk.before(self.row).unwrap_or(&[]),
         };
         out.push(b'{');
+        let data: &[u8] = &self.chunk.data;
         for (n, &i) in cols.iter().enumerate() {
             let (Some(col), Some(cell)) = (self.chunk.table.columns.get(i), cells.get(i)) else {
                 continue;
@@ -211,12 +213,12 @@ impl<'a> Change<'a> {
             if n > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(col.json_key.as_bytes());
+            put(out, col.json_key.as_bytes());
             if cell.is_null() || cell.is_absent() {
-                out.extend_from_slice(b"null");
+                put(out, b"null");
                 continue;
             }
-            let v = &self.chunk.data[cell.start as usize..(cell.start + cell.len) as usize];
+            let v = &data[cell.start as usize..(cell.start + cell.len) as usize];
             push_value_in(out, col, v, self.chunk.text_checked)
                 .map_err(|m| self.err(&col.name, m))?;
         }
@@ -247,17 +249,17 @@ impl<'a> Change<'a> {
         out.extend_from_slice(&env.op);
         match self.chunk.before(self.row) {
             Some(c) => self.write_image(out, c, false)?,
-            None => out.extend_from_slice(b"null"),
+            None => put(out, b"null"),
         }
-        out.extend_from_slice(b",\"after\":");
+        put(out, b",\"after\":");
         match self.chunk.after(self.row) {
             Some(c) => self.write_image(out, c, true)?,
-            None => out.extend_from_slice(b"null"),
+            None => put(out, b"null"),
         }
         out.extend_from_slice(&env.source);
-        out.extend_from_slice(itoa::Buffer::new().format(self.row_index()).as_bytes());
+        put(out, itoa::Buffer::new().format(self.row_index()).as_bytes());
         out.extend_from_slice(&env.tail);
-        out.extend_from_slice(itoa::Buffer::new().format(now_ms).as_bytes());
+        put(out, itoa::Buffer::new().format(now_ms).as_bytes());
         out.push(b'}');
         Ok(())
     }

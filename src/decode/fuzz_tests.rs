@@ -515,7 +515,10 @@ fn run_file(bytes: &[u8], cols: &[TestCol], verify: bool) -> Result<usize, Strin
     while let Some(ev) = r.next_event().map_err(|e| e.to_string())? {
         guard += 1;
         assert!(guard < 100, "reader loops");
-        match d.handle(&ev).map_err(|e| e.to_string())? {
+        match d
+            .handle(&std::sync::Arc::new(ev))
+            .map_err(|e| e.to_string())?
+        {
             Step::Continue => {}
             Step::NeedHints { .. } => return Err("asked for hints it was given".into()),
         }
@@ -1062,7 +1065,7 @@ fn malformed_event_error_carries_position() {
     d.start_at("b.1", None, None);
     let mut last = None;
     while let Some(ev) = r.next_event().expect("framing is fine") {
-        last = Some(d.handle(&ev));
+        last = Some(d.handle(&std::sync::Arc::new(ev)));
     }
     match last {
         Some(Err(DecodeError::At {

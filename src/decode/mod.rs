@@ -418,7 +418,7 @@ impl Decoder {
     }
 
     /// Feeds one event.
-    pub fn handle(&mut self, ev: &Event) -> Result<Step, DecodeError> {
+    pub fn handle(&mut self, ev: &Arc<Event>) -> Result<Step, DecodeError> {
         let h = ev.header();
         let t = h.event_type_raw();
         let size = h.event_size() as u64;
@@ -466,7 +466,7 @@ impl Decoder {
 
     fn handle_inner(
         &mut self,
-        ev: &Event,
+        ev: &Arc<Event>,
         t: u8,
         start: u64,
         end: u64,
@@ -867,7 +867,7 @@ impl Decoder {
             let chunk = RowsChunk {
                 table: Arc::new(TableSchema::named(&db, &r.table)),
                 op: Op::Truncate,
-                data: Vec::new(),
+                data: Default::default(),
                 cells: Vec::new(),
                 rows: 1,
                 partial_json: Vec::new(),
@@ -1070,7 +1070,12 @@ impl Decoder {
         Ok(Step::Continue)
     }
 
-    fn on_rows(&mut self, ev: &Event, kind: RowsEventKind, start: u64) -> Result<(), DecodeError> {
+    fn on_rows(
+        &mut self,
+        ev: &Arc<Event>,
+        kind: RowsEventKind,
+        start: u64,
+    ) -> Result<(), DecodeError> {
         let body = ev.data();
         let hdr = rows::parse_rows_header(kind, body, 8).map_err(malformed)?;
         if self.filtered.contains(&hdr.table_id) {
@@ -1102,12 +1107,13 @@ impl Decoder {
         {
             return Ok(());
         }
-        let rows_part = &body[hdr.rows_offset..];
         let data = if kind.compressed {
-            rows::mariadb_uncompress(rows_part)
+            rows::mariadb_uncompress(&body[hdr.rows_offset..])
                 .map_err(|e| malformed(format!("compressed rows event: {e}")))?
+                .into()
         } else {
-            rows_part.to_vec()
+            // the event's own bytes, shared (not copied)
+            rows::ChunkData::Event(ev.clone(), hdr.rows_offset)
         };
         let ncols = table.columns.len();
         let mut cells = Vec::with_capacity(ncols * 4);

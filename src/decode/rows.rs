@@ -101,13 +101,45 @@ impl RowsEventKind {
     }
 }
 
+/// The bytes a chunk's cells index into: the rows part of the binlog event itself, shared
+/// with it rather than copied (`Event`: the event and where its rows part starts), or bytes of
+/// their own (a decompressed rows event, a snapshot read, a truncate).
+#[derive(Debug, Clone)]
+pub enum ChunkData {
+    Owned(Vec<u8>),
+    Event(std::sync::Arc<mysql_common::binlog::events::Event>, usize),
+}
+
+impl std::ops::Deref for ChunkData {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkData::Owned(v) => v,
+            ChunkData::Event(e, at) => e.data().get(*at..).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for ChunkData {
+    fn from(v: Vec<u8>) -> Self {
+        ChunkData::Owned(v)
+    }
+}
+
+impl Default for ChunkData {
+    fn default() -> Self {
+        ChunkData::Owned(Vec::new())
+    }
+}
+
 /// The decoded rows of one rows event.
 #[derive(Debug)]
 pub struct RowsChunk {
     pub table: std::sync::Arc<TableSchema>,
     pub op: Op,
     /// The rows part of the event (decompressed where needed). Cells index into it.
-    pub data: Vec<u8>,
+    pub data: ChunkData,
     /// `rows × images × columns` cells, images = 2 for updates (before, after), else 1.
     pub cells: Vec<Cell>,
     pub rows: u32,

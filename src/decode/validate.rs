@@ -80,7 +80,8 @@ pub fn check_chunk(chunk: &RowsChunk) -> Result<(), DecodeError> {
     if fallible.is_empty() {
         return Ok(());
     }
-    let value = |cell: Cell| &chunk.data[cell.start as usize..(cell.start + cell.len) as usize];
+    let data: &[u8] = &chunk.data;
+    let value = |cell: Cell| &data[cell.start as usize..(cell.start + cell.len) as usize];
     for r in 0..chunk.rows as usize {
         for (after, image) in [(false, chunk.before(r)), (true, chunk.after(r))] {
             let Some(image) = image else { continue };

@@ -142,9 +142,44 @@ pub fn write_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
+/// Appends a short byte string (a column key, a number, a date) with inline copies: for up
+/// to 32 bytes two overlapping fixed-size copies instead of a `memcpy` call (issue 16: the
+/// calls for short values were 3–4% of the wide workload).
+#[inline(always)]
+pub fn put(out: &mut Vec<u8>, s: &[u8]) {
+    let n = s.len();
+    if n > 32 {
+        out.extend_from_slice(s);
+        return;
+    }
+    out.reserve(32);
+    // SAFETY: 32 bytes of spare capacity were reserved; every copy below reads within `s`
+    // (`n` bytes: each pair of copies covers 0..k and n-k..n with k <= n) and writes within
+    // the first `n` bytes past the length, which are then all written.
+    unsafe {
+        let src = s.as_ptr();
+        let dst = out.as_mut_ptr().add(out.len());
+        if n >= 16 {
+            std::ptr::copy_nonoverlapping(src, dst, 16);
+            std::ptr::copy_nonoverlapping(src.add(n - 16), dst.add(n - 16), 16);
+        } else if n >= 8 {
+            std::ptr::copy_nonoverlapping(src, dst, 8);
+            std::ptr::copy_nonoverlapping(src.add(n - 8), dst.add(n - 8), 8);
+        } else if n >= 4 {
+            std::ptr::copy_nonoverlapping(src, dst, 4);
+            std::ptr::copy_nonoverlapping(src.add(n - 4), dst.add(n - 4), 4);
+        } else {
+            for i in 0..n {
+                *dst.add(i) = *src.add(i);
+            }
+        }
+        out.set_len(out.len() + n);
+    }
+}
+
 #[inline]
 fn push_int<I: itoa::Integer>(out: &mut Vec<u8>, v: I) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    put(out, itoa::Buffer::new().format(v).as_bytes());
 }
 
 fn push_2(out: &mut Vec<u8>, v: u32) {
@@ -173,7 +208,7 @@ fn push_frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
         b[i] = b'0' + (m % 10) as u8;
         m /= 10;
     }
-    out.extend_from_slice(&b[..fsp as usize]);
+    put(out, &b[..fsp as usize]);
 }
 
 /// Date/time parts; `iso` chooses `T` between date and time, else MySQL's own space.
@@ -236,7 +271,7 @@ fn push_datetime(
         n += 1;
     }
     b[n] = b'"';
-    out.extend_from_slice(&b[..n + 1]);
+    put(out, &b[..n + 1]);
 }
 
 /// [`push_datetime`] for any year (digit by digit).
@@ -350,7 +385,7 @@ pub fn decimal_to_string(
     let mut text = [0u8; DECIMAL_TEXT_MAX];
     let n = decimal_into(b, precision, scale, &mut text)?;
     out.push(b'"');
-    out.extend_from_slice(&text[..n]);
+    put(out, &text[..n]);
     out.push(b'"');
     Ok(())
 }
@@ -1084,7 +1119,7 @@ pub fn push_value_in(
         ColKind::Float => {
             let f = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
             if f.is_finite() {
-                out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+                put(out, ryu::Buffer::new().format_finite(f).as_bytes());
             } else {
                 out.extend_from_slice(b"null");
             }
@@ -1092,7 +1127,7 @@ pub fn push_value_in(
         ColKind::Double => {
             let f = f64::from_le_bytes(v[..8].try_into().map_err(|_| "bad DOUBLE")?);
             if f.is_finite() {
-                out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+                put(out, ryu::Buffer::new().format_finite(f).as_bytes());
             } else {
                 out.extend_from_slice(b"null");
             }
@@ -1220,7 +1255,7 @@ pub fn push_value_in(
                     out.push(b',');
                 }
                 let f = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+                put(out, ryu::Buffer::new().format_finite(f).as_bytes());
             }
             out.push(b']');
         }
@@ -1263,6 +1298,20 @@ pub fn push_value_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_appends_like_extend_from_slice_at_every_length() {
+        let src: Vec<u8> = (0..64u8).map(|b| b.wrapping_mul(37)).collect();
+        for pre in [0usize, 1, 7, 31] {
+            for n in 0..=40 {
+                let mut a = vec![9u8; pre];
+                let mut b = a.clone();
+                put(&mut a, &src[3..3 + n]);
+                b.extend_from_slice(&src[3..3 + n]);
+                assert_eq!(a, b, "prefix {pre}, length {n}");
+            }
+        }
+    }
 
     fn dec(bytes: &[u8], p: u8, s: u8) -> String {
         let mut o = Vec::new();

@@ -234,7 +234,7 @@ pub async fn read_chunk_capped(
     let mut chunk = RowsChunk {
         table: t.schema.clone(),
         op: Op::Read { last: false },
-        data,
+        data: data.into(),
         cells,
         rows: nrows as u32,
         partial_json: Vec::new(),

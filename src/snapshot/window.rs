@@ -383,7 +383,7 @@ mod tests {
             table: t.clone(),
             op,
             rows: (images.len() / per) as u32,
-            data,
+            data: data.into(),
             cells,
             partial_json: Vec::new(),
             pos: 0,

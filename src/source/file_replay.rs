@@ -56,7 +56,7 @@ pub async fn replay_files(
         loop {
             let ev = match file.next_event().map_err(SourceError::from)? {
                 None => break,
-                Some(e) => e,
+                Some(e) => std::sync::Arc::new(e),
             };
             if decoder.is_none() {
                 let flavor = if ev.header().event_type_raw()

@@ -626,7 +626,7 @@ impl Source {
                     })
                 }
                 Some(Err(e)) => return Err(classify(e, at)),
-                Some(Ok(ev)) => ev,
+                Some(Ok(ev)) => std::sync::Arc::new(ev),
             };
             // an event or a heartbeat: the stream is alive (readiness). Noted after a wait and
             // every 256th event of a run read without waiting: reading the clock for every
