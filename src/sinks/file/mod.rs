@@ -7,37 +7,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::{Sink, SinkError};
-use crate::decode::event::{Batch, Change, Envelope, RenderError, SourceInfo, TxnChunks};
-use crate::decode::rows::RowsChunk;
+use crate::decode::event::{Batch, Change, Envelope, RenderError, SourceInfo};
 use crate::metrics::now_ms;
-
-/// Batches with at least this many bytes of row data are rendered by two threads (the
-/// second half on a scoped thread while this one renders the first half) …
-const PARALLEL_MIN_BYTES: usize = 64 << 10;
-/// … and at most this many: both halves are held rendered until they are written (a larger
-/// batch, e.g. one huge rows event, is rendered in order and written every 1 MiB).
-const PARALLEL_MAX_BYTES: usize = 8 << 20;
-
-/// Renders every row change of `chunks` as JSON lines into `out`.
-fn render_chunks(
-    chunks: &[(&TxnChunks, &RowsChunk)],
-    src: &SourceInfo,
-    now: u64,
-    out: &mut Vec<u8>,
-    env: &mut Envelope,
-) -> Result<(), Box<RenderError>> {
-    for &(txn, chunk) in chunks {
-        for row in 0..chunk.rows as usize {
-            let ch = Change { txn, chunk, row };
-            if row == 0 {
-                env.set(&ch, src);
-            }
-            ch.write_json_env(out, env, now)?;
-            out.push(b'\n');
-        }
-    }
-    Ok(())
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,10 +34,7 @@ pub struct FileSink {
     out: Out,
     fsync: bool,
     buf: Vec<u8>,
-    /// The second half of a batch rendered in parallel.
-    buf2: Vec<u8>,
     env: Envelope,
-    env2: Envelope,
     src: SourceInfo,
 }
 
@@ -104,9 +72,7 @@ impl FileSink {
             out,
             fsync: cfg.fsync,
             buf: Vec::with_capacity(1 << 20),
-            buf2: Vec::new(),
             env: Envelope::default(),
-            env2: Envelope::default(),
             src,
         })
     }
@@ -122,13 +88,11 @@ impl FileSink {
             Out::Stdout(s) => {
                 let mut l = s.lock();
                 l.write_all(&self.buf)
-                    .and_then(|_| l.write_all(&self.buf2))
                     .and_then(|_| l.flush())
                     .map_err(|e| err(e, "stdout", &self.name))?;
             }
             Out::File(f) => {
                 f.write_all(&self.buf)
-                    .and_then(|_| f.write_all(&self.buf2))
                     .map_err(|e| err(e, &self.path, &self.name))?;
                 if sync {
                     f.sync_data().map_err(|e| err(e, &self.path, &self.name))?;
@@ -137,7 +101,6 @@ impl FileSink {
             Out::Discard => {}
         }
         self.buf.clear();
-        self.buf2.clear();
         Ok(())
     }
 
@@ -147,48 +110,6 @@ impl FileSink {
             sink: name.to_string(),
             message: e.to_string(),
         };
-        let bytes = batch.bytes();
-        if (PARALLEL_MIN_BYTES..=PARALLEL_MAX_BYTES).contains(&bytes) {
-            let chunks: Vec<(&TxnChunks, &RowsChunk)> = batch
-                .txns
-                .iter()
-                .flat_map(|t| t.chunks.iter().map(move |c| (t, c)))
-                .collect();
-            if chunks.len() >= 2 {
-                // two halves of about the same size of row data
-                let total: usize = chunks.iter().map(|(_, c)| c.bytes()).sum();
-                let mut acc = 0;
-                let mut split = chunks.len() - 1;
-                for (i, (_, c)) in chunks.iter().enumerate() {
-                    if acc * 2 >= total {
-                        split = i;
-                        break;
-                    }
-                    acc += c.bytes();
-                }
-                let (first, second) = chunks.split_at(split.clamp(1, chunks.len() - 1));
-                let (src, buf, buf2) = (&self.src, &mut self.buf, &mut self.buf2);
-                let (env, env2) = (&mut self.env, &mut self.env2);
-                buf2.clear();
-                let (r1, r2) = std::thread::scope(|s| {
-                    let h = s.spawn(|| render_chunks(second, src, now, buf2, env2));
-                    let r1 = render_chunks(first, src, now, buf, env);
-                    (r1, h.join())
-                });
-                r1.map_err(|e| fatal(&self.name, e))?;
-                match r2 {
-                    Ok(r) => r.map_err(|e| fatal(&self.name, e))?,
-                    Err(_) => {
-                        return Err(SinkError::Fatal {
-                            sink: self.name.clone(),
-                            message: "the rendering thread panicked".into(),
-                        })
-                    }
-                }
-                // (the second half is written after the first)
-                return self.flush_buf(batch.commit.is_some() && self.fsync);
-            }
-        }
         for t in &batch.txns {
             for c in &t.chunks {
                 for row in 0..c.rows as usize {
