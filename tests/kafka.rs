@@ -101,6 +101,11 @@ fn ops(f: Flavor) {
             without_ts(e.clone()),
             "value = the file sink's event"
         );
+        assert_eq!(
+            m.timestamp,
+            m.json().unwrap()["ts_ms"].as_i64(),
+            "message timestamp = the value's ts_ms"
+        );
         let img = if e["op"] == "d" {
             &e["before"]
         } else {

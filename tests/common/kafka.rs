@@ -14,6 +14,8 @@ pub struct KMsg {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: std::collections::BTreeMap<String, String>,
+    /// The message timestamp (ms), if any.
+    pub timestamp: Option<i64>,
 }
 
 impl KMsg {
@@ -101,6 +103,7 @@ pub fn consume_all_with(brokers: &str, topic: &str, props: &[(&str, &str)]) -> V
                     key: m.key().map(|k| k.to_vec()),
                     value: m.payload().map(|v| v.to_vec()),
                     headers,
+                    timestamp: m.timestamp().to_millis(),
                 });
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {

@@ -673,6 +673,8 @@ impl KafkaSink {
                 let mut rec: BaseRecord<'_, [u8], [u8], Arc<BatchAck>> =
                     BaseRecord::with_opaque_to(&route.topic, ack.clone())
                         .partition(partition)
+                        // the value's `ts_ms` (and no clock read per message in librdkafka)
+                        .timestamp(now as i64)
                         .headers(h);
                 if has_key {
                     rec = rec.key(&self.key[..]);
