@@ -451,6 +451,20 @@ fn gen_sysbench(
     (file, start, end)
 }
 
+/// The run of `bin` with `cfg` stored the range's end as its position (it ran to the end).
+fn assert_ran_to_end(bin: &Path, cfg: &Path, r: &Range, what: &str) {
+    let out = Command::new(bin)
+        .args(["position", "show", "-c"])
+        .arg(cfg)
+        .output()
+        .expect("position show");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("{}:{}", r.file, r.end)),
+        "{what} stopped early: {shown}"
+    );
+}
+
 /// CPU seconds (user + system) `pid` has used, from `/proc` (0 if it is gone).
 fn proc_cpu_s(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
@@ -513,16 +527,7 @@ fn kafka_run(
     let c0 = proc_cpu_s(&pid);
     let m = timed(&run(cfg), false);
     let broker = proc_cpu_s(&pid) - c0;
-    let out = Command::new(bin)
-        .args(["position", "show", "-c"])
-        .arg(cfg)
-        .output()
-        .expect("position show");
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        shown.contains(&format!("{}:{}", r.file, r.end)),
-        "the Kafka run stopped early: {shown}"
-    );
+    assert_ran_to_end(bin, cfg, r, "the Kafka run");
     kafka("stop");
     (m, broker)
 }
@@ -783,17 +788,7 @@ fn main() {
                         .arg(format!("{}:{}", r.file, r.end));
                     let m = timed(&run, !discard);
                     if discard {
-                        // it ran to the end: the stored position is the range's end
-                        let out = Command::new(bin)
-                            .args(["position", "show", "-c"])
-                            .arg(cfg)
-                            .output()
-                            .expect("position show");
-                        let shown = String::from_utf8_lossy(&out.stdout);
-                        assert!(
-                            shown.contains(&format!("{}:{}", r.file, r.end)),
-                            "{w}: the discarding run stopped early: {shown}"
-                        );
+                        assert_ran_to_end(bin, cfg, &r, &format!("{w}: the discarding run"));
                     } else {
                         match rows {
                             None => rows = Some(m.lines),

@@ -329,6 +329,32 @@ impl Drop for Tansu {
     }
 }
 
+/// A private broker on `port` and a fresh table `name.a (id, pad)` on `f`; returns the work
+/// directory, the broker, a root connection and the binlog position before the table.
+fn broker_and_table(
+    rt: &tokio::runtime::Runtime,
+    f: Flavor,
+    name: &str,
+    port: u16,
+) -> (std::path::PathBuf, Tansu, mysql_async::Conn, (String, u64)) {
+    let dir = workdir(name);
+    let tansu = Tansu::start(&dir.join("tansu"), port);
+    let mut c = rt.block_on(root(f));
+    let start = rt.block_on(fresh_table(
+        &mut c,
+        f,
+        name,
+        &["a (id INT PRIMARY KEY, pad VARCHAR(1000))"],
+    ));
+    (dir, tansu, c, start)
+}
+
+/// An event's `(file, pos, row)` as a Kafka message's coordinate (not a tombstone).
+fn msg_coord(e: &Value) -> (String, u64, u64, bool) {
+    let (file, pos, row) = coord(e);
+    (file, pos, row, false)
+}
+
 /// The broker is killed mid-stream, stays down for 30 s while the database takes a burst of
 /// ~100 MB of row changes, and is restarted with its (memory) state lost: binlogd waits with
 /// bounded memory (reading pauses at `pipeline.max_in_flight`), the idempotent producer goes
@@ -339,15 +365,7 @@ fn broker_restart_state_lost() {
     let f = Flavor::MariaDb;
     let rt = rt();
     let name = "kbroker";
-    let dir = workdir(name);
-    let tansu = Tansu::start(&dir.join("tansu"), 19095);
-    let mut c = rt.block_on(root(f));
-    let start = rt.block_on(fresh_table(
-        &mut c,
-        f,
-        name,
-        &["a (id INT PRIMARY KEY, pad VARCHAR(1000))"],
-    ));
+    let (dir, tansu, mut c, start) = broker_and_table(&rt, f, name, 19095);
     let topic = format!("{name}.t");
     let cfg = config(f, name, name, &start, &dir, "")
         + &kafka_sink(
@@ -435,15 +453,7 @@ fn broker_restart_state_lost() {
     let events = d.wait_events(total, Duration::from_secs(120));
     let expected: HashSet<(String, u64, u64, bool)> = events
         .iter()
-        .map(|e| {
-            let s = &e["source"];
-            (
-                s["file"].as_str().unwrap().to_string(),
-                s["pos"].as_u64().unwrap(),
-                s["row"].as_u64().unwrap(),
-                false,
-            )
-        })
+        .map(msg_coord)
         .filter(|(file, pos, _, _)| (file.clone(), *pos) > (sfile.clone(), spos))
         .collect();
     assert!(
@@ -512,15 +522,7 @@ fn broker_lost_with_two_groups_queued_resends_both_in_order() {
     let f = Flavor::MariaDb;
     let rt = rt();
     let name = "kpipe";
-    let dir = workdir(name);
-    let tansu = Tansu::start(&dir.join("tansu"), 19097);
-    let mut c = rt.block_on(root(f));
-    let start = rt.block_on(fresh_table(
-        &mut c,
-        f,
-        name,
-        &["a (id INT PRIMARY KEY, pad VARCHAR(1000))"],
-    ));
+    let (dir, tansu, mut c, start) = broker_and_table(&rt, f, name, 19097);
     // a backlog of 40 transactions of 1,000 rows of ~500 bytes
     const ROWS: usize = 40_000;
     rt.block_on(async {
@@ -605,18 +607,7 @@ fn broker_lost_with_two_groups_queued_resends_both_in_order() {
         );
     }
     let got: HashSet<_> = msgs.iter().map(|m| m.coord()).collect();
-    let mut all: Vec<_> = events
-        .iter()
-        .map(|e| {
-            let s = &e["source"];
-            (
-                s["file"].as_str().unwrap().to_string(),
-                s["pos"].as_u64().unwrap(),
-                s["row"].as_u64().unwrap(),
-                false,
-            )
-        })
-        .collect();
+    let mut all: Vec<_> = events.iter().map(msg_coord).collect();
     all.sort();
     // the broker lost what it had; the row changes it acknowledged before are not sent
     // again (the position moved past them), every later one is there

@@ -64,6 +64,27 @@ fn grouping_sink(
     fail_at: Option<u64>,
     group: usize,
 ) -> (Box<dyn Sink>, Handle) {
+    test_sink(name, permits, fail_at, group, None)
+}
+
+/// A pipelined [`grouping_sink`] (see [`TestSink::pipelined`]), without permits.
+fn pipelined_sink(
+    name: &str,
+    fail_at: Option<u64>,
+    resend_at: Option<u64>,
+    group: usize,
+) -> (Box<dyn Sink>, Handle) {
+    test_sink(name, 0, fail_at, group, Some(resend_at))
+}
+
+/// `pipelined`: `Some(resend_at)` for a pipelined sink.
+fn test_sink(
+    name: &str,
+    permits: usize,
+    fail_at: Option<u64>,
+    group: usize,
+    pipelined: Option<Option<u64>>,
+) -> (Box<dyn Sink>, Handle) {
     let h = Handle {
         permits: Arc::new(Semaphore::new(permits)),
         written: Arc::new(Mutex::new(Vec::new())),
@@ -76,34 +97,8 @@ fn grouping_sink(
         fail_at,
         group,
         groups: h.groups.clone(),
-        pipelined: false,
-        resend_at: None,
-        queued: Default::default(),
-    };
-    (Box::new(s), h)
-}
-
-/// A pipelined [`grouping_sink`] (see [`TestSink::pipelined`]).
-fn pipelined_sink(
-    name: &str,
-    fail_at: Option<u64>,
-    resend_at: Option<u64>,
-    group: usize,
-) -> (Box<dyn Sink>, Handle) {
-    let h = Handle {
-        permits: Arc::new(Semaphore::new(0)),
-        written: Arc::new(Mutex::new(Vec::new())),
-        groups: Arc::new(Mutex::new(Vec::new())),
-    };
-    let s = TestSink {
-        name: name.to_string(),
-        permits: h.permits.clone(),
-        written: h.written.clone(),
-        fail_at,
-        group,
-        groups: h.groups.clone(),
-        pipelined: true,
-        resend_at,
+        pipelined: pipelined.is_some(),
+        resend_at: pipelined.flatten(),
         queued: Default::default(),
     };
     (Box::new(s), h)
@@ -324,6 +319,16 @@ async fn a_grouping_sink_takes_the_backlog_at_once_and_acks_it_whole() {
     let _ = run.await;
 }
 
+type Run = tokio::task::JoinHandle<Result<(), SinkError>>;
+
+/// A pipeline with the one sink `k`: its input, its acknowledged position and its task.
+fn run_one(k: Box<dyn Sink>) -> (mpsc::Sender<Batch>, watch::Receiver<Option<Acked>>, Run) {
+    let (tx, rx) = mpsc::channel(32);
+    let (acked_tx, acked) = watch::channel(None);
+    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
+    (tx, acked, run)
+}
+
 /// A pipelined sink (Kafka) is handed the next group while the one before waits for its
 /// acknowledgement, at most two at a time; each is acknowledged only when settled, in order;
 /// a settle that delivered both (a resend) acknowledges both; a failed settle acknowledges
@@ -331,9 +336,7 @@ async fn a_grouping_sink_takes_the_backlog_at_once_and_acks_it_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_sink_queues_the_next_group_and_acks_each_when_settled() {
     let (k, h) = pipelined_sink("kafka", None, None, 1);
-    let (tx, rx) = mpsc::channel(32);
-    let (acked_tx, acked) = watch::channel(None);
-    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
+    let (tx, acked, run) = run_one(k);
     for c in [Some(100), Some(200), Some(300)] {
         tx.send(batch(c)).await.unwrap();
     }
@@ -372,9 +375,7 @@ async fn a_pipelined_sink_queues_the_next_group_and_acks_each_when_settled() {
 
     // a resend while settling the first delivers both queued groups: both acknowledged
     let (k, h) = pipelined_sink("kafka", None, Some(1), 1);
-    let (tx, rx) = mpsc::channel(32);
-    let (acked_tx, acked) = watch::channel(None);
-    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
+    let (tx, acked, run) = run_one(k);
     for c in [Some(100), Some(200)] {
         tx.send(batch(c)).await.unwrap();
     }
@@ -389,9 +390,7 @@ async fn a_pipelined_sink_queues_the_next_group_and_acks_each_when_settled() {
 
     // a failed settle: neither the failed group nor the one queued after it is acknowledged
     let (k, h) = pipelined_sink("kafka", Some(2), None, 1);
-    let (tx, rx) = mpsc::channel(32);
-    let (acked_tx, acked) = watch::channel(None);
-    let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
+    let (tx, acked, run) = run_one(k);
     for c in [Some(100), Some(200), Some(300)] {
         tx.send(batch(c)).await.unwrap();
     }
