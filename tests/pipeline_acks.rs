@@ -150,6 +150,8 @@ impl Sink for TestSink {
             let seqs: Vec<u64> = batches.iter().map(|b| b.seq).collect();
             self.groups.lock().unwrap().push(seqs.clone());
             self.queued.push_back(seqs);
+            // (producing takes a while: the pipeline hands the next batch over meanwhile)
+            tokio::time::sleep(Duration::from_millis(100)).await;
             Ok(())
         })
     }
@@ -321,9 +323,16 @@ async fn a_grouping_sink_takes_the_backlog_at_once_and_acks_it_whole() {
 
 type Run = tokio::task::JoinHandle<Result<(), SinkError>>;
 
-/// A pipeline with the one sink `k`: its input, its acknowledged position and its task.
-fn run_one(k: Box<dyn Sink>) -> (mpsc::Sender<Batch>, watch::Receiver<Option<Acked>>, Run) {
+/// A pipeline with the one sink `k`, the batches ending at `commits` already sent (so the
+/// sink finds the next one waiting): its input, its acknowledged position and its task.
+fn run_one(
+    k: Box<dyn Sink>,
+    commits: &[Option<u64>],
+) -> (mpsc::Sender<Batch>, watch::Receiver<Option<Acked>>, Run) {
     let (tx, rx) = mpsc::channel(32);
+    for &c in commits {
+        tx.try_send(batch(c)).unwrap();
+    }
     let (acked_tx, acked) = watch::channel(None);
     let run = tokio::spawn(Pipeline::new(1 << 20).run(rx, vec![k], acked_tx));
     (tx, acked, run)
@@ -336,10 +345,7 @@ fn run_one(k: Box<dyn Sink>) -> (mpsc::Sender<Batch>, watch::Receiver<Option<Ack
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_sink_queues_the_next_group_and_acks_each_when_settled() {
     let (k, h) = pipelined_sink("kafka", None, None, 1);
-    let (tx, acked, run) = run_one(k);
-    for c in [Some(100), Some(200), Some(300)] {
-        tx.send(batch(c)).await.unwrap();
-    }
+    let (tx, acked, run) = run_one(k, &[Some(100), Some(200), Some(300)]);
     until("two groups queued", || h.groups().len() == 2).await;
     settle().await;
     assert_eq!(h.groups(), vec![vec![1], vec![2]], "at most two queued");
@@ -375,10 +381,7 @@ async fn a_pipelined_sink_queues_the_next_group_and_acks_each_when_settled() {
 
     // a resend while settling the first delivers both queued groups: both acknowledged
     let (k, h) = pipelined_sink("kafka", None, Some(1), 1);
-    let (tx, acked, run) = run_one(k);
-    for c in [Some(100), Some(200)] {
-        tx.send(batch(c)).await.unwrap();
-    }
+    let (tx, acked, run) = run_one(k, &[Some(100), Some(200)]);
     until("two groups queued", || h.groups().len() == 2).await;
     h.allow(1);
     until("both acknowledged by one settle", || {
@@ -388,12 +391,64 @@ async fn a_pipelined_sink_queues_the_next_group_and_acks_each_when_settled() {
     drop(tx);
     let _ = run.await;
 
+    // the source ends with two groups queued: both settle before the pipeline ends
+    let (k, h) = pipelined_sink("kafka", None, None, 1);
+    let (tx, acked, run) = run_one(k, &[Some(100), Some(200)]);
+    until("two groups queued", || h.groups().len() == 2).await;
+    drop(tx);
+    settle().await;
+    assert_eq!(acked_pos(&acked), None, "not before they settle");
+    h.allow(2);
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the pipeline ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(acked_pos(&acked), Some(200), "both acknowledged");
+    assert_eq!(h.written(), [1, 2]);
+
+    // the fence closes while a group is queued and the next batch waits: the queued group
+    // still settles and is acknowledged; the waiting batch is not handed over until it opens
+    let (k, h) = pipelined_sink("kafka", None, None, 1);
+    let (tx, rx) = mpsc::channel(32);
+    let (acked_tx, acked) = watch::channel(None);
+    let (fence_tx, fence) = watch::channel(Fence::Open);
+    tx.send(batch(Some(100))).await.unwrap();
+    let run = tokio::spawn(
+        Pipeline::new(1 << 20)
+            .fenced(fence)
+            .run(rx, vec![k], acked_tx),
+    );
+    until("the first group being queued", || h.groups().len() == 1).await;
+    // (the next batch reaches the sink's queue, then the fence closes, both while the first
+    // group is still being produced)
+    tx.send(batch(Some(200))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    fence_tx.send(Fence::Hold).unwrap();
+    h.allow(1);
+    until(
+        "the queued group acknowledged while the fence holds",
+        || acked_pos(&acked) == Some(100),
+    )
+    .await;
+    settle().await;
+    assert_eq!(
+        h.groups().len(),
+        1,
+        "nothing handed over while the fence holds"
+    );
+    fence_tx.send(Fence::Open).unwrap();
+    h.allow(1);
+    until("the next acknowledged once open", || {
+        acked_pos(&acked) == Some(200)
+    })
+    .await;
+    drop(tx);
+    let _ = run.await;
+
     // a failed settle: neither the failed group nor the one queued after it is acknowledged
     let (k, h) = pipelined_sink("kafka", Some(2), None, 1);
-    let (tx, acked, run) = run_one(k);
-    for c in [Some(100), Some(200), Some(300)] {
-        tx.send(batch(c)).await.unwrap();
-    }
+    let (tx, acked, run) = run_one(k, &[Some(100), Some(200), Some(300)]);
     until("two groups queued", || h.groups().len() == 2).await;
     h.allow(1);
     until("the first acknowledged", || acked_pos(&acked) == Some(100)).await;

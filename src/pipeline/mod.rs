@@ -125,7 +125,9 @@ impl Pipeline {
                                 Some(b) => Some(b),
                                 None => break,
                             }
-                        } else if queued.len() < PIPELINE_DEPTH {
+                        } else if queued.len() < PIPELINE_DEPTH && fence_open(&fence) {
+                            // (with the fence not open, the queued groups settle first: their
+                            // acknowledgement does not wait for the fence)
                             srx.try_recv().ok()
                         } else {
                             None
@@ -136,7 +138,19 @@ impl Pipeline {
                             let r = sink.settle().await;
                             m.sink_busy(&name, false);
                             let n = match r {
-                                Ok(n) => n.clamp(1, queued.len()),
+                                Ok(n) if (1..=queued.len()).contains(&n) => n,
+                                Ok(n) => {
+                                    let _ = etx
+                                        .send(SinkError::Fatal {
+                                            sink: name.clone(),
+                                            message: format!(
+                                                "settled {n} groups of {} queued",
+                                                queued.len()
+                                            ),
+                                        })
+                                        .await;
+                                    return;
+                                }
                                 Err(e) => {
                                     errors.inc();
                                     m.set_sink_ready(&name, false);
@@ -151,7 +165,9 @@ impl Pipeline {
                                 batches.inc_by(nb);
                                 last = Some(s);
                             }
-                            in_flight.set(srx.len() as i64 + queued.len() as i64);
+                            in_flight.set(
+                                srx.len() as i64 + queued.iter().map(|q| q.2 as i64).sum::<i64>(),
+                            );
                             if let Some(s) = last {
                                 let _ = atx.send(s);
                             }
@@ -165,7 +181,8 @@ impl Pipeline {
                                 Err(_) => break,
                             }
                         }
-                        in_flight.set(srx.len() as i64 + group.len() as i64);
+                        let queued_batches: i64 = queued.iter().map(|q| q.2 as i64).sum();
+                        in_flight.set(srx.len() as i64 + group.len() as i64 + queued_batches);
                         if !wait_unfenced(&mut fence).await {
                             let _ = etx
                                 .send(SinkError::Fatal {

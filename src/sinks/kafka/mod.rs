@@ -245,6 +245,8 @@ struct Queued {
 /// A group's messages, queued in the producer.
 #[derive(Clone)]
 struct Produced {
+    /// When the last message was handed to the producer (the delivery wait is timed from it).
+    at: Instant,
     ack: Arc<BatchAck>,
     topics: Vec<String>,
     sent: usize,
@@ -735,6 +737,7 @@ impl KafkaSink {
         }
         ack.done(); // everything queued
         Ok(Ok(Produced {
+            at: Instant::now(),
             ack,
             topics: batch_topics,
             sent,
@@ -745,6 +748,7 @@ impl KafkaSink {
     /// Waits for every delivery report of a produced group: `Ok` when all were delivered.
     async fn complete(&mut self, p: &Produced) -> Result<Result<(), KafkaError>, SinkError> {
         let Produced {
+            at,
             ack,
             topics,
             sent,
@@ -767,11 +771,12 @@ impl KafkaSink {
             return Ok(Err(KafkaError::MessageProduction(code)));
         }
         self.stats.messages_acked.inc_by(sent as u64);
+        // from the last message handed over (the wait may have begun later: pipelined)
         self.stats
             .delivery_seconds
-            .observe(wait.t0.elapsed().as_secs_f64());
+            .observe(at.elapsed().as_secs_f64());
         self.stats.ready(true);
-        debug!(sink = %self.name, messages = sent, ack_wait = ?wait.t0.elapsed(), "batch acknowledged");
+        debug!(sink = %self.name, messages = sent, ack_wait = ?wait.t0.elapsed(), since_produced = ?at.elapsed(), "batch acknowledged");
         Ok(Ok(()))
     }
 
