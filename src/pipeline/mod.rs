@@ -51,6 +51,22 @@ pub struct Acked {
     pub snapshot: Option<crate::decode::event::SnapshotMark>,
 }
 
+/// A group handed to a pipelined sink and not yet acknowledged.
+struct QueuedGroup {
+    /// Its last batch's sequence number (acknowledgements are cumulative).
+    last_seq: u64,
+    rows: u64,
+    batches: u64,
+    since: std::time::Instant,
+}
+
+impl QueuedGroup {
+    /// The batches of all `queued` groups (the sink's in-flight gauge).
+    fn batches(queued: &VecDeque<QueuedGroup>) -> i64 {
+        queued.iter().map(|g| g.batches as i64).sum()
+    }
+}
+
 struct InFlight {
     seq: u64,
     commit: Option<Acked>,
@@ -115,9 +131,8 @@ impl Pipeline {
                     );
                     m.set_sink_ready(&name, true);
                     let pipelined = sink.pipelined();
-                    // groups handed to a pipelined sink and not yet acknowledged, oldest first:
-                    // (last seq, rows, batches, since)
-                    let mut queued: VecDeque<(u64, u64, u64, std::time::Instant)> = VecDeque::new();
+                    // groups handed to a pipelined sink and not yet acknowledged, oldest first
+                    let mut queued: VecDeque<QueuedGroup> = VecDeque::new();
                     loop {
                         // the next group: wait for one only when nothing is being acknowledged
                         let first = if queued.is_empty() {
@@ -159,15 +174,13 @@ impl Pipeline {
                                 }
                             };
                             let mut last = None;
-                            for (s, r, nb, t0) in queued.drain(..n) {
-                                seconds.observe(t0.elapsed().as_secs_f64());
-                                rows.inc_by(r);
-                                batches.inc_by(nb);
-                                last = Some(s);
+                            for g in queued.drain(..n) {
+                                seconds.observe(g.since.elapsed().as_secs_f64());
+                                rows.inc_by(g.rows);
+                                batches.inc_by(g.batches);
+                                last = Some(g.last_seq);
                             }
-                            in_flight.set(
-                                srx.len() as i64 + queued.iter().map(|q| q.2 as i64).sum::<i64>(),
-                            );
+                            in_flight.set(srx.len() as i64 + QueuedGroup::batches(&queued));
                             if let Some(s) = last {
                                 let _ = atx.send(s);
                             }
@@ -181,8 +194,9 @@ impl Pipeline {
                                 Err(_) => break,
                             }
                         }
-                        let queued_batches: i64 = queued.iter().map(|q| q.2 as i64).sum();
-                        in_flight.set(srx.len() as i64 + group.len() as i64 + queued_batches);
+                        in_flight.set(
+                            srx.len() as i64 + group.len() as i64 + QueuedGroup::batches(&queued),
+                        );
                         if !wait_unfenced(&mut fence).await {
                             let _ = etx
                                 .send(SinkError::Fatal {
@@ -216,7 +230,12 @@ impl Pipeline {
                             return;
                         }
                         if pipelined {
-                            queued.push_back((last_seq, group_rows, group_batches, t0));
+                            queued.push_back(QueuedGroup {
+                                last_seq,
+                                rows: group_rows,
+                                batches: group_batches,
+                                since: t0,
+                            });
                             continue;
                         }
                         seconds.observe(t0.elapsed().as_secs_f64());

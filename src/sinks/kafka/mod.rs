@@ -515,9 +515,8 @@ impl KafkaSink {
     async fn produce(
         &mut self,
         batches: &[&Batch],
-        prior: Option<Produced>,
+        mut prior: Option<Produced>,
     ) -> Result<Result<Produced, KafkaError>, SinkError> {
-        let mut prior = prior;
         let ack = Arc::new(BatchAck::default());
         ack.remaining.store(1, Ordering::Release); // held until everything is queued
         let now = now_ms();
@@ -894,22 +893,15 @@ impl Sink for KafkaSink {
         Box::pin(self.deliver(vec![batch]))
     }
 
+    /// A group's batches are all produced, then waited for once: a backlog of small
+    /// transactions drains in one round trip to the brokers instead of one per batch
+    /// (issue 16: after a 0.35 s stall of the server's commits, 36 one-transaction batches took
+    /// 3.4 ms each and made the p99 commit → acknowledged latency 30 ms).
     fn max_group(&self) -> usize {
         // 4: the backlog after a stall drains in a few round trips; 8 or 16 raised the RSS on
         // the sysbench range into Kafka from 54–64 MiB to 70–86 MiB (more of the in-flight
         // budget queued at the sink, and larger message sets in librdkafka) for no faster rate
         4
-    }
-
-    /// Every batch produced, then one wait for all delivery reports: a backlog of small
-    /// transactions drains in one round trip to the brokers instead of one per batch
-    /// (issue 16: after a 0.35 s stall of the server's commits, 36 one-transaction batches took
-    /// 3.4 ms each and made the p99 commit → acknowledged latency 30 ms).
-    fn write_group<'a>(
-        &'a mut self,
-        batches: &'a [Arc<Batch>],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(self.deliver(batches.iter().map(|b| &**b).collect()))
     }
 
     fn pipelined(&self) -> bool {
