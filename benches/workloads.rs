@@ -13,7 +13,9 @@
 //!
 //! Each round runs, interleaved: `mariadb-binlog --read-from-remote-server --raw` over the
 //! range (to a file), and `binlogd run --stop-at END` with the file sink on stdout read and
-//! counted by this process (the discarding consumer). Prints per run and as medians: wall,
+//! counted by this process (the discarding consumer), the same to `/dev/null`, and `stream`:
+//! the range read through mysql_async's binlog stream alone, every event dropped (the client
+//! binlogd is built on; the floor before any decoding). Prints per run and as medians: wall,
 //! rows/s, CPU-s (user+sys, `/usr/bin/time`), CPU µs per row, peak RSS, and binlogd's rate as
 //! a ratio to the raw transfer of the same round. Asserts only that every run delivers the
 //! same number of row changes.
@@ -532,7 +534,59 @@ fn kafka_run(
     (m, broker)
 }
 
+/// The same allocator as the daemon's (the stream floor below allocates per event).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// `BINLOGD_BENCH_STREAM_ONLY=URL FILE START END`: this process, started again by [`main`],
+/// reads the range through mysql_async's binlog stream (the replication connection binlogd
+/// uses, the same requests) and drops every event: the floor any decoder built on this client
+/// pays before decoding anything. Prints one line per event, counted like binlogd's rows.
+fn stream_only(spec: &str) {
+    use futures_util::StreamExt;
+    let f: Vec<&str> = spec.split_whitespace().collect();
+    let [url, file, start, end] = f[..] else {
+        panic!("BINLOGD_BENCH_STREAM_ONLY: URL FILE START END");
+    };
+    let (start, end): (u64, u64) = (start.parse().unwrap(), end.parse().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let events = rt.block_on(async {
+        let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(url).unwrap())
+            .prefer_socket(false);
+        let mut c = mysql_async::Conn::new(opts).await.unwrap();
+        c.query_drop("SET @mariadb_slave_capability = 4")
+            .await
+            .unwrap();
+        let mut s = c
+            .get_binlog_stream(
+                mysql_async::BinlogStreamRequest::new(9969)
+                    .with_filename(file.as_bytes())
+                    .with_pos(start),
+            )
+            .await
+            .unwrap();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        while let Some(ev) = s.next().await {
+            let ev = ev.unwrap();
+            n += 1;
+            bytes += ev.header().event_size() as u64;
+            let pos = ev.header().log_pos() as u64;
+            if pos >= end {
+                break;
+            }
+        }
+        (n, bytes)
+    });
+    println!("{} events, {} bytes", events.0, events.1);
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("BINLOGD_BENCH_STREAM_ONLY") {
+        return stream_only(&spec);
+    }
     let port: u16 = std::env::var("BINLOGD_BENCH_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -734,7 +788,10 @@ fn main() {
         .unwrap();
         // (label, per round): raw, then per build its run into a counting reader and its run
         // into the discarding sink
-        let mut res: Vec<(String, Vec<Measured>)> = vec![("raw".into(), Vec::new())];
+        // ("stream": mysql_async's stream alone, events dropped: see [`stream_only`])
+        let mut res: Vec<(String, Vec<Measured>)> =
+            vec![("raw".into(), Vec::new()), ("stream".into(), Vec::new())];
+        const FIRST_BIN: usize = 2;
         for (l, _) in &bins {
             res.push((l.clone(), Vec::new()));
             res.push((format!("{l}>null"), Vec::new()));
@@ -762,6 +819,13 @@ fn main() {
             for k in order {
                 let m = if k == 0 {
                     timed(&raw, false)
+                } else if k == 1 {
+                    let mut c = Command::new(std::env::current_exe().unwrap());
+                    c.env(
+                        "BINLOGD_BENCH_STREAM_ONLY",
+                        format!("{cdc} {} {} {}", r.file, r.start, r.end),
+                    );
+                    timed(&c, false)
                 } else if k >= first_peer {
                     let peer = peers[k - first_peer];
                     let m = timed(&peer_command(peer, &dir, port, &r), true);
@@ -773,8 +837,8 @@ fn main() {
                     }
                     m
                 } else {
-                    let bin = &bins[(k - 1) / 2].1;
-                    let discard = (k - 1) % 2 == 1;
+                    let bin = &bins[(k - FIRST_BIN) / 2].1;
+                    let discard = (k - FIRST_BIN) % 2 == 1;
                     let cfg = if discard { &cfg_null } else { &cfg };
                     sh(Command::new(bin)
                         .args(["position", "reset", "-c"])
