@@ -31,7 +31,8 @@
 //! `scripts/install-deps.sh`'s venv), one untimed run that creates the topics (3 partitions),
 //! then the timed run of the whole range into it (lz4, idempotent, `acks=all`, every delivery
 //! report awaited): rows/s, binlogd's CPU-s and RSS, and the broker's CPU-s (from `/proc`);
-//! the run must store the range's end as its position.
+//! the run must store the range's end as its position. The same again with `headers = false`
+//! (`>kafka-bare`: value and key only).
 //!
 //! Run: `cargo bench --bench workloads` (needs mariadbd, mariadb-binlog, sysbench, /usr/bin/time).
 //! Environment: `BINLOGD_BENCH_ROUNDS` (default 3), `BINLOGD_BENCH_WORKLOADS` (`sysbench,wide`),
@@ -786,6 +787,16 @@ fn main() {
             ),
         )
         .unwrap();
+        // the same without binlogd's headers (`headers = false`: value and key only)
+        let cfg_kafka_bare = dir.join(format!("{w}-kafka-bare.toml"));
+        std::fs::write(
+            &cfg_kafka_bare,
+            std::fs::read_to_string(&cfg_kafka)
+                .unwrap()
+                .replace("partitions = 3\n", "partitions = 3\nheaders = false\n")
+                .replace("benchwl_", "benchwlbare_"),
+        )
+        .unwrap();
         // (label, per round): raw, then per build its run into a counting reader and its run
         // into the discarding sink
         // ("stream": mysql_async's stream alone, events dropped: see [`stream_only`])
@@ -867,15 +878,22 @@ fn main() {
                 res[k].1.push(m);
             }
             if kafka {
-                kres.resize_with(bins.len(), Default::default);
-                let mut order: Vec<usize> = (0..bins.len()).collect();
+                // per build with headers (the default); this build also with `headers = false`
+                // (older builds in BINLOGD_BENCH_BINS may not know the key)
+                let runs: Vec<(usize, bool)> = std::iter::once((0, true))
+                    .chain((0..bins.len()).map(|b| (b, false)))
+                    .collect();
+                kres.resize_with(runs.len(), Default::default);
+                let mut order: Vec<usize> = (0..runs.len()).collect();
                 if round % 2 == 1 {
                     order.reverse();
                 }
-                for b in order {
-                    kres[b].0 = format!("{}>kafka", bins[b].0);
-                    let run = kafka_run(&bins[b].1, &cfg_kafka, &venv, &dir, kport, &r);
-                    kres[b].1.push(run);
+                for k in order {
+                    let (b, bare) = runs[k];
+                    kres[k].0 = format!("{}>kafka{}", bins[b].0, if bare { "-bare" } else { "" });
+                    let cfg = if bare { &cfg_kafka_bare } else { &cfg_kafka };
+                    let run = kafka_run(&bins[b].1, cfg, &venv, &dir, kport, &r);
+                    kres[k].1.push(run);
                 }
             }
         }

@@ -47,6 +47,12 @@ fn ops(f: Flavor) {
             &format!(
                 "tombstones = true\nexactly_once = true\n[sinks.kafka.key_columns]\n\"{name}.logs\" = [\"a\"]\n[sinks.kafka.producer]\n\"compression.type\" = \"lz4\"\n"
             ),
+        )
+        // the same without binlogd's headers (`headers = false`, at-least-once)
+        + &format!(
+            "\n[[sinks.kafka]]\nname = \"bare\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}.bare\"\n\
+             create_topics = true\nheaders = false\ntombstones = true\n\
+             [sinks.kafka.key_columns]\n\"{name}.logs\" = [\"a\"]\n"
         );
     let mut d = Daemon::start(&dir, &cfg);
     rt.block_on(async {
@@ -142,6 +148,45 @@ fn ops(f: Flavor) {
             assert!(t.offset > m.offset);
         }
     }
+    // `headers = false`: the same messages (value, key, partition, tombstones), no headers
+    let bare_topics: Vec<String> = topics.iter().map(|t| format!("{t}.bare")).collect();
+    let bare = consume_until(&brokers, &bare_topics, msgs.len(), &mut d);
+    assert_eq!(bare.len(), msgs.len(), "headers = false: as many messages");
+    assert!(
+        bare.iter().all(|m| m.headers.is_empty()),
+        "headers = false: no headers"
+    );
+    let strip = |v: Option<Value>| v.map(without_ts);
+    let mut with: Vec<_> = msgs
+        .iter()
+        .map(|m| {
+            (
+                format!("{}.bare", m.topic),
+                m.partition,
+                m.offset,
+                m.key.clone(),
+                strip(m.json()),
+            )
+        })
+        .collect();
+    let mut without: Vec<_> = bare
+        .iter()
+        .map(|m| {
+            (
+                m.topic.clone(),
+                m.partition,
+                m.offset,
+                m.key.clone(),
+                strip(m.json()),
+            )
+        })
+        .collect();
+    with.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    without.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    assert_eq!(
+        without, with,
+        "headers = false: the same values and keys at the same partitions and offsets"
+    );
     // per key: one partition, offsets in binlog order
     let mut per_key: BTreeMap<(String, Vec<u8>), Vec<&KMsg>> = BTreeMap::new();
     for m in &msgs {
@@ -650,6 +695,26 @@ fn bad_kafka_settings() {
         let (code, out) = run_binlogd(&[verb, "-c", p]);
         assert_eq!(code, 1, "{verb}: {out}");
         assert!(out.contains("127.0.0.1:1 do not answer"), "{verb}: {out}");
+    }
+
+    // headers = false with exactly_once: refused before connecting, naming both keys
+    std::fs::write(
+        &path,
+        base.clone()
+            + &kafka_sink(
+                &kafka_brokers(),
+                "x",
+                "exactly_once = true\nheaders = false\n",
+            ),
+    )
+    .unwrap();
+    for verb in ["check", "run"] {
+        let (code, out) = run_binlogd(&[verb, "-c", p]);
+        assert_eq!(code, 2, "{verb}: a config error: {out}");
+        assert!(
+            out.contains("exactly_once = true needs headers = true"),
+            "{verb}: {out}"
+        );
     }
 
     // a fixed topic that does not exist, creation off

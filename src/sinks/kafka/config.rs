@@ -32,6 +32,11 @@ pub struct KafkaSinkConfig {
     /// with a null key, to every partition of the table's topic. `false` skips them.
     #[serde(default = "default_true")]
     pub truncate_events: bool,
+    /// Put binlogd's headers (`binlogd.file`, `.pos`, `.row`, `.gtid`, …) on every message.
+    /// `false`: value and key only, 17–26% less CPU and ~150 fewer bytes per message in the
+    /// sysbench bench (README, Kafka sink); not with `exactly_once`, which reads them back.
+    #[serde(default = "default_true")]
+    pub headers: bool,
     /// Create missing topics (else: error naming the topic).
     #[serde(default)]
     pub create_topics: bool,
@@ -133,6 +138,14 @@ impl KafkaSinkConfig {
                 )));
             }
             rest = &rest[i + j + 1..];
+        }
+        if self.exactly_once && !self.headers {
+            return Err(at(
+                "exactly_once = true needs headers = true: after a restart it reads \
+                 each partition's last binlogd.* headers to know what Kafka already holds; \
+                 set headers = true or exactly_once = false"
+                    .into(),
+            ));
         }
         if self.partitions < 1 || self.replication_factor < 1 {
             return Err(at(
@@ -263,6 +276,7 @@ mod tests {
             exactly_once: true,
             tombstones: false,
             truncate_events: true,
+            headers: true,
             create_topics: false,
             partitions: 3,
             replication_factor: 1,
@@ -323,5 +337,21 @@ mod tests {
         let props = cfg(&[("linger.ms", "20")]).producer_properties("p");
         assert!(props.contains(&("linger.ms".into(), "20".into())));
         assert_eq!(props.iter().filter(|(k, _)| k == "linger.ms").count(), 1);
+    }
+
+    #[test]
+    fn headers_off_only_without_exactly_once() {
+        let mut c = cfg(&[]);
+        c.headers = false;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("exactly_once = true needs headers = true"),
+            "{e}"
+        );
+        c.exactly_once = false;
+        assert!(c.validate().is_ok());
+        // the default when the key is not given
+        let t: KafkaSinkConfig = toml::from_str("name = \"k\"\nbrokers = \"h:1\"").unwrap();
+        assert!(t.headers);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - value: the event JSON (as the file sink writes it); key: the primary key as a JSON object
 //!   (or configured columns, or null); headers `binlogd.file/pos/row/gtid/server/pipeline/
-//!   partitions`. Deletes may be followed by a tombstone (`tombstones = true`).
+//!   partitions` (none with `headers = false`). Deletes may be followed by a tombstone
+//!   (`tombstones = true`).
 //! - Partitions are chosen here (murmur2 of the key, as the Java client does), so the sink
 //!   knows where each row change goes: all changes of a row land in one partition in binlog
 //!   order.
@@ -622,61 +623,65 @@ impl KafkaSink {
                     ch.write_json_env(&mut self.value, &env, now)
                         .map_err(|e| fatal(&self.name, e.to_string()))?;
                 }
-                let mut h = OwnedHeaders::new_with_capacity(8)
-                    .insert(Header {
-                        key: "binlogd.file",
-                        value: Some(ch.txn.file.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: "binlogd.pos",
-                        value: Some(itoa::Buffer::new().format(pos.pos).as_bytes()),
-                    })
-                    .insert(Header {
-                        key: "binlogd.row",
-                        value: Some(itoa::Buffer::new().format(pos.row).as_bytes()),
-                    })
-                    .insert(Header {
-                        key: "binlogd.server",
-                        value: Some(self.info.server.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: "binlogd.pipeline",
-                        value: Some(self.info.pipeline.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: "binlogd.partitions",
-                        value: Some(itoa::Buffer::new().format(n).as_bytes()),
-                    });
-                if let Some(g) = &ch.txn.gtid {
-                    h = h.insert(Header {
-                        key: "binlogd.gtid",
-                        value: Some(g.as_bytes()),
-                    });
-                }
-                if let (true, Some(s)) = (read, &ch.txn.snapshot) {
-                    h = h.insert(Header {
-                        key: "binlogd.snapshot",
-                        value: Some(s.as_bytes()),
-                    });
-                    if read_id_header {
-                        h = h.insert(Header {
-                            key: "binlogd.snapshot_key",
-                            value: Some(&self.read_id[..]),
-                        });
-                    }
-                }
-                if tomb {
-                    h = h.insert(Header {
-                        key: "binlogd.tombstone",
-                        value: Some(b"1"),
-                    });
-                }
                 let mut rec: BaseRecord<'_, [u8], [u8], Arc<BatchAck>> =
                     BaseRecord::with_opaque_to(&route.topic, ack.clone())
                         .partition(partition)
                         // the value's `ts_ms` (and no clock read per message in librdkafka)
-                        .timestamp(now as i64)
-                        .headers(h);
+                        .timestamp(now as i64);
+                // (`headers = false`: none; config refuses it with exactly_once, which reads
+                // them back)
+                if self.cfg.headers {
+                    let mut h = OwnedHeaders::new_with_capacity(8)
+                        .insert(Header {
+                            key: "binlogd.file",
+                            value: Some(ch.txn.file.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "binlogd.pos",
+                            value: Some(itoa::Buffer::new().format(pos.pos).as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "binlogd.row",
+                            value: Some(itoa::Buffer::new().format(pos.row).as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "binlogd.server",
+                            value: Some(self.info.server.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "binlogd.pipeline",
+                            value: Some(self.info.pipeline.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "binlogd.partitions",
+                            value: Some(itoa::Buffer::new().format(n).as_bytes()),
+                        });
+                    if let Some(g) = &ch.txn.gtid {
+                        h = h.insert(Header {
+                            key: "binlogd.gtid",
+                            value: Some(g.as_bytes()),
+                        });
+                    }
+                    if let (true, Some(s)) = (read, &ch.txn.snapshot) {
+                        h = h.insert(Header {
+                            key: "binlogd.snapshot",
+                            value: Some(s.as_bytes()),
+                        });
+                        if read_id_header {
+                            h = h.insert(Header {
+                                key: "binlogd.snapshot_key",
+                                value: Some(&self.read_id[..]),
+                            });
+                        }
+                    }
+                    if tomb {
+                        h = h.insert(Header {
+                            key: "binlogd.tombstone",
+                            value: Some(b"1"),
+                        });
+                    }
+                    rec = rec.headers(h);
+                }
                 if has_key {
                     rec = rec.key(&self.key[..]);
                 }
