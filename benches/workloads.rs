@@ -542,7 +542,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// `BINLOGD_BENCH_STREAM_ONLY=URL FILE START END`: this process, started again by [`main`],
 /// reads the range through mysql_async's binlog stream (the replication connection binlogd
 /// uses, the same requests) and drops every event: the floor any decoder built on this client
-/// pays before decoding anything. Prints one line per event, counted like binlogd's rows.
+/// pays before decoding anything. Prints the events and bytes received (for runs by hand).
 fn stream_only(spec: &str) {
     use futures_util::StreamExt;
     let f: Vec<&str> = spec.split_whitespace().collect();
