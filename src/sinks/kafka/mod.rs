@@ -566,10 +566,12 @@ impl KafkaSink {
             let read = matches!(ch.op(), crate::decode::event::Op::Read { .. });
             // a read is known by the key it was read by (unique): when the message key is not
             // that key (`key = "none"`, or `key_columns`, which need not be unique) the read
-            // names it in a header, and a restart's read-back matches on that
+            // names it in a header, and a restart's read-back matches on that (no headers: no
+            // read-back either, exactly_once needs them)
             self.read_id.clear();
             let read_key = &ch.chunk.table.read_key;
-            let read_id_header = read
+            let read_id_header = self.cfg.headers
+                && read
                 && !read_key.is_empty()
                 && !(has_key && route.key_cols.as_deref() == Some(&read_key[..]));
             if read_id_header {
