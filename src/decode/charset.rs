@@ -175,6 +175,38 @@ pub fn transcode_into(enc: TextEncoding, bytes: &[u8], out: &mut String) -> Resu
     }
 }
 
+/// Transcodes `bytes` in `e` to UTF-8 without allocating: hands the text to `piece` in
+/// pieces of whole characters (up to 256 bytes each; ASCII text in an ASCII-compatible encoding in
+/// one piece, as it is). Fails exactly when [`transcode_into`] does, with its error (issue 16:
+/// the `String`s of `decode_without_bom_handling` were most of a latin1 column's rendering).
+pub fn decode_in_pieces(
+    e: &'static Encoding,
+    bytes: &[u8],
+    mut piece: impl FnMut(&[u8]),
+) -> Result<(), String> {
+    if e.is_ascii_compatible() && bytes.is_ascii() {
+        piece(bytes);
+        return Ok(());
+    }
+    let mut d = e.new_decoder_without_bom_handling();
+    let mut buf = [0u8; 256];
+    let mut src = bytes;
+    loop {
+        let (r, read, written) = d.decode_to_utf8_without_replacement(src, &mut buf, true);
+        if written > 0 {
+            piece(&buf[..written]);
+        }
+        src = &src[read..];
+        match r {
+            encoding_rs::DecoderResult::InputEmpty => return Ok(()),
+            encoding_rs::DecoderResult::OutputFull => {}
+            encoding_rs::DecoderResult::Malformed(..) => {
+                return Err(format!("invalid {} byte sequence", e.name()))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +218,42 @@ mod tests {
         let mut s = String::new();
         transcode_into(enc, &[0x63, 0x61, 0x66, 0xE9, 0x80], &mut s).unwrap();
         assert_eq!(s, "café€");
+    }
+
+    proptest::proptest! {
+        /// The pieces make the text `transcode_into` makes, and fail exactly when it does, with
+        /// its message: every encoding binlogd transcodes with encoding_rs, values up to 5 KiB
+        /// (more than one 1 KiB piece), ASCII or not.
+        #[test]
+        fn pieces_match_transcode(
+            which in 0usize..64,
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..5000),
+            ascii in proptest::bool::ANY,
+        ) {
+            let names = [
+                "latin1", "latin2", "latin5", "latin7", "greek", "hebrew", "cp1250", "cp1251",
+                "cp1256", "cp1257", "cp866", "koi8r", "koi8u", "macroman", "tis620", "big5",
+                "gbk", "gb18030", "sjis", "ujis", "euckr", "ucs2", "utf16le",
+            ];
+            let name = names[which % names.len()];
+            let Some(TextEncoding::Other(e)) = encoding_for_charset(name) else {
+                panic!("{name} is transcoded by encoding_rs");
+            };
+            let bytes: Vec<u8> = if ascii {
+                bytes.iter().map(|b| b & 0x7f).collect()
+            } else {
+                bytes
+            };
+            let mut want = String::new();
+            let want = transcode_into(TextEncoding::Other(e), &bytes, &mut want).map(|()| want);
+            let mut got = Vec::new();
+            let got = decode_in_pieces(e, &bytes, |p| {
+                assert!(std::str::from_utf8(p).is_ok(), "a piece of whole characters");
+                got.extend_from_slice(p)
+            })
+            .map(|()| String::from_utf8(got).unwrap());
+            proptest::prop_assert_eq!(got, want, "{}", name);
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use mysql_common::binlog::jsonb;
 
-use super::charset::{transcode_into, TextEncoding};
+use super::charset::{decode_in_pieces, transcode_into, TextEncoding};
 use super::json_text::{json_span, push_span, Span};
 use super::rows::{decimal_bin_size, fixed_size, le_uint};
 use super::table::{ColKind, ColumnSchema, SpecialType};
@@ -120,9 +120,16 @@ fn escape_block(out: &mut Vec<u8>, src: &[u8], i: usize, valid: usize) {
 /// time (SSE2 compares); a block without escapes is one 32-byte copy.
 #[inline]
 pub fn write_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let n = bytes.len();
-    out.reserve(n + 2);
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
+    escape_into(out, bytes);
+    out.push(b'"');
+}
+
+/// [`write_json_bytes`] without the quotes: the escaped text of `bytes` (a string written in
+/// pieces, each of whole characters).
+pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    let n = bytes.len();
     let mut i = 0;
     while i + 64 <= n {
         escape_block(out, bytes, i, 32);
@@ -139,7 +146,6 @@ pub fn write_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
             k += 32;
         }
     }
-    out.push(b'"');
 }
 
 /// Appends a short byte string (a column key, a number, a date) with inline copies: for up
@@ -183,8 +189,7 @@ fn push_int<I: itoa::Integer>(out: &mut Vec<u8>, v: I) {
 }
 
 fn push_2(out: &mut Vec<u8>, v: u32) {
-    out.push(b'0' + (v / 10 % 10) as u8);
-    out.push(b'0' + (v % 10) as u8);
+    out.extend_from_slice(&DIGIT_PAIRS[(v % 100) as usize]);
 }
 
 fn push_padded(out: &mut Vec<u8>, v: u64, width: usize) {
@@ -202,13 +207,12 @@ fn push_frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
         return;
     }
     out.push(b'.');
+    let m = micros % 1_000_000;
     let mut b = [0u8; 6];
-    let mut m = micros;
-    for i in (0..6).rev() {
-        b[i] = b'0' + (m % 10) as u8;
-        m /= 10;
-    }
-    put(out, &b[..fsp as usize]);
+    b[0..2].copy_from_slice(&DIGIT_PAIRS[(m / 10_000) as usize]);
+    b[2..4].copy_from_slice(&DIGIT_PAIRS[(m / 100 % 100) as usize]);
+    b[4..6].copy_from_slice(&DIGIT_PAIRS[(m % 100) as usize]);
+    put(out, &b[..(fsp as usize).min(6)]);
 }
 
 /// Date/time parts; `iso` chooses `T` between date and time, else MySQL's own space.
@@ -234,36 +238,28 @@ fn push_datetime(
         return push_datetime_general(out, y, mo, d, h, mi, s, us, fsp, zulu);
     }
     let zero = y == 0 || mo == 0 || d == 0;
-    let digit = |v: u32| b'0' + (v % 10) as u8;
+    let pair = |v: u32| DIGIT_PAIRS[(v % 100) as usize];
     let mut b = [0u8; 32];
     b[0] = b'"';
-    b[1] = digit(y / 1000);
-    b[2] = digit(y / 100);
-    b[3] = digit(y / 10);
-    b[4] = digit(y);
+    b[1..3].copy_from_slice(&pair(y / 100));
+    b[3..5].copy_from_slice(&pair(y));
     b[5] = b'-';
-    b[6] = digit(mo / 10);
-    b[7] = digit(mo);
+    b[6..8].copy_from_slice(&pair(mo));
     b[8] = b'-';
-    b[9] = digit(d / 10);
-    b[10] = digit(d);
+    b[9..11].copy_from_slice(&pair(d));
     b[11] = if zero { b' ' } else { b'T' };
-    b[12] = digit(h / 10);
-    b[13] = digit(h);
+    b[12..14].copy_from_slice(&pair(h));
     b[14] = b':';
-    b[15] = digit(mi / 10);
-    b[16] = digit(mi);
+    b[15..17].copy_from_slice(&pair(mi));
     b[17] = b':';
-    b[18] = digit(s / 10);
-    b[19] = digit(s);
+    b[18..20].copy_from_slice(&pair(s));
     let mut n = 20;
     if fsp > 0 {
         b[20] = b'.';
-        let mut m = us;
-        for i in (21..27).rev() {
-            b[i] = digit(m);
-            m /= 10;
-        }
+        let m = us % 1_000_000;
+        b[21..23].copy_from_slice(&pair(m / 10_000));
+        b[23..25].copy_from_slice(&pair(m / 100));
+        b[25..27].copy_from_slice(&pair(m));
         n = 21 + fsp.min(6) as usize;
     }
     if zulu && !zero {
@@ -400,31 +396,54 @@ pub fn decimal_text(b: &[u8], precision: u8, scale: u8) -> Result<String, ValueE
 /// Longest DECIMAL text: sign, 65 digits, point, and a leading `0` (`-0.123…`).
 const DECIMAL_TEXT_MAX: usize = 72;
 
-/// Writes `v` as exactly `w` decimal digits (zero-padded) at `dst[*at..]`.
+/// The two ASCII digits of 0..=99.
+static DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
+
+/// Writes `v` (< 10^`w`, `w` ≤ 9: one DECIMAL digit group) as exactly `w` decimal digits
+/// (zero-padded) at `dst[*at..]`, two digits per step (issue 16: a division per digit was
+/// most of a DECIMAL's rendering on the wide workload).
 #[inline]
-fn put_digits(dst: &mut [u8], at: &mut usize, mut v: u64, w: usize) {
-    for k in (0..w).rev() {
-        dst[*at + k] = b'0' + (v % 10) as u8;
-        v /= 10;
+fn put_digits(dst: &mut [u8], at: &mut usize, v: u64, w: usize) {
+    let mut v = v as u32;
+    let mut k = *at + w;
+    while k >= *at + 2 {
+        k -= 2;
+        dst[k..k + 2].copy_from_slice(&DIGIT_PAIRS[(v % 100) as usize]);
+        v /= 100;
+    }
+    if k > *at {
+        dst[*at] = b'0' + (v % 10) as u8;
     }
     *at += w;
 }
 
-/// Fails exactly when [`decimal_into`] does, with its error, without producing the digits.
-pub fn decimal_check(b: &[u8], precision: u8, scale: u8) -> Result<(), ValueError> {
-    const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
-    const POW10: [u64; 10] = [
-        1,
-        10,
-        100,
-        1_000,
-        10_000,
-        100_000,
-        1_000_000,
-        10_000_000,
-        100_000_000,
-        1_000_000_000,
-    ];
+/// Bytes of a stored DECIMAL digit group of `d` digits.
+const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+const POW10: [u32; 10] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+
+/// The DECIMAL's parameters and size checked; `mask`: all ones for a negative value (stored
+/// complemented), else 0.
+#[inline]
+fn decimal_start(b: &[u8], precision: u8, scale: u8) -> Result<u32, ValueError> {
     if precision == 0 || precision > 65 || scale > 30 || scale > precision {
         return Err(format!("bad DECIMAL({precision},{scale})"));
     }
@@ -435,31 +454,55 @@ pub fn decimal_check(b: &[u8], precision: u8, scale: u8) -> Result<(), ValueErro
             b.len()
         ));
     }
-    let mask: u8 = if b[0] & 0x80 == 0 { 0xff } else { 0 };
+    Ok(if b[0] & 0x80 == 0 { u32::MAX } else { 0 })
+}
+
+/// The next digit group (`d` of 1..=9 digits) of a DECIMAL at `b[*p..]`: the sign bit of the
+/// first byte flipped back, a negative value's complement undone. A stored value of `d + 1`
+/// or more digits is not a DECIMAL the server wrote (MySQL's bin2decimal rejects it too).
+#[inline(always)]
+fn decimal_group(
+    b: &[u8],
+    p: &mut usize,
+    d: usize,
+    mask: u32,
+    precision: u8,
+    scale: u8,
+) -> Result<u32, ValueError> {
+    let n = DIG2BYTES[d];
+    let g = b.get(*p..*p + n).ok_or("DECIMAL too short")?;
+    let mut v = 0u32;
+    for &x in g {
+        v = (v << 8) | x as u32;
+    }
+    if *p == 0 {
+        v ^= 0x80 << (8 * (n - 1));
+    }
+    *p += n;
+    v ^= mask >> (32 - 8 * n);
+    if v >= POW10[d] {
+        return Err(format!(
+            "corrupt DECIMAL({precision},{scale}): a {d}-digit group holds {v}"
+        ));
+    }
+    Ok(v)
+}
+
+/// Fails exactly when [`decimal_into`] does, with its error, without producing the digits.
+pub fn decimal_check(b: &[u8], precision: u8, scale: u8) -> Result<(), ValueError> {
+    let mask = decimal_start(b, precision, scale)?;
     let intg = (precision - scale) as usize;
     let (intg0, intg0x) = (intg / 9, intg % 9);
     let (frac0, frac0x) = (scale as usize / 9, scale as usize % 9);
-    // group widths in storage order
-    let groups = std::iter::once(intg0x)
-        .filter(|&d| d > 0)
-        .chain(std::iter::repeat_n(9, intg0 + frac0))
-        .chain(std::iter::once(frac0x).filter(|&d| d > 0));
     let mut p = 0usize;
-    for d in groups {
-        let n = DIG2BYTES[d];
-        let g = b.get(p..p + n).ok_or("DECIMAL too short")?;
-        let mut v = 0u64;
-        for (k, &x) in g.iter().enumerate() {
-            // the sign bit is flipped in the first byte; negatives are stored complemented
-            let x = if p + k == 0 { x ^ 0x80 } else { x } ^ mask;
-            v = (v << 8) | x as u64;
-        }
-        p += n;
-        if v >= POW10[d] {
-            return Err(format!(
-                "corrupt DECIMAL({precision},{scale}): a {d}-digit group holds {v}"
-            ));
-        }
+    if intg0x > 0 {
+        decimal_group(b, &mut p, intg0x, mask, precision, scale)?;
+    }
+    for _ in 0..intg0 + frac0 {
+        decimal_group(b, &mut p, 9, mask, precision, scale)?;
+    }
+    if frac0x > 0 {
+        decimal_group(b, &mut p, frac0x, mask, precision, scale)?;
     }
     Ok(())
 }
@@ -473,63 +516,22 @@ pub fn decimal_into(
     scale: u8,
     text: &mut [u8; DECIMAL_TEXT_MAX],
 ) -> Result<usize, ValueError> {
-    const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
-    const POW10: [u64; 10] = [
-        1,
-        10,
-        100,
-        1_000,
-        10_000,
-        100_000,
-        1_000_000,
-        10_000_000,
-        100_000_000,
-        1_000_000_000,
-    ];
-    if precision == 0 || precision > 65 || scale > 30 || scale > precision {
-        return Err(format!("bad DECIMAL({precision},{scale})"));
-    }
-    let size = decimal_bin_size(precision, scale);
-    if b.len() != size || size == 0 {
-        return Err(format!(
-            "DECIMAL({precision},{scale}) needs {size} bytes, got {}",
-            b.len()
-        ));
-    }
-    let neg = b[0] & 0x80 == 0;
-    let mask: u8 = if neg { 0xff } else { 0 };
-    let mut buf = [0u8; 40];
-    buf[..size].copy_from_slice(b);
-    buf[0] ^= 0x80;
-    for x in &mut buf[..size] {
-        *x ^= mask;
-    }
+    let mask = decimal_start(b, precision, scale)?;
+    let neg = mask != 0;
     let intg = (precision - scale) as usize;
     let (intg0, intg0x) = (intg / 9, intg % 9);
     let (frac0, frac0x) = (scale as usize / 9, scale as usize % 9);
     let mut p = 0usize;
-    // A group of `d` digits is stored in DIG2BYTES[d] bytes; a stored value of `d + 1` or more
-    // digits is not a DECIMAL the server wrote (MySQL's bin2decimal rejects it too).
-    let take = |d: usize, p: &mut usize| -> Result<u64, ValueError> {
-        let n = DIG2BYTES[d];
-        let v = be_uint(buf.get(*p..*p + n).ok_or("DECIMAL too short")?);
-        *p += n;
-        if v >= POW10[d] {
-            return Err(format!(
-                "corrupt DECIMAL({precision},{scale}): a {d}-digit group holds {v}"
-            ));
-        }
-        Ok(v)
-    };
+    let take = |d: usize, p: &mut usize| decimal_group(b, p, d, mask, precision, scale);
     // integer digits, zero-padded per group, at text[1..]; text[0] is kept for the sign
     let mut at = 1usize;
     if intg0x > 0 {
         let v = take(intg0x, &mut p)?;
-        put_digits(text, &mut at, v, intg0x);
+        put_digits(text, &mut at, v as u64, intg0x);
     }
     for _ in 0..intg0 {
         let v = take(9, &mut p)?;
-        put_digits(text, &mut at, v, 9);
+        put_digits(text, &mut at, v as u64, 9);
     }
     // leading zeros dropped; no digit left is "0"
     let first = text[1..at]
@@ -552,11 +554,11 @@ pub fn decimal_into(
         let frac_start = at;
         for _ in 0..frac0 {
             let v = take(9, &mut p)?;
-            put_digits(text, &mut at, v, 9);
+            put_digits(text, &mut at, v as u64, 9);
         }
         if frac0x > 0 {
             let v = take(frac0x, &mut p)?;
-            put_digits(text, &mut at, v, frac0x);
+            put_digits(text, &mut at, v as u64, frac0x);
         }
         nonzero |= text[frac_start..at].iter().any(|&c| c != b'0');
     }
@@ -675,9 +677,19 @@ fn push_text(
         TextEncoding::Utf8 if text_checked => write_json_bytes(out, v),
         TextEncoding::Utf8 => write_json_str(out, utf8(v)?),
         TextEncoding::Binary => push_b64(out, v),
-        other => {
-            let mut s = String::with_capacity(v.len() * 2);
-            transcode_into(other, v, &mut s)?;
+        TextEncoding::Other(e) => {
+            // transcoded in pieces straight into the escaping (no String per value)
+            let at = out.len();
+            out.push(b'"');
+            if let Err(m) = decode_in_pieces(e, v, |p| escape_into(out, p)) {
+                out.truncate(at);
+                return Err(m);
+            }
+            out.push(b'"');
+        }
+        TextEncoding::Utf32 => {
+            let mut s = String::with_capacity(v.len());
+            transcode_into(enc, v, &mut s)?;
             write_json_str(out, &s);
         }
     }
@@ -1007,14 +1019,7 @@ fn check_text(enc: TextEncoding, v: &[u8]) -> Result<(), ValueError> {
     match enc {
         TextEncoding::Utf8 => utf8(v).map(|_| ()),
         TextEncoding::Binary => Ok(()),
-        TextEncoding::Other(e) => {
-            // borrowed, no copy, while the text is ASCII
-            let (_, had_errors) = e.decode_without_bom_handling(v);
-            if had_errors {
-                return Err(format!("invalid {} byte sequence", e.name()));
-            }
-            Ok(())
-        }
+        TextEncoding::Other(e) => decode_in_pieces(e, v, |_| {}),
         TextEncoding::Utf32 => transcode_into(enc, v, &mut String::new()),
     }
 }
