@@ -64,6 +64,20 @@ struct Measured {
     cpu: f64,
     rss_mib: f64,
     lines: u64,
+    /// CPU-s of the counting reader (this process, while it read the run's stdout): it shares
+    /// the two cores with binlogd and the server; 0 without one.
+    reader_cpu: f64,
+}
+
+/// This process's CPU-s so far (user + system, from `/proc/self/stat`, 10 ms ticks).
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // the fields after the command name (which is in parentheses and may hold spaces)
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 fn repo() -> PathBuf {
@@ -88,6 +102,7 @@ fn timed(cmd: &Command, count: bool) -> Measured {
     }
     let mut child = c.spawn().expect("run /usr/bin/time");
     let mut lines = 0u64;
+    let cpu0 = own_cpu();
     if let Some(mut out) = child.stdout.take() {
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -95,9 +110,10 @@ fn timed(cmd: &Command, count: bool) -> Measured {
             if n == 0 {
                 break;
             }
-            lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+            lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
         }
     }
+    let reader_cpu = if count { own_cpu() - cpu0 } else { 0.0 };
     let st = child.wait().expect("wait");
     assert!(st.success(), "{:?} failed", cmd.get_program());
     let t = std::fs::read_to_string(&tf).expect("time output");
@@ -114,6 +130,7 @@ fn timed(cmd: &Command, count: bool) -> Measured {
         cpu: v[1] + v[2],
         rss_mib: v[3] / 1024.0,
         lines,
+        reader_cpu,
     }
 }
 
@@ -908,15 +925,23 @@ fn main() {
             r.end
         );
         s += &format!(
-            "{:<10} {:>5} {:>8} {:>11} {:>8} {:>9} {:>9} {:>8}\n",
-            "what", "round", "wall s", "rows/s", "CPU s", "CPU µs/row", "RSS MiB", "× raw"
+            "{:<10} {:>5} {:>8} {:>11} {:>8} {:>9} {:>9} {:>8} {:>9}\n",
+            "what",
+            "round",
+            "wall s",
+            "rows/s",
+            "CPU s",
+            "CPU µs/row",
+            "RSS MiB",
+            "× raw",
+            "reader s"
         );
         for round in 0..rounds {
             let raw_rate = rows / res[0].1[round].wall;
             for (l, ms) in &res {
                 let m = &ms[round];
                 s += &format!(
-                    "{:<10} {:>5} {:>8.2} {:>11.0} {:>8.2} {:>9.2} {:>9.1} {:>8.2}\n",
+                    "{:<10} {:>5} {:>8.2} {:>11.0} {:>8.2} {:>9.2} {:>9.1} {:>8.2} {:>9}\n",
                     l,
                     round + 1,
                     m.wall,
@@ -924,7 +949,12 @@ fn main() {
                     m.cpu,
                     m.cpu / rows * 1e6,
                     m.rss_mib,
-                    rows / m.wall / raw_rate
+                    rows / m.wall / raw_rate,
+                    if m.reader_cpu > 0.0 {
+                        format!("{:.2}", m.reader_cpu)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
@@ -941,15 +971,21 @@ fn main() {
                 .zip(&res[0].1)
                 .map(|(m, raw)| raw.wall / m.wall)
                 .collect());
+            let reader = med(ms.iter().map(|m| m.reader_cpu).collect());
             s += &format!(
-                "{:<10} {:>11.0} rows/s  {:>6.2} CPU-s  {:>6.2} CPU µs/row  {:>6.1} MiB  {:>5.2}× raw (raw median {:.0} rows/s)\n",
+                "{:<10} {:>11.0} rows/s  {:>6.2} CPU-s  {:>6.2} CPU µs/row  {:>6.1} MiB  {:>5.2}× raw (raw median {:.0} rows/s){}\n",
                 l,
                 rate,
                 med(ms.iter().map(|m| m.cpu).collect()),
                 med(ms.iter().map(|m| m.cpu / rows * 1e6).collect()),
                 med(ms.iter().map(|m| m.rss_mib).collect()),
                 ratio,
-                raw_med
+                raw_med,
+                if reader > 0.0 {
+                    format!("  reader {reader:.2} CPU-s")
+                } else {
+                    String::new()
+                }
             );
         }
         for (l, runs) in &kres {
