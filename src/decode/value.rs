@@ -1281,16 +1281,19 @@ pub fn push_value_in(
             let mask = le_uint(v);
             match &col.labels {
                 Some(l) => {
-                    let mut s = String::new();
+                    // the labels escaped one by one into the string (no String per value)
+                    out.push(b'"');
+                    let mut first = true;
                     for (i, lab) in l.iter().enumerate().take(64) {
                         if mask & (1 << i) != 0 {
-                            if !s.is_empty() {
-                                s.push(',');
+                            if !first {
+                                out.push(b',');
                             }
-                            s.push_str(lab);
+                            first = false;
+                            escape_into(out, lab.as_bytes());
                         }
                     }
-                    write_json_str(out, &s);
+                    out.push(b'"');
                 }
                 None => push_int(out, mask),
             }
