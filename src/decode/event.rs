@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::binlog::position::Position;
 use crate::decode::rows::{Cell, RowsChunk};
 use crate::decode::table::TableSchema;
-use crate::decode::value::{push_value_in, put, write_json_str};
+use crate::decode::value::{push_value_in, push_value_inline, put, write_json_str};
 
 pub use crate::decode::rows::Op;
 
@@ -170,7 +170,7 @@ impl<'a> Change<'a> {
                 self.write_partial_json(out, i, v)?;
                 continue;
             }
-            push_value_in(out, col, v, self.chunk.text_checked)
+            push_value_inline(out, col, v, self.chunk.text_checked)
                 .map_err(|m| self.err(&col.name, m))?;
         }
         out.push(b'}');

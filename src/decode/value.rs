@@ -1088,6 +1088,17 @@ pub fn push_value_in(
     v: &[u8],
     text_checked: bool,
 ) -> Result<(), ValueError> {
+    push_value_inline(out, col, v, text_checked)
+}
+
+/// [`push_value_in`], inlined into the row renderer's column loop (issue 16: a call per value).
+#[inline(always)]
+pub fn push_value_inline(
+    out: &mut Vec<u8>,
+    col: &ColumnSchema,
+    v: &[u8],
+    text_checked: bool,
+) -> Result<(), ValueError> {
     // The row splitter cuts fixed-size values to their size; checked again here so that no
     // caller can make the decoders below index past a value.
     if let Some(n) = fixed_size(col.kind) {
