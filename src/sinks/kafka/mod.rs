@@ -527,6 +527,8 @@ impl KafkaSink {
         // the envelope parts shared by a rows event's changes, rendered once per rows event
         let mut env = crate::decode::event::Envelope::default();
         let mut env_chunk: Option<&crate::decode::rows::RowsChunk> = None;
+        let mut route_chunk: Option<&crate::decode::rows::RowsChunk> = None;
+        let mut cur: Option<(Arc<Route>, i32, String, u64)> = None;
         for ch in batches.iter().flat_map(|b| b.changes()) {
             if !env_chunk.is_some_and(|c| std::ptr::eq(c, ch.chunk)) {
                 env.set(&ch, &self.info);
@@ -536,11 +538,22 @@ impl KafkaSink {
             if truncate && !self.cfg.truncate_events {
                 continue;
             }
-            let route = self.route(&ch.chunk.table)?;
-            let n = self.ensure_topic(&route.topic).await?;
-            if batch_topics.last() != Some(&route.topic) && !batch_topics.contains(&route.topic) {
-                batch_topics.push(route.topic.clone());
+            // the route, the topic's partition count and the binlog file's number, looked up
+            // once per rows event (issue 16: per message they were hash look-ups and a parse)
+            if !route_chunk.is_some_and(|c| std::ptr::eq(c, ch.chunk)) {
+                let route = self.route(&ch.chunk.table)?;
+                let n = self.ensure_topic(&route.topic).await?;
+                if !batch_topics.contains(&route.topic) {
+                    batch_topics.push(route.topic.clone());
+                }
+                let (base, seq) = probe::file_seq(&ch.txn.file);
+                cur = Some((route, n, base.to_string(), seq));
+                route_chunk = Some(ch.chunk);
             }
+            let Some((route, n, file_base, file_seq)) = &cur else {
+                continue; // (set just above)
+            };
+            let (n, file_seq) = (*n, *file_seq);
             self.key.clear();
             let has_key = match &route.key_cols {
                 // a truncate has no row: null key, one message per partition (below)
@@ -555,7 +568,7 @@ impl KafkaSink {
             let part_input: &[u8] = if has_key { &self.key } else { &route.table_key };
             let partition = ((probe::murmur2(part_input) & 0x7fff_ffff) % n as u32) as i32;
             let pos = MsgPos {
-                file_seq: probe::file_seq(&ch.txn.file).1,
+                file_seq,
                 pos: ch.chunk.pos,
                 row: ch.row_index(),
                 tombstone: false,
@@ -601,7 +614,7 @@ impl KafkaSink {
                         .is_some_and(|pr| {
                             pr.server == self.info.server
                                 && !self.info.server.is_empty()
-                                && pr.base == probe::file_seq(&ch.txn.file).0
+                                && pr.base == file_base.as_str()
                                 && MsgPos {
                                     tombstone: tomb,
                                     ..pos
