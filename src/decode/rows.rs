@@ -217,7 +217,8 @@ fn lenenc(buf: &[u8], p: &mut usize) -> Option<u64> {
     Some(v)
 }
 
-const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+/// Bytes of a stored DECIMAL digit group of `d` digits.
+pub(crate) const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
 
 pub(crate) fn decimal_bin_size(precision: u8, scale: u8) -> usize {
     // saturating: a scale above the precision is rejected by the callers, never an overflow

@@ -8,7 +8,7 @@ use mysql_common::binlog::jsonb;
 
 use super::charset::{decode_in_pieces, transcode_into, TextEncoding};
 use super::json_text::{json_span, push_span, Span};
-use super::rows::{decimal_bin_size, fixed_size, le_uint};
+use super::rows::{decimal_bin_size, fixed_size, le_uint, DIG2BYTES};
 use super::table::{ColKind, ColumnSchema, SpecialType};
 
 /// Why a value could not be rendered (names the column where the caller adds context).
@@ -425,8 +425,7 @@ fn put_digits(dst: &mut [u8], at: &mut usize, v: u64, w: usize) {
     *at += w;
 }
 
-/// Bytes of a stored DECIMAL digit group of `d` digits.
-const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+/// 10^d: a DECIMAL digit group of `d` digits holds less.
 const POW10: [u32; 10] = [
     1,
     10,
