@@ -75,16 +75,18 @@ const ESCAPES: [[u8; 8]; 256] = {
 /// `i` on: every copy is a fixed 32-byte copy (a couple of vector moves instead of a `memcpy`
 /// call per run between escapes) of which only the run's bytes are kept; the bytes past it are
 /// overwritten by what follows or lie past the vector's length.
+/// Returns whether any of the bytes was escaped.
 #[inline(always)]
-fn escape_block(out: &mut Vec<u8>, src: &[u8], i: usize, valid: usize) {
+fn escape_block(out: &mut Vec<u8>, src: &[u8], i: usize, valid: usize) -> bool {
     assert!(src.len() >= i + 64 && valid <= 32);
     let Some(c) = src[i..].first_chunk::<32>() else {
-        return;
+        return false;
     };
     let mut m = escape_mask(c);
     if valid < 32 {
         m &= (1u32 << valid) - 1;
     }
+    let escaped = m != 0;
     // worst case: 32 bytes escaped as 6 each, plus the last fixed copy's 32
     out.reserve(32 * 6 + 32);
     // SAFETY: reads: `src[i + s..i + s + 32]` with `s <= 32` lies within `src[i..i + 64]`
@@ -113,6 +115,7 @@ fn escape_block(out: &mut Vec<u8>, src: &[u8], i: usize, valid: usize) {
         let written = dst.offset_from(base) as usize;
         out.set_len(out.len() + written);
     }
+    escaped
 }
 
 /// Appends `bytes` (text the caller knows to be UTF-8) as a JSON string literal: `"`, `\\`
@@ -131,20 +134,79 @@ pub fn write_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
     let n = bytes.len();
     let mut i = 0;
+    // from here on the output repeats the input byte for byte (no escape since)
+    let mut plain_from = 0;
     while i + 64 <= n {
-        escape_block(out, bytes, i, 32);
+        if escape_block(out, bytes, i, 32) {
+            plain_from = i + 32;
+        }
         i += 32;
     }
-    // the last (< 64) bytes from a padded copy, so that every block has 64 bytes to read
-    if i < n {
-        let mut pad = [b'a'; 128];
-        let rest = n - i;
-        pad[..rest].copy_from_slice(&bytes[i..]);
-        let mut k = 0;
-        while k < rest {
-            escape_block(out, &pad, k, (rest - k).min(32));
-            k += 32;
+    if i == n {
+        return;
+    }
+    // The last 1..63 bytes. Where they need no escape, they are copied from the text's last 32
+    // bytes (issue 16: the padded copy below was most of a short value's escaping, e.g.
+    // sysbench's CHAR(60)): first a plain 32-byte block if more than 32 are left, then the
+    // last 32 bytes written over the plain bytes just written before them, which they repeat.
+    if n >= 32 {
+        if n - i > 32 {
+            if let Some(c) = bytes[i..].first_chunk::<32>() {
+                if escape_mask(c) == 0 {
+                    put(out, c);
+                    i += 32;
+                }
+            }
         }
+        let w = n - 32;
+        if i >= w && w >= plain_from {
+            if let Some(c) = bytes[w..].first_chunk::<32>() {
+                if escape_mask(c) >> (i - w) == 0 {
+                    out.reserve(32);
+                    // SAFETY: the output's last `i - w` bytes are `bytes[w..i]` as they are
+                    // (written plain by this call: `plain_from <= w`), so the 32 bytes from
+                    // `len - (i - w)` end `n - i` bytes past the length, within the 32
+                    // reserved; `c` is 32 readable bytes.
+                    unsafe {
+                        let at = out.len() - (i - w);
+                        std::ptr::copy_nonoverlapping(c.as_ptr(), out.as_mut_ptr().add(at), 32);
+                        out.set_len(out.len() + (n - i));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+    // otherwise from a padded copy, so that every block has 64 bytes to read
+    let mut pad = [b'a'; 96];
+    let rest = n - i;
+    copy_short(&mut pad, &bytes[i..]);
+    let mut k = 0;
+    while k < rest {
+        escape_block(out, &pad, k, (rest - k).min(32));
+        k += 32;
+    }
+}
+
+/// Copies `src` (fewer than 64 bytes) to the start of `dst` with two overlapping fixed-size
+/// copies (no `memcpy` call for a short tail).
+#[inline(always)]
+fn copy_short(dst: &mut [u8; 96], src: &[u8]) {
+    let r = src.len();
+    if r >= 32 {
+        dst[..32].copy_from_slice(&src[..32]);
+        dst[r - 32..r].copy_from_slice(&src[r - 32..]);
+    } else if r >= 16 {
+        dst[..16].copy_from_slice(&src[..16]);
+        dst[r - 16..r].copy_from_slice(&src[r - 16..]);
+    } else if r >= 8 {
+        dst[..8].copy_from_slice(&src[..8]);
+        dst[r - 8..r].copy_from_slice(&src[r - 8..]);
+    } else if r >= 4 {
+        dst[..4].copy_from_slice(&src[..4]);
+        dst[r - 4..r].copy_from_slice(&src[r - 4..]);
+    } else {
+        dst[..r].copy_from_slice(src);
     }
 }
 
@@ -1720,6 +1782,93 @@ mod tests {
         o.clear();
         push_value(&mut o, &col, b"[1,").unwrap();
         assert_eq!(o, b"\"[1,\"");
+    }
+
+    proptest::proptest! {
+        /// Escaping at every length (blocks, the plain tail copied from the last 32 bytes, the
+        /// padded tail) gives text JSON reads back as the input, and the same bytes as a
+        /// plain byte-by-byte escaper. Escapes placed anywhere, often near the end.
+        #[test]
+        fn escaping_at_every_length_and_position(
+            plain in proptest::collection::vec(
+                proptest::sample::select(vec!['a', 'z', '0', ' ', 'é', '🚀']),
+                0..140,
+            ),
+            escapes in proptest::collection::vec(
+                (
+                    proptest::num::usize::ANY,
+                    proptest::sample::select(vec!['"', '\\', '\n', '\t', '\u{1}', '\u{1f}']),
+                ),
+                0..3,
+            ),
+        ) {
+            // plain text with 0..2 escapes at any position (a block, the tail, its last byte)
+            let mut chars = plain;
+            for (at, c) in escapes {
+                chars.insert(at % (chars.len() + 1), c);
+            }
+            let text: String = chars.into_iter().collect();
+            let mut got = Vec::new();
+            write_json_bytes(&mut got, text.as_bytes());
+            let mut want = vec![b'"'];
+            for &b in text.as_bytes() {
+                let e = &ESCAPES[b as usize];
+                if e[7] == 0 {
+                    want.push(b);
+                } else {
+                    want.extend_from_slice(&e[..e[7] as usize]);
+                }
+            }
+            want.push(b'"');
+            proptest::prop_assert_eq!(&got, &want);
+            let back: String = serde_json::from_slice(&got).map_err(|e| {
+                proptest::test_runner::TestCaseError::fail(e.to_string())
+            })?;
+            proptest::prop_assert_eq!(back, text);
+        }
+    }
+
+    /// The reference: byte by byte.
+    fn escaped_slowly(text: &[u8]) -> Vec<u8> {
+        let mut want = vec![b'"'];
+        for &b in text {
+            let e = &ESCAPES[b as usize];
+            if e[7] == 0 {
+                want.push(b);
+            } else {
+                want.extend_from_slice(&e[..e[7] as usize]);
+            }
+        }
+        want.push(b'"');
+        want
+    }
+
+    /// Every length up to 200 with no escape, and one or two escapes at every position (the
+    /// blocks, both tail paths and their edges).
+    #[test]
+    fn escaping_every_length_and_escape_position() {
+        for n in 0..200usize {
+            for e in [b'"', b'\\', b'\n', 0x01, 0x1f] {
+                for p in 0..=n {
+                    for q in [None, Some(n.saturating_sub(1)), Some(p / 2)] {
+                        let mut text = vec![b'a'; n];
+                        if p < n {
+                            text[p] = e;
+                        }
+                        if let Some(q) = q.filter(|&q| q < n) {
+                            text[q] = b'\t';
+                        }
+                        let mut got = Vec::new();
+                        write_json_bytes(&mut got, &text);
+                        assert_eq!(
+                            got,
+                            escaped_slowly(&text),
+                            "length {n}, escape at {p}, {q:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
