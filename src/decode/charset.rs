@@ -223,7 +223,7 @@ mod tests {
     proptest::proptest! {
         /// The pieces make the text `transcode_into` makes, and fail exactly when it does, with
         /// its message: every encoding binlogd transcodes with encoding_rs, values up to 5 KiB
-        /// (more than one 1 KiB piece), ASCII or not.
+        /// (many 256-byte pieces), ASCII or not.
         #[test]
         fn pieces_match_transcode(
             which in 0usize..64,

@@ -75,18 +75,16 @@ const ESCAPES: [[u8; 8]; 256] = {
 /// `i` on: every copy is a fixed 32-byte copy (a couple of vector moves instead of a `memcpy`
 /// call per run between escapes) of which only the run's bytes are kept; the bytes past it are
 /// overwritten by what follows or lie past the vector's length.
-/// Returns whether any of the bytes was escaped.
 #[inline(always)]
-fn escape_block(out: &mut Vec<u8>, src: &[u8], i: usize, valid: usize) -> bool {
+fn escape_block(out: &mut Vec<u8>, src: &[u8], i: usize, valid: usize) {
     assert!(src.len() >= i + 64 && valid <= 32);
     let Some(c) = src[i..].first_chunk::<32>() else {
-        return false;
+        return;
     };
     let mut m = escape_mask(c);
     if valid < 32 {
         m &= (1u32 << valid) - 1;
     }
-    let escaped = m != 0;
     // worst case: 32 bytes escaped as 6 each, plus the last fixed copy's 32
     out.reserve(32 * 6 + 32);
     // SAFETY: reads: `src[i + s..i + s + 32]` with `s <= 32` lies within `src[i..i + 64]`
@@ -115,7 +113,6 @@ fn escape_block(out: &mut Vec<u8>, src: &[u8], i: usize, valid: usize) -> bool {
         let written = dst.offset_from(base) as usize;
         out.set_len(out.len() + written);
     }
-    escaped
 }
 
 /// Appends `bytes` (text the caller knows to be UTF-8) as a JSON string literal: `"`, `\\`
@@ -134,12 +131,8 @@ pub fn write_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
     let n = bytes.len();
     let mut i = 0;
-    // from here on the output repeats the input byte for byte (no escape since)
-    let mut plain_from = 0;
     while i + 64 <= n {
-        if escape_block(out, bytes, i, 32) {
-            plain_from = i + 32;
-        }
+        escape_block(out, bytes, i, 32);
         i += 32;
     }
     if i == n {
@@ -149,6 +142,8 @@ pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
     // bytes (issue 16: the padded copy below was most of a short value's escaping, e.g.
     // sysbench's CHAR(60)): first a plain 32-byte block if more than 32 are left, then the
     // last 32 bytes written over the plain bytes just written before them, which they repeat.
+    // (After the loop above `n - i` is at least 32 unless it did not run; so `w <= i` below
+    // means either `w == i`, or the plain block just written holds `bytes[w..i]`.)
     if n >= 32 {
         if n - i > 32 {
             if let Some(c) = bytes[i..].first_chunk::<32>() {
@@ -159,12 +154,12 @@ pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
             }
         }
         let w = n - 32;
-        if i >= w && w >= plain_from {
+        if i >= w {
             if let Some(c) = bytes[w..].first_chunk::<32>() {
                 if escape_mask(c) >> (i - w) == 0 {
                     out.reserve(32);
                     // SAFETY: the output's last `i - w` bytes are `bytes[w..i]` as they are
-                    // (written plain by this call: `plain_from <= w`), so the 32 bytes from
+                    // (none, or the plain block just written), so the 32 bytes from
                     // `len - (i - w)` end `n - i` bytes past the length, within the 32
                     // reserved; `c` is 32 readable bytes.
                     unsafe {
@@ -473,8 +468,7 @@ static DIGIT_PAIRS: [[u8; 2]; 100] = {
 /// (zero-padded) at `dst[*at..]`, two digits per step (issue 16: a division per digit was
 /// most of a DECIMAL's rendering on the wide workload).
 #[inline]
-fn put_digits(dst: &mut [u8], at: &mut usize, v: u64, w: usize) {
-    let mut v = v as u32;
+fn put_digits(dst: &mut [u8], at: &mut usize, mut v: u32, w: usize) {
     let mut k = *at + w;
     while k >= *at + 2 {
         k -= 2;
@@ -588,11 +582,11 @@ pub fn decimal_into(
     let mut at = 1usize;
     if intg0x > 0 {
         let v = take(intg0x, &mut p)?;
-        put_digits(text, &mut at, v as u64, intg0x);
+        put_digits(text, &mut at, v, intg0x);
     }
     for _ in 0..intg0 {
         let v = take(9, &mut p)?;
-        put_digits(text, &mut at, v as u64, 9);
+        put_digits(text, &mut at, v, 9);
     }
     // leading zeros dropped; no digit left is "0"
     let first = text[1..at]
@@ -615,11 +609,11 @@ pub fn decimal_into(
         let frac_start = at;
         for _ in 0..frac0 {
             let v = take(9, &mut p)?;
-            put_digits(text, &mut at, v as u64, 9);
+            put_digits(text, &mut at, v, 9);
         }
         if frac0x > 0 {
             let v = take(frac0x, &mut p)?;
-            put_digits(text, &mut at, v as u64, frac0x);
+            put_digits(text, &mut at, v, frac0x);
         }
         nonzero |= text[frac_start..at].iter().any(|&c| c != b'0');
     }
@@ -1810,17 +1804,7 @@ mod tests {
             let text: String = chars.into_iter().collect();
             let mut got = Vec::new();
             write_json_bytes(&mut got, text.as_bytes());
-            let mut want = vec![b'"'];
-            for &b in text.as_bytes() {
-                let e = &ESCAPES[b as usize];
-                if e[7] == 0 {
-                    want.push(b);
-                } else {
-                    want.extend_from_slice(&e[..e[7] as usize]);
-                }
-            }
-            want.push(b'"');
-            proptest::prop_assert_eq!(&got, &want);
+            proptest::prop_assert_eq!(&got, &escaped_slowly(text.as_bytes()));
             let back: String = serde_json::from_slice(&got).map_err(|e| {
                 proptest::test_runner::TestCaseError::fail(e.to_string())
             })?;
